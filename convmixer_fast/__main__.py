@@ -1,0 +1,127 @@
+"""Command line: ``python -m convmixer_fast {info,verify,inspect} ...`` (``--help`` on each)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _info(args) -> int:
+    import platform
+
+    import torch
+
+    from . import __version__
+    from ._extension import extension_status
+    from .backends import BACKENDS, availability
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "not installed"
+    ext = extension_status()
+    print(f"convmixer_fast {__version__}")
+    print(f"python         {platform.python_version()}")
+    print(f"torch          {torch.__version__} (CUDA {torch.version.cuda or 'none'})")
+    print(f"triton         {triton_version}")
+    if ext.loaded:
+        print(f"_C             built, CUDA kernels {'yes' if ext.with_cuda else 'no'} ({ext.detail})")
+    else:
+        print(f"_C             not available: {ext.detail}")
+    devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])
+    for name in devices:
+        device = torch.device(name)
+        label = name if device.type == "cpu" else f"{name} ({torch.cuda.get_device_name(device)})"
+        print(f"backends on {label}:")
+        for backend, reason in availability(device).items():
+            print(f"  {backend:<7} {'available' if reason is None else 'unavailable: ' + reason}")
+            if reason is None:
+                print(f"          {BACKENDS[backend].description}")
+    return 0
+
+
+def _verify(args) -> int:
+    import torch
+
+    from .configs import MODEL_CONFIGS
+    from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    if args.config:
+        values = [int(v) for v in args.config.split(",")]
+        if len(values) not in (4, 5):
+            sys.exit("--config takes DIM,DEPTH,KERNEL,PATCH[,CLASSES]")
+        config = dict(zip(("dim", "depth", "kernel_size", "patch_size", "n_classes"), values), act_layer=args.act)
+        name = f"config {args.config} ({args.act})"
+    else:
+        model_name = args.model or ("convmixer_1536_20" if device.type == "cuda" else "convmixer_cifar10")
+        config, name = MODEL_CONFIGS[model_name], model_name
+    image_size = args.image_size or (32 if config["patch_size"] <= 2 else 224)
+    torch.manual_seed(args.seed)
+    model, reference = build_pair(config, dtype, device, seed=args.seed)
+    image = torch.randn(args.batch, model.in_chans, image_size, image_size, device=device)
+    rows = verify_model(model, reference, image, args.backend)
+    ok = all(row.ok for row in rows)
+    if args.json:
+        print(json.dumps({"model": name, "backend": args.backend, "dtype": str(dtype), "device": str(device),
+                          "batch": args.batch, "image_size": image_size, "ok": ok, "rows": rows_as_dicts(rows)}, indent=2))
+    else:
+        print(f"verify {name}, backend {args.backend}, {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
+        print(format_rows(rows))
+        print("PASS" if ok else "FAIL: errors beyond tolerance")
+    return 0 if ok else 1
+
+
+def _inspect(args) -> int:
+    from .inspect import format_table, inspect_kernels
+
+    rows = inspect_kernels(args.arch, backends=tuple(args.backend))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def main(argv=None) -> int:
+    from .backends import BACKEND_NAMES
+    from .configs import MODEL_CONFIGS
+
+    parser = argparse.ArgumentParser(prog="python -m convmixer_fast", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="versions, the compiled extension, available backends and why not")
+    info.set_defaults(run=_info)
+
+    verify = commands.add_parser("verify", help="every kernel of a backend against its reference, layer by layer")
+    which = verify.add_mutually_exclusive_group()
+    which.add_argument("--model", choices=list(MODEL_CONFIGS), help="named config (default: convmixer_1536_20 on "
+                       "a GPU, convmixer_cifar10 on CPU)")
+    which.add_argument("--config", help="DIM,DEPTH,KERNEL,PATCH[,CLASSES] (with --act)")
+    verify.add_argument("--act", choices=("gelu", "relu"), default="gelu")
+    verify.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
+    verify.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16 on a GPU, fp32 on CPU")
+    verify.add_argument("--device", help="default: cuda if available, else cpu")
+    verify.add_argument("--batch", type=int, default=2)
+    verify.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--json", action="store_true", help="print the rows as JSON")
+    verify.set_defaults(run=_verify)
+
+    inspect = commands.add_parser("inspect", help="compile every kernel for an architecture (no GPU needed) and "
+                                  "report registers, shared memory, spills and tensor-core use")
+    inspect.add_argument("--arch", required=True, choices=("sm_90a", "sm_80"))
+    inspect.add_argument("--backend", action="append", choices=("triton",), default=None,
+                         help="backends to inspect (repeatable; default: all)")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(run=_inspect)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "backend", None) is None and args.command == "inspect":
+        args.backend = ["triton"]
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

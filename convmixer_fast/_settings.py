@@ -1,0 +1,69 @@
+"""Every build switch, compiler flag and environment variable of convmixer_fast, in one place.
+
+Torch-free and importable as a plain file: ``setup.py`` loads it by path, ``CMakeLists.txt`` runs it
+(``python convmixer_fast/_settings.py nvcc-flags``), the package imports it.
+
+Build switches (read by ``pip install --no-build-isolation .``):
+  CONVMIXER_FAST_NO_CUDA=1         build ``_C`` without CUDA sources even where torch has CUDA.
+  CONVMIXER_FAST_CUDA_ARCHS="80;90a"  architectures the CUDA sources are compiled for (";"-separated;
+                                   "90a" enables wgmma/TMA). Default: 80;90a.
+  MAX_JOBS=N                       parallel compile jobs (torch.utils.cpp_extension's switch).
+  CUDA_HOME                        the CUDA toolkit (torch's switch); nvcc must be under it.
+CUDA sources are compiled only when torch itself was built with CUDA (``torch.version.cuda``),
+a CUDA toolkit is found, and CONVMIXER_FAST_NO_CUDA is not set.
+
+Runtime environment variables:
+  TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;
+                                   makes the ``triton`` backend available on CPU, for testing only.
+                                   Must be set before ``triton`` is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV_NO_CUDA = "CONVMIXER_FAST_NO_CUDA"
+ENV_CUDA_ARCHS = "CONVMIXER_FAST_CUDA_ARCHS"
+DEFAULT_CUDA_ARCHS = "80;90a"
+
+CXX_FLAGS = ["-O3", "-std=c++17"]
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def cuda_archs() -> list[str]:
+    archs = [a.strip() for a in os.environ.get(ENV_CUDA_ARCHS, DEFAULT_CUDA_ARCHS).split(";") if a.strip()]
+    for arch in archs:
+        if not arch.rstrip("a").isdigit():
+            raise ValueError(f"{ENV_CUDA_ARCHS}: expected entries like 80 or 90a, got {arch!r}")
+    return archs
+
+
+def gencode_flags() -> list[str]:
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in cuda_archs()]
+
+
+def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> tuple[bool, str]:
+    """(build CUDA sources?, why / what) from torch's CUDA version and the toolkit location."""
+    if _truthy(os.environ.get(ENV_NO_CUDA)):
+        return False, f"off: {ENV_NO_CUDA} is set"
+    if not torch_cuda_version:
+        return False, "off: torch is a CPU build"
+    if not cuda_home or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        return False, "off: no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    return True, f"CUDA {torch_cuda_version}, sm_{', sm_'.join(cuda_archs())}"
+
+
+if __name__ == "__main__":
+    # For CMake: ";"-separated lists.
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "nvcc-flags":
+        print(";".join(NVCC_FLAGS))
+    elif what == "cuda-archs":
+        print(";".join(cuda_archs()))
+    else:
+        sys.exit("usage: _settings.py nvcc-flags|cuda-archs")

@@ -1,0 +1,30 @@
+"""The ``eager`` backend: the references of ``ops.reference`` (plain PyTorch, NHWC tokens).
+
+Runs on every device torch runs on; it is also what ``verify`` compares the kernels with.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ..ops import reference
+from . import BackendOps
+
+
+def _writing_into_out(reference_fn):
+    """The reference with the backends' ``out=`` (and, for the head, unused ``pooled=``) keywords."""
+
+    @functools.wraps(reference_fn)
+    def op(*args, out=None, pooled=None):
+        result = reference_fn(*args)
+        return result if out is None else out.copy_(result)
+
+    return op
+
+
+OPS = BackendOps(
+    stem=_writing_into_out(reference.stem_reference),
+    depthwise_block=_writing_into_out(reference.depthwise_block_reference),
+    pointwise=_writing_into_out(reference.pointwise_reference),
+    head=_writing_into_out(reference.head_reference),
+)

@@ -1,0 +1,64 @@
+"""Named ConvMixer configurations (timm names, DESIGN.md §1) and ``create_model``."""
+
+from __future__ import annotations
+
+import os
+
+from .model import ConvMixer
+from .weights import load_checkpoint
+
+MODEL_CONFIGS: dict[str, dict] = {
+    "convmixer_1536_20": dict(dim=1536, depth=20, kernel_size=9, patch_size=7, n_classes=1000, act_layer="gelu"),
+    "convmixer_768_32": dict(dim=768, depth=32, kernel_size=7, patch_size=7, n_classes=1000, act_layer="relu"),
+    "convmixer_1024_20_ks9_p14": dict(dim=1024, depth=20, kernel_size=9, patch_size=14, n_classes=1000, act_layer="gelu"),
+    # locuslab/convmixer-cifar10 defaults (32x32 images); no published weights.
+    "convmixer_cifar10": dict(dim=256, depth=8, kernel_size=5, patch_size=2, n_classes=10, act_layer="gelu"),
+}
+PRETRAINED_IN_TIMM = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14")
+
+
+def create_model(
+    name: str,
+    pretrained: bool = False,
+    checkpoint_path: str | os.PathLike | None = None,
+    **overrides,
+) -> ConvMixer:
+    """A ``ConvMixer`` of a named configuration.
+
+    ``checkpoint_path`` loads a local checkpoint (any layout, see ``load_checkpoint``);
+    ``pretrained=True`` fetches timm's ImageNet weights through timm and the Hugging Face hub (needs
+    timm and network access). ``overrides`` replace constructor arguments (e.g. ``backend=``).
+    """
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
+    if pretrained and checkpoint_path is not None:
+        raise ValueError("pass pretrained=True or checkpoint_path, not both")
+    if pretrained:
+        return _from_timm(name, overrides)
+    model = ConvMixer(**{**MODEL_CONFIGS[name], **overrides})
+    if checkpoint_path is not None:
+        model.load_state_dict(load_checkpoint(checkpoint_path))
+    return model
+
+
+def _from_timm(name: str, overrides: dict) -> ConvMixer:
+    if name not in PRETRAINED_IN_TIMM:
+        raise ValueError(f"no published pretrained weights for {name!r}; pass checkpoint_path=")
+    try:
+        import timm
+    except Exception as error:  # ImportError, or a broken torchvision next to a CPU torch
+        raise RuntimeError(
+            f"pretrained=True needs timm (pip install timm) and network access to the Hugging Face hub "
+            f"(importing timm failed: {error}); alternatively pass checkpoint_path= to a local file"
+        ) from error
+    try:
+        eager = timm.create_model(name, pretrained=True)
+    except Exception as error:  # network, hub or cache errors
+        raise RuntimeError(
+            f"timm could not load pretrained weights for {name!r}: {error}; "
+            "check network access to the Hugging Face hub, or pass checkpoint_path= to a local file"
+        ) from error
+    backend = overrides.pop("backend", "auto")
+    if overrides:
+        raise ValueError(f"pretrained=True takes only backend= as an override, got {sorted(overrides)}")
+    return ConvMixer.from_eager(eager, backend=backend)

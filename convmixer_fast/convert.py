@@ -1,0 +1,68 @@
+"""Reading the architecture off an eager ConvMixer module (for ``ConvMixer.from_eager``).
+
+Works on the module tree, not on names, so the original ``nn.Sequential``, the README one-liner,
+timm's ``ConvMixer`` and ``convmixer_fast.reference`` are all understood.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class UnsupportedModelError(ValueError):
+    """An eager module that is not a ConvMixer this engine can reproduce exactly."""
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise UnsupportedModelError(message)
+
+
+def _activation(module: nn.Module) -> str:
+    from .model import activation_name
+
+    acts = [m for m in module.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
+    _check(bool(acts), "found no nn.GELU / nn.ReLU activation: not a ConvMixer this engine supports")
+    names = {activation_name(m) for m in acts}
+    _check(len(names) == 1, f"mixed activations {sorted(names)}: ConvMixer uses one throughout")
+    return names.pop()
+
+
+def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
+    """``(ConvMixer constructor kwargs, eps of every BatchNorm in order)`` of an eager ConvMixer."""
+    _check(isinstance(module, nn.Module), f"expected an nn.Module, got {type(module).__name__}")
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    _check(len(convs) >= 3 and len(convs) % 2 == 1,
+           f"expected a stem conv and (depthwise, pointwise) conv pairs, found {len(convs)} Conv2d layers")
+    depth = (len(convs) - 1) // 2
+    stem, pairs = convs[0], [(convs[1 + 2 * j], convs[2 + 2 * j]) for j in range(depth)]
+    dim, in_chans = stem.out_channels, stem.in_channels
+    p = stem.kernel_size[0]
+    _check(stem.kernel_size == (p, p) and stem.stride == (p, p) and stem.padding == (0, 0) and stem.groups == 1
+           and stem.dilation == (1, 1) and stem.bias is not None,
+           f"the stem must be Conv2d(in, dim, p, stride=p, bias=True) without padding, got {stem}")
+    k = pairs[0][0].kernel_size[0]
+    for j, (dw, pw) in enumerate(pairs):
+        same = dw.padding == "same" or (k % 2 == 1 and dw.padding == (k // 2, k // 2))
+        _check(dw.in_channels == dw.out_channels == dw.groups == dim and dw.kernel_size == (k, k)
+               and dw.stride == (1, 1) and dw.dilation == (1, 1) and same and dw.bias is not None
+               and dw.padding_mode == "zeros",
+               f"block {j}: expected a depthwise Conv2d({dim}, {dim}, {k}, groups={dim}, padding='same', bias=True), got {dw}")
+        _check(pw.in_channels == pw.out_channels == dim and pw.kernel_size == (1, 1) and pw.groups == 1
+               and pw.bias is not None, f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
+    _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d layers, found {len(bns)}")
+    for bn in bns:
+        _check(bn.affine and bn.track_running_stats,
+               f"BatchNorm2d must have affine=True and track_running_stats=True, got {bn}")
+    _check(len(linears) == 1, f"expected one nn.Linear classifier, found {len(linears)} (a timm model with "
+                              "num_classes=0 has none: n_classes >= 1 is required)")
+    head = linears[0]
+    _check(head.in_features == dim and head.bias is not None, f"expected Linear({dim}, n_classes, bias=True), got {head}")
+    pool_type = getattr(getattr(module, "pooling", None), "pool_type", "avg")
+    _check(pool_type == "avg" and not any(isinstance(m, (nn.AdaptiveMaxPool2d, nn.MaxPool2d)) for m in module.modules()),
+           f"only average pooling is supported, got {pool_type!r}")
+    config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=head.out_features,
+                  in_chans=in_chans, act_layer=_activation(module))
+    return config, [bn.eps for bn in bns]

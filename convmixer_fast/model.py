@@ -1,0 +1,357 @@
+"""The drop-in ``ConvMixer``: an ``nn.Module`` with timm's module names, run by fused backends.
+
+Inference only. The module holds ordinary ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` layers
+(so ``.to()``, ``.half()``, ``state_dict()`` behave as usual); ``forward`` runs the folded
+computation of DESIGN.md §2 on the parameters prepared by ``prepare.prepare_params``, cached per
+device and dtype and re-prepared when any parameter or buffer changes (``.to()``, ``load_state_dict``,
+in-place edits: detected through the tensors' version counters).
+
+Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
+the model dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
+least ``patch_size`` (rows/columns past the last whole patch are ignored, like the strided conv).
+Values are not scanned: NaN / Inf propagate to the logits as in the eager model (a scan would cost
+a pass and a host-device sync per call).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .backends import Backend, BackendUnavailableError, check_backend_name, resolve_backend
+from .prepare import PreparedParams, prepare_params
+from .reference import Residual
+from .weights import CheckpointError, infer_config, to_canonical
+
+ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
+IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_KERNEL_SIZE = 31
+MAX_CACHED_SHAPES = 8  # activation buffers kept for this many input shapes (least recent dropped)
+
+
+class InputError(ValueError):
+    """An input the model cannot take (shape, channels, dtype, device)."""
+
+
+class InferenceOnlyError(RuntimeError):
+    """Training mode or autograd was asked of the inference-only model."""
+
+
+def activation_name(act_layer) -> str:
+    """"gelu" / "relu" from a name, an nn.Module class / factory or instance (exact-erf GELU only)."""
+    if isinstance(act_layer, str):
+        name = act_layer.lower()
+        if name not in ACTIVATION_LAYERS:
+            raise ValueError(f"act_layer must be one of {tuple(ACTIVATION_LAYERS)}, got {act_layer!r}")
+        return name
+    module = act_layer() if callable(act_layer) and not isinstance(act_layer, nn.Module) else act_layer
+    if isinstance(module, nn.GELU):
+        if module.approximate != "none":
+            raise ValueError(f"only the exact (erf) GELU is supported, got GELU(approximate={module.approximate!r})")
+        return "gelu"
+    if isinstance(module, nn.ReLU):
+        return "relu"
+    raise ValueError(f"act_layer must be nn.GELU, nn.ReLU, 'gelu' or 'relu', got {act_layer!r}")
+
+
+class _Buffers(NamedTuple):
+    """Preallocated activations for one input shape: two alternating token maps, pooling workspace."""
+
+    tokens: tuple[torch.Tensor, torch.Tensor]  # [B, Hp, Wp, C] each
+    pooled: torch.Tensor  # [B, C] fp32
+
+
+class ConvMixer(nn.Module):
+    """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
+
+    Args follow the original repo (``n_classes``) and timm (``num_classes``, ``in_chans``,
+    ``act_layer``). ``backend`` is "auto" (fastest available for the input's device), "triton" or
+    "eager" (see ``convmixer_fast.backends``). Parameters are frozen (``requires_grad=False``).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        kernel_size: int = 9,
+        patch_size: int = 7,
+        n_classes: int = 1000,
+        *,
+        in_chans: int = 3,
+        act_layer=nn.GELU,
+        backend: str = "auto",
+        num_classes: int | None = None,
+    ):
+        super().__init__()
+        if num_classes is not None:
+            if n_classes not in (1000, num_classes):
+                raise ValueError(f"n_classes={n_classes} and num_classes={num_classes} disagree; pass one")
+            n_classes = num_classes
+        for name, value, low in (("dim", dim, 1), ("depth", depth, 1), ("patch_size", patch_size, 1),
+                                 ("n_classes", n_classes, 1), ("in_chans", in_chans, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not isinstance(kernel_size, int) or not 1 <= kernel_size <= MAX_KERNEL_SIZE:
+            raise ValueError(f"kernel_size must be an integer in [1, {MAX_KERNEL_SIZE}], got {kernel_size!r}")
+        self.dim, self.depth, self.kernel_size, self.patch_size = dim, depth, kernel_size, patch_size
+        self.n_classes = self.num_classes = n_classes
+        self.in_chans = in_chans
+        self.num_features = dim
+        self.activation = activation_name(act_layer)
+        self.backend = check_backend_name(backend)
+        act = ACTIVATION_LAYERS[self.activation]
+
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), act(), nn.BatchNorm2d(dim))
+        self.blocks = nn.Sequential(
+            *[
+                nn.Sequential(
+                    Residual(
+                        nn.Sequential(
+                            nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), act(), nn.BatchNorm2d(dim)
+                        )
+                    ),
+                    nn.Conv2d(dim, dim, kernel_size=1),
+                    act(),
+                    nn.BatchNorm2d(dim),
+                )
+                for _ in range(depth)
+            ]
+        )
+        self.head = nn.Linear(dim, n_classes)
+        self.requires_grad_(False)
+        self.eval()
+        self._prepared: tuple[int, PreparedParams] | None = None  # (sum of weight versions, params)
+        self._weight_tensors: list[torch.Tensor] | None = None
+        self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, depth={self.depth}, kernel_size={self.kernel_size}, patch_size={self.patch_size}, "
+            f"n_classes={self.n_classes}, in_chans={self.in_chans}, act={self.activation!r}, backend={self.backend!r}"
+        )
+
+    @property
+    def config(self) -> dict:
+        """The constructor arguments that define the architecture."""
+        return dict(dim=self.dim, depth=self.depth, kernel_size=self.kernel_size, patch_size=self.patch_size,
+                    n_classes=self.n_classes, in_chans=self.in_chans, act_layer=self.activation)
+
+    # ------------------------------------------------------------------ weights
+    @classmethod
+    def from_eager(cls, module: nn.Module, *, backend: str = "auto") -> "ConvMixer":
+        """Convert an eager ConvMixer (the original ``nn.Sequential``, its README one-liner, a timm
+        ``ConvMixer`` or ``convmixer_fast.reference``): architecture detected, weights copied, on the
+        module's device and dtype."""
+        from .convert import describe_eager
+
+        config, eps = describe_eager(module)
+        model = cls(**config, backend=backend)
+        first = next(module.parameters())
+        model.to(device=first.device, dtype=first.dtype)
+        for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
+            bn.eps = value
+        model.load_state_dict(module.state_dict())
+        return model
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load any layout of ``convmixer_fast.weights`` (timm, original, one-liner; ``module.``
+        prefixes). Shape mismatches always raise ``CheckpointError`` naming the key and both
+        shapes; missing / unexpected keys raise when ``strict`` and are returned otherwise."""
+        canonical = to_canonical(state_dict)
+        expected = super().state_dict(keep_vars=True)
+        given = canonical.tensors
+        missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
+        unexpected = [canonical.source_keys[k] for k in given if k not in expected] + canonical.unmatched
+        mismatched = [
+            f"  {canonical.describe(k)}: checkpoint {tuple(v.shape)}, model {tuple(expected[k].shape)}"
+            for k, v in given.items()
+            if k in expected and v.shape != expected[k].shape
+        ]
+        hint = self._config_hint(infer_config(given))
+        if mismatched:
+            raise CheckpointError("shape mismatch loading the state dict:\n" + "\n".join(mismatched) + hint)
+        if strict and (missing or unexpected):
+            lines = []
+            if missing:
+                lines.append(f"missing keys ({len(missing)}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+            if unexpected:
+                lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+            raise CheckpointError(f"state dict ({canonical.layout} layout) does not fit the model:\n  "
+                                  + "\n  ".join(lines) + hint + "\n(strict=False loads the keys that fit)")
+        result = super().load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False, assign=assign)
+        self._invalidate_prepared()
+        if assign:
+            self.requires_grad_(False)
+        return type(result)(missing, unexpected)
+
+    def _config_hint(self, found: dict) -> str:
+        ours = self.config
+        differ = {k: v for k, v in found.items() if k in ours and ours[k] != v}
+        if not differ:
+            return ""
+        said = ", ".join(f"{k}={v} (model: {ours[k]})" for k, v in differ.items())
+        return f"\nthe checkpoint looks like a different architecture: {said}"
+
+    # ------------------------------------------------------------------ preparation
+    def _invalidate_prepared(self) -> None:
+        self._prepared = None
+        self._weight_tensors = None
+        self._activation_buffers.clear()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ... replace the tensors
+        result = super()._apply(fn, *args, **kwargs)
+        self._invalidate_prepared()
+        return result
+
+    def _prepared_params(self) -> PreparedParams:
+        """Prepared operands, recomputed after ``.to()`` / ``load_state_dict`` or an in-place edit.
+
+        In-place edits are seen through the tensors' version counters, which only grow: their sum
+        changes whenever any of them does (one pass over a cached list, no per-tensor key).
+        """
+        if torch.compiler.is_compiling():
+            return prepare_params(self)  # traced into the graph; no Python-side cache
+        if self._weight_tensors is None:
+            self._weight_tensors = [t for _, t in self.named_parameters()] + [
+                t for name, t in self.named_buffers() if not name.endswith("num_batches_tracked")
+            ]
+        tensors = self._weight_tensors
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            raise InferenceOnlyError(
+                "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
+                "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
+            )
+        version = sum(t._version for t in tensors)
+        if self._prepared is None or self._prepared[0] != version:
+            self._check_uniform(tensors)
+            self._prepared = (version, prepare_params(self))
+            self._activation_buffers.clear()
+        return self._prepared[1]
+
+    def _check_uniform(self, tensors) -> None:
+        devices = {t.device for t in tensors}
+        dtypes = {t.dtype for t in tensors}
+        if len(devices) > 1 or len(dtypes) > 1:
+            raise RuntimeError(
+                f"the model's parameters are spread over devices {sorted(map(str, devices))} / dtypes "
+                f"{sorted(map(str, dtypes))}; move the whole model with model.to(device, dtype)"
+            )
+        (dtype,) = dtypes
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise RuntimeError(f"model dtype must be float32, float16 or bfloat16, got {dtype}")
+
+    @property
+    def _param_device(self) -> torch.device:
+        return self.head.weight.device
+
+    @property
+    def _param_dtype(self) -> torch.dtype:
+        return self.head.weight.dtype
+
+    # ------------------------------------------------------------------ forward
+    def _check_input(self, x) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"expected a torch.Tensor image batch, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise InputError(f"expected a 4-D NCHW image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            nhwc = " (it looks NHWC: use x.permute(0, 3, 1, 2))" if x.shape[-1] == self.in_chans else ""
+            raise InputError(f"expected {self.in_chans} input channels in dim 1 (NCHW), got shape {tuple(x.shape)}{nhwc}")
+        if x.shape[2] < self.patch_size or x.shape[3] < self.patch_size:
+            raise InputError(
+                f"image {x.shape[2]}x{x.shape[3]} is smaller than the patch size {self.patch_size}"
+            )
+        if x.dtype not in IMAGE_DTYPES:
+            raise InputError(
+                f"expected a floating-point image ({', '.join(str(d) for d in IMAGE_DTYPES)}), got {x.dtype}; "
+                "convert and normalise it first (e.g. x.float() / 255)"
+            )
+        if x.device != self._param_device:
+            raise InputError(
+                f"input is on {x.device} but the model is on {self._param_device}; move one "
+                f"(model.to({str(x.device)!r}) or x.to({str(self._param_device)!r}))"
+            )
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise InferenceOnlyError(
+                "convmixer_fast.ConvMixer is inference-only and the input requires grad; "
+                "run it under torch.no_grad() / torch.inference_mode() or pass x.detach()"
+            )
+
+    def _resolve_backend(self, device: torch.device) -> Backend:
+        return resolve_backend(self.backend, device)
+
+    def _buffers_for(self, image: torch.Tensor, backend: Backend) -> _Buffers | None:
+        if not backend.preallocates or torch.compiler.is_compiling():
+            return None
+        B, _, H, W = image.shape
+        key = (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device)
+        buffers = self._activation_buffers.get(key)
+        if buffers is None:
+            shape = key[:3] + (self.dim,)
+            tokens = tuple(torch.empty(shape, dtype=self._param_dtype, device=self._param_device) for _ in range(2))
+            pooled = torch.empty(B, self.dim, dtype=torch.float32, device=self._param_device)
+            buffers = self._activation_buffers[key] = _Buffers(tokens, pooled)
+            if len(self._activation_buffers) > MAX_CACHED_SHAPES:
+                self._activation_buffers.popitem(last=False)
+        else:
+            self._activation_buffers.move_to_end(key)
+        return buffers
+
+    def _tokens(self, image: torch.Tensor, fold_last_bn: bool):
+        """Stem and blocks on a checked image: the final NHWC token map [B, Hp, Wp, C] (a fresh
+        tensor), plus what the head needs (prepared params, backend ops, pooling workspace)."""
+        if self.training:
+            raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
+        params = self._prepared_params()
+        backend = self._resolve_backend(image.device)
+        ops = backend.load_ops()
+        if image.dtype == torch.float64:
+            image = image.to(self._param_dtype)
+        buffers = self._buffers_for(image, backend)
+        a, b = buffers.tokens if buffers is not None else (None, None)
+        act = params.act
+        x = ops.stem(image, params.stem.weight, *params.stem.epilogue, act, out=a)
+        blocks = params.blocks_for(fold_last_bn)
+        for index, block in enumerate(blocks):
+            y = ops.depthwise_block(x, block.depthwise.weight, *block.depthwise.epilogue, act, out=b)
+            # The last block writes a fresh tensor: the caller may keep it, buffers get reused.
+            out = a if index < len(blocks) - 1 else None
+            x = ops.pointwise(y, block.pointwise.weight, *block.pointwise.epilogue, act, out=out)
+        pooled = buffers.pooled if buffers is not None else None
+        return x, params, ops, pooled
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, in_chans, H, W]`` float images -> ``[B, n_classes]`` logits in the model dtype."""
+        self._check_input(x)
+        if x.shape[0] == 0:
+            return x.new_empty((0, self.n_classes), dtype=self._param_dtype)
+        tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True)
+        return ops.head(tokens, params.head_folded.weight, params.head_folded.bias, pooled=pooled)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The feature map before pooling, ``[B, dim, H//p, W//p]`` (NCHW shape, channels_last memory)."""
+        self._check_input(x)
+        if x.shape[0] == 0:
+            shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
+            return x.new_empty(shape, dtype=self._param_dtype).permute(0, 3, 1, 2)
+        tokens, *_ = self._tokens(x, fold_last_bn=False)
+        return tokens.permute(0, 3, 1, 2)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Average-pool a ``[B, dim, H, W]`` feature map and classify it (``pre_logits``: pooled only)."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise InputError(f"expected a [B, {self.dim}, H, W] feature map, got {shape}")
+        if x.device != self._param_device or x.dtype != self._param_dtype:
+            raise InputError(
+                f"feature map is {x.dtype} on {x.device}, the model is {self._param_dtype} on {self._param_device}"
+            )
+        tokens = x.permute(0, 2, 3, 1).contiguous()
+        if pre_logits:
+            return tokens.float().mean(dim=(1, 2)).to(self._param_dtype)
+        params = self._prepared_params()
+        ops = self._resolve_backend(x.device).load_ops()
+        return ops.head(tokens, params.head.weight, params.head.bias)

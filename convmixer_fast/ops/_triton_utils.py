@@ -1,0 +1,71 @@
+"""Pieces shared by the Triton kernels: activation + epilogue, config selection, inspect specs.
+
+Imported only by the Triton op modules (never at ``import convmixer_fast``), so a machine without
+Triton can still use the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import triton
+import triton.language as tl
+
+from ._interpreter import is_interpreting  # noqa: F401  (re-exported for the op modules)
+
+# Codes of the activations inside kernels (a constexpr, so each is its own specialisation).
+ACTIVATION_CODES = {"gelu": 0, "relu": 1}
+
+# torch dtype -> the name Triton gives it in a kernel signature.
+TRITON_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def select_configs(configs: list[triton.Config]) -> list[triton.Config]:
+    """The autotune configs to try: all on a GPU, only the first under the interpreter.
+
+    Benchmarking configs in the interpreter would only multiply the test time; correctness does not
+    depend on the config (tests that want a specific config pass it explicitly).
+    """
+    return configs[:1] if is_interpreting() else configs
+
+
+def config_label(config: triton.Config) -> str:
+    """A short, stable name for a config, e.g. ``BLOCK_M=128,BLOCK_N=64,w=8,s=3``."""
+    kwargs = ",".join(f"{k}={v}" for k, v in config.kwargs.items())
+    return f"{kwargs},w={config.num_warps},s={config.num_stages}"
+
+
+@triton.jit
+def apply_activation(z, ACTIVATION: tl.constexpr):
+    """Exact (erf) GELU for ACTIVATION == 0, ReLU for ACTIVATION == 1; fp32 in and out."""
+    if ACTIVATION == 0:
+        z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+    else:
+        z = tl.maximum(z, 0.0)
+    return z
+
+
+@triton.jit
+def fused_epilogue(acc, bias, scale, shift, ACTIVATION: tl.constexpr):
+    """``scale * act(acc + bias) + shift`` in fp32; bias/scale/shift broadcast along channels."""
+    return apply_activation(acc + bias, ACTIVATION) * scale + shift
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One Triton kernel at one autotune config, as ``python -m convmixer_fast inspect`` compiles it.
+
+    ``signature`` maps every non-constexpr argument to its Triton type (``"*bf16"``, ``"i32"``,
+    ``"fp32"``); ``constexprs`` maps every constexpr argument (config and specialisation) to its
+    value. ``num_warps`` / ``num_stages`` come from the config.
+    """
+
+    kernel: str
+    fn: object  # the @triton.jit function (not the autotuner wrapping it)
+    signature: dict[str, str]
+    constexprs: dict[str, object]
+    num_warps: int
+    num_stages: int
+    config: str
+    backend: str = field(default="triton")

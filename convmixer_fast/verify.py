@@ -1,0 +1,107 @@
+"""``python -m convmixer_fast verify``: every kernel of a backend against its reference.
+
+Layer by layer, each kernel and the reference of ``ops.reference`` get identical inputs (the
+reference's output of the previous step), so a row shows that kernel's own error; a last row
+compares the whole model's logits with the fp32 eager reference model (``convmixer_fast.reference``)
+holding the same trained-looking random weights (``testing.randomize_weights_``).
+
+Errors are reported as ``max |out - ref|`` and that divided by ``max |ref|``; a row fails past the
+relative tolerance of its dtype (``KERNEL_TOLERANCE`` per kernel, ``MODEL_TOLERANCE`` end to end).
+The 16-bit tolerances are a few units in the last place of the output format: kernels round once
+to the output dtype, the model compounds that over 2*depth + 2 steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .backends import BACKENDS, resolve_backend
+from .model import ConvMixer
+from .reference import ConvMixerReference
+from .testing import randomize_weights_
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+KERNEL_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
+MODEL_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+TF32_TOLERANCE = 5e-3  # fp32 when torch allows TF32 matmuls (torch.backends.cuda.matmul.allow_tf32)
+
+
+@dataclass(frozen=True)
+class Row:
+    step: str
+    max_abs: float
+    max_rel: float
+    tolerance: float
+
+    @property
+    def ok(self) -> bool:
+        return self.max_rel <= self.tolerance  # False for NaN
+
+
+def tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
+    """(per-kernel, whole-model) relative tolerance for ``dtype`` on ``device``."""
+    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        return TF32_TOLERANCE, 10 * TF32_TOLERANCE
+    return KERNEL_TOLERANCE[dtype], MODEL_TOLERANCE[dtype]
+
+
+def _row(step: str, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> Row:
+    diff = (out.float() - ref.float()).abs().max().item()
+    scale = ref.float().abs().max().item()
+    return Row(step, diff, diff / scale if scale > 0 else diff, tolerance)
+
+
+@torch.no_grad()
+def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tensor, backend: str) -> list[Row]:
+    """Rows for each kernel of ``backend`` on ``model`` (its device and dtype) and for its logits."""
+    device, dtype = model.head.weight.device, model.head.weight.dtype
+    kernel_tol, model_tol = tolerances(dtype, device)
+    ops = resolve_backend(backend, device).load_ops()
+    ref_ops = BACKENDS["eager"].load_ops()
+    params = model._prepared_params()
+    act = params.act
+    rows = []
+
+    def step(name, op_name, *args, **kwargs):
+        out = getattr(ops, op_name)(*args, **kwargs)
+        ref = getattr(ref_ops, op_name)(*args, **kwargs)
+        rows.append(_row(name, out, ref, kernel_tol))
+        return ref
+
+    x = step("stem", "stem", image, params.stem.weight, *params.stem.epilogue, act)
+    for index, block in enumerate(params.blocks):
+        y = step(f"block {index} depthwise", "depthwise_block", x, block.depthwise.weight, *block.depthwise.epilogue, act)
+        x = step(f"block {index} pointwise", "pointwise", y, block.pointwise.weight, *block.pointwise.epilogue, act)
+    step("head", "head", x, params.head_folded.weight, params.head_folded.bias)
+
+    previous, model.backend = model.backend, backend
+    try:
+        logits = model(image)
+    finally:
+        model.backend = previous
+    rows.append(_row("model logits vs fp32 reference", logits, reference(image.float()), model_tol))
+    return rows
+
+
+def build_pair(config: dict, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    """(ConvMixer in ``dtype``, fp32 reference nn.Sequential) with the same random trained-looking weights."""
+    act = torch.nn.ReLU if config.get("act_layer", "gelu") == "relu" else torch.nn.GELU
+    arch = {k: v for k, v in config.items() if k != "act_layer"}
+    reference = ConvMixerReference(**arch, activation=act).to(device)
+    randomize_weights_(reference, seed=seed)
+    model = ConvMixer.from_eager(reference).to(dtype=dtype)
+    return model, reference
+
+
+def format_rows(rows: list[Row]) -> str:
+    lines = [f"{'step':<34} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10}  ok"]
+    for row in rows:
+        lines.append(f"{row.step:<34} {row.max_abs:>12.3e} {row.max_rel:>12.3e} {row.tolerance:>10.1e}  "
+                     f"{'yes' if row.ok else 'NO'}")
+    return "\n".join(lines)
+
+
+def rows_as_dicts(rows: list[Row]) -> list[dict]:
+    return [{**asdict(row), "ok": row.ok} for row in rows]

@@ -1,0 +1,186 @@
+"""State-dict layouts and checkpoint files (DESIGN.md §1).
+
+``convmixer_fast.ConvMixer`` keeps timm's module names (``stem.0``, ``blocks.{j}.0.fn.0``, ``head``),
+its *canonical* layout. Three layouts are recognised and renamed to it:
+
+- ``timm``:       ``stem.0.*``, ``stem.2.*``, ``blocks.{j}.0.fn.{0,2}.*``, ``blocks.{j}.{1,3}.*``, ``head.*``
+- ``original``:   the repo's ``nn.Sequential``: ``0.*``, ``2.*``, ``{3+j}.0.fn.{0,2}.*``,
+                  ``{3+j}.{1,3}.*``, ``{5+depth}.*``
+- ``one-liner``:  the repo README's nested version: ``0.{0,2}.*``, ``{1+j}.0.0.{0,2}.*``,
+                  ``{1+j}.1.{0,2}.*``, ``{3+depth}.*``
+
+with any number of ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile) prefixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+_PREFIXES = ("module.", "_orig_mod.")
+_PARAM = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
+
+
+class CheckpointError(RuntimeError):
+    """A state dict or checkpoint file that does not fit the model."""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    pattern: re.Pattern
+    rename: object  # (match) -> canonical key
+
+
+def _rules(layout: str) -> list[_Rule]:
+    def r(pattern, rename):
+        return _Rule(re.compile(pattern + r"$"), rename)
+
+    if layout == "timm":
+        return [r(r"((stem|blocks|head)\..+)", lambda m: m.group(1))]
+    if layout == "original":
+        return [
+            r(rf"0\.{_PARAM}", lambda m: f"stem.0.{m.group(1)}"),
+            r(rf"2\.{_PARAM}", lambda m: f"stem.2.{m.group(1)}"),
+            r(rf"(\d+)\.0\.fn\.([02])\.{_PARAM}",
+              lambda m: f"blocks.{int(m.group(1)) - 3}.0.fn.{m.group(2)}.{m.group(3)}"),
+            r(rf"(\d+)\.([13])\.{_PARAM}",
+              lambda m: f"blocks.{int(m.group(1)) - 3}.{m.group(2)}.{m.group(3)}"),
+            r(r"(\d+)\.(weight|bias)", lambda m: f"head.{m.group(2)}"),
+        ]
+    if layout == "one-liner":
+        return [
+            r(rf"0\.([02])\.{_PARAM}", lambda m: f"stem.{m.group(1)}.{m.group(2)}"),
+            r(rf"(\d+)\.0\.0\.([02])\.{_PARAM}",
+              lambda m: f"blocks.{int(m.group(1)) - 1}.0.fn.{m.group(2)}.{m.group(3)}"),
+            r(rf"(\d+)\.1\.([02])\.{_PARAM}",
+              lambda m: f"blocks.{int(m.group(1)) - 1}.{1 if m.group(2) == '0' else 3}.{m.group(3)}"),
+            r(r"(\d+)\.(weight|bias)", lambda m: f"head.{m.group(2)}"),
+        ]
+    raise AssertionError(layout)
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def detect_layout(keys) -> str:
+    """``"timm"``, ``"original"`` or ``"one-liner"`` for prefix-stripped keys; CheckpointError else."""
+    keys = set(keys)
+    if any(k.startswith(("stem.", "blocks.", "head.")) for k in keys):
+        return "timm"
+    if "0.0.weight" in keys:
+        return "one-liner"
+    if "0.weight" in keys:
+        return "original"
+    sample = ", ".join(sorted(keys)[:5]) or "(empty)"
+    raise CheckpointError(
+        "unrecognised ConvMixer state-dict layout: expected keys like 'stem.0.weight' (timm), "
+        f"'0.weight' (original nn.Sequential) or '0.0.weight' (README one-liner); got {sample}"
+    )
+
+
+@dataclass(frozen=True)
+class CanonicalStateDict:
+    """A state dict renamed to the canonical layout, remembering each key's original name."""
+
+    tensors: dict[str, torch.Tensor]
+    source_keys: dict[str, str]  # canonical key -> key as it was in the user's dict
+    unmatched: list[str]  # user's keys that fit no rule of the layout
+    layout: str
+
+    def describe(self, key: str) -> str:
+        source = self.source_keys.get(key, key)
+        return key if source == key else f"{key} (checkpoint key {source!r})"
+
+
+def to_canonical(state_dict) -> CanonicalStateDict:
+    """Rename any recognised layout to the canonical (timm) one."""
+    if not hasattr(state_dict, "items"):
+        raise CheckpointError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
+    stripped = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"expected a state dict of str -> Tensor, got entry {key!r} -> {type(value).__name__}"
+            )
+        stripped[_strip_prefixes(key)] = (key, value)
+    layout = detect_layout(stripped)
+    rules = _rules(layout)
+    tensors, source_keys, unmatched = {}, {}, []
+    for key, (source, value) in stripped.items():
+        for rule in rules:
+            match = rule.pattern.match(key)
+            if match:
+                canonical = rule.rename(match)
+                if canonical in tensors:
+                    raise CheckpointError(
+                        f"checkpoint keys {source_keys[canonical]!r} and {source!r} both map to {canonical!r}"
+                    )
+                tensors[canonical], source_keys[canonical] = value, source
+                break
+        else:
+            unmatched.append(source)
+    return CanonicalStateDict(tensors, source_keys, unmatched, layout)
+
+
+def infer_config(tensors: dict[str, torch.Tensor]) -> dict:
+    """Architecture read off a canonical state dict (keys present only); empty if unreadable."""
+    config = {}
+    stem = tensors.get("stem.0.weight")
+    if stem is not None and stem.ndim == 4:
+        config.update(dim=stem.shape[0], in_chans=stem.shape[1], patch_size=stem.shape[-1])
+    blocks = {int(k.split(".")[1]) for k in tensors if k.startswith("blocks.")}
+    config["depth"] = len(blocks)
+    dw = tensors.get("blocks.0.0.fn.0.weight")
+    if dw is not None and dw.ndim == 4:
+        config["kernel_size"] = dw.shape[-1]
+    head = tensors.get("head.weight")
+    if head is not None and head.ndim == 2:
+        config["n_classes"] = head.shape[0]
+    return config
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> dict[str, torch.Tensor]:
+    """Read a ``.pth`` / ``.pth.tar`` / ``.pt`` / ``.safetensors`` file into a state dict on the CPU.
+
+    A training checkpoint whose weights sit under ``"state_dict"`` or ``"model"`` is unwrapped.
+    Pickled files are read with ``torch.load(weights_only=True)`` (argparse.Namespace entries, as
+    timm's training checkpoints carry, are allowed); pass ``weights_only=False`` only for files you
+    trust. Pass the result to ``ConvMixer.load_state_dict`` (any layout of this module's docstring).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.endswith(".safetensors"):
+        try:
+            from safetensors.torch import load_file
+        except ImportError as error:
+            raise CheckpointError(f"reading {path} needs the safetensors package: pip install safetensors") from error
+        return load_file(path, device="cpu")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(
+            f"could not read checkpoint {path}: {error}"
+            + ("\n(if you trust this file, load_checkpoint(path, weights_only=False) unpickles anything)"
+               if weights_only else "")
+        ) from error
+    if isinstance(checkpoint, dict):
+        for wrapper in ("state_dict", "model"):
+            if isinstance(checkpoint.get(wrapper), dict):
+                return checkpoint[wrapper]
+        return checkpoint
+    if isinstance(checkpoint, torch.nn.Module):
+        return checkpoint.state_dict()
+    raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")

@@ -1,0 +1,35 @@
+// convmixer_fast._C: the compiled extension. Ops register into the "convmixer_fast" namespace
+// through torch.library (TORCH_LIBRARY_FRAGMENT, so the Python-defined Triton ops of the same
+// namespace can load before or after it). The module itself has no Python functions.
+#include <Python.h>
+
+#include <string>
+
+#include <torch/library.h>
+
+#ifndef CONVMIXER_FAST_CUDA_STATUS
+#define CONVMIXER_FAST_CUDA_STATUS "off: not configured by setup.py"
+#endif
+
+namespace convmixer_fast {
+
+// "cuda=1;status=<what CUDA was built for, or why not>".
+std::string build_info() {
+#ifdef CONVMIXER_FAST_WITH_CUDA
+  const char* with_cuda = "1";
+#else
+  const char* with_cuda = "0";
+#endif
+  return std::string("cuda=") + with_cuda + ";status=" + CONVMIXER_FAST_CUDA_STATUS;
+}
+
+}  // namespace convmixer_fast
+
+TORCH_LIBRARY_FRAGMENT(convmixer_fast, m) {
+  m.def("build_info() -> str", &convmixer_fast::build_info);
+}
+
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

@@ -1,0 +1,44 @@
+"""Shared by the model-level tests: trained-looking models and the timm layout without timm."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from convmixer_fast.reference import ConvMixerReference, Residual
+from convmixer_fast.testing import randomize_weights_
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+
+
+def reference_model(dim, depth, kernel_size, patch_size, n_classes, act="gelu", in_chans=3, seed=0):
+    model = ConvMixerReference(dim, depth, kernel_size, patch_size, n_classes,
+                               in_chans=in_chans, activation=ACTIVATIONS[act])
+    return randomize_weights_(model, seed=seed, image_size=max(16, 3 * patch_size))
+
+
+class TimmLikeConvMixer(nn.Module):
+    """timm's ConvMixer module tree (stem / blocks / pooling / head), for machines without timm."""
+
+    def __init__(self, dim, depth, kernel_size=9, patch_size=7, in_chans=3, num_classes=1000, act_layer=nn.GELU):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), act_layer(), nn.BatchNorm2d(dim))
+        self.blocks = nn.Sequential(*[
+            nn.Sequential(
+                Residual(nn.Sequential(nn.Conv2d(dim, dim, kernel_size, groups=dim, padding="same"), act_layer(),
+                                       nn.BatchNorm2d(dim))),
+                nn.Conv2d(dim, dim, 1), act_layer(), nn.BatchNorm2d(dim))
+            for _ in range(depth)])
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+
+
+def one_liner_model(h, d, k, p, n):
+    """The README one-liner of locuslab/convmixer, written out (same module nesting and padding)."""
+    S, C, A = nn.Sequential, nn.Conv2d, lambda x: nn.Sequential(x, nn.GELU(), nn.BatchNorm2d(h))
+    R = type("R", (nn.Sequential,), {"forward": lambda s, x: s[0](x) + x})
+    return S(A(C(3, h, p, stride=p)), *[S(R(A(C(h, h, k, groups=h, padding=k // 2))), A(C(h, h, 1))) for _ in range(d)],
+             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(h, n))

@@ -1,0 +1,41 @@
+"""The build switches (convmixer_fast/_settings.py) and the compiled extension."""
+
+import os
+
+import pytest
+
+import convmixer_fast
+from convmixer_fast import _settings
+from convmixer_fast._extension import extension_status
+
+
+def test_cuda_build_status(monkeypatch, tmp_path):
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "nvcc").write_text("")
+    monkeypatch.delenv(_settings.ENV_NO_CUDA, raising=False)
+    monkeypatch.delenv(_settings.ENV_CUDA_ARCHS, raising=False)
+    assert _settings.cuda_build_status(None, str(tmp_path)) == (False, "off: torch is a CPU build")
+    assert _settings.cuda_build_status("13.0", None)[0] is False
+    assert _settings.cuda_build_status("13.0", str(tmp_path)) == (True, "CUDA 13.0, sm_80, sm_90a")
+    monkeypatch.setenv(_settings.ENV_NO_CUDA, "1")
+    assert _settings.cuda_build_status("13.0", str(tmp_path)) == (False, "off: CONVMIXER_FAST_NO_CUDA is set")
+
+
+def test_cuda_archs_switch(monkeypatch):
+    monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, "90a")
+    assert _settings.gencode_flags() == ["-gencode=arch=compute_90a,code=sm_90a"]
+    monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, "sm90")
+    with pytest.raises(ValueError, match="expected entries like 80 or 90a, got 'sm90'"):
+        _settings.cuda_archs()
+
+
+def test_installed_package_has_its_extension():
+    status = extension_status()
+    installed = "site-packages" in os.path.abspath(convmixer_fast.__file__)
+    if not installed:
+        pytest.skip(f"running from a source tree ({convmixer_fast.__file__}): {status.detail}")
+    assert status.loaded, status.detail
+    import torch
+
+    if torch.version.cuda is None:
+        assert not status.with_cuda and status.detail == "off: torch is a CPU build"

@@ -1,0 +1,73 @@
+"""Bad inputs raise clear errors naming what was expected and what came."""
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast.backends import BackendUnavailableError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+
+
+@pytest.mark.parametrize("x, error, match", [
+    (torch.randn(3, 16, 16), cf.InputError, r"expected a 4-D NCHW image batch \[B, 3, H, W\], got shape \(3, 16, 16\)"),
+    (torch.randn(1, 4, 16, 16), cf.InputError, r"expected 3 input channels in dim 1 \(NCHW\), got shape \(1, 4, 16, 16\)"),
+    (torch.randn(1, 16, 16, 3), cf.InputError, r"it looks NHWC"),
+    (torch.randn(1, 3, 3, 16), cf.InputError, r"image 3x16 is smaller than the patch size 4"),
+    (torch.randint(0, 255, (1, 3, 16, 16)), cf.InputError, r"expected a floating-point image .* got torch.int64"),
+    (torch.randn(1, 3, 16, 16, dtype=torch.complex64), cf.InputError, r"got torch.complex64"),
+    ([[1.0]], cf.InputError, r"expected a torch.Tensor image batch, got list"),
+])
+def test_bad_input(model, x, error, match):
+    with pytest.raises(error, match=match):
+        model(x)
+
+
+def test_input_on_other_device(model):
+    x = torch.randn(1, 3, 16, 16, device="meta")
+    with pytest.raises(cf.InputError, match=r"input is on meta but the model is on cpu"):
+        model(x)
+
+
+def test_training_and_grad_are_refused(model):
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(cf.InferenceOnlyError, match="input requires grad"):
+        model(x.requires_grad_())
+    model.train()
+    try:
+        with pytest.raises(cf.InferenceOnlyError, match="call model.eval"):
+            model(torch.randn(1, 3, 16, 16))
+    finally:
+        model.eval()
+    model.head.weight.requires_grad_(True)
+    try:
+        with pytest.raises(cf.InferenceOnlyError, match="some parameters require grad"):
+            model(torch.randn(1, 3, 16, 16))
+        with torch.no_grad():
+            model(torch.randn(1, 3, 16, 16))  # fine without autograd
+    finally:
+        model.head.weight.requires_grad_(False)
+
+
+def test_nan_propagates(model):
+    x = torch.randn(1, 3, 16, 16)
+    x[0, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        assert torch.isnan(model(x)).any()
+
+
+def test_unavailable_backend_says_why(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="triton")
+    with pytest.raises(BackendUnavailableError, match="backend 'triton' cannot run on cpu: .*TRITON_INTERPRET=1"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_mixed_model_dtypes_are_refused():
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    model.head.half()
+    with pytest.raises(RuntimeError, match="spread over devices"):
+        model(torch.randn(1, 3, 16, 16))

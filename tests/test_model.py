@@ -1,0 +1,138 @@
+"""The drop-in model with the eager backend against the reference model; nn.Module behaviour."""
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast.configs import MODEL_CONFIGS
+from helpers import reference_model
+
+CONFIGS = [  # dim, depth, kernel, patch, classes, act, image H, W
+    pytest.param(16, 2, 3, 2, 10, "gelu", 12, 12, id="small-k3-p2"),
+    pytest.param(24, 3, 9, 7, 7, "gelu", 30, 23, id="k9-p7-ragged"),
+    pytest.param(20, 2, 7, 7, 1000, "relu", 29, 35, id="k7-relu"),
+    pytest.param(13, 2, 4, 3, 5, "gelu", 11, 16, id="odd-dim-even-k"),
+    pytest.param(8, 1, 1, 1, 3, "relu", 5, 4, id="k1-p1"),
+]
+
+
+@pytest.mark.parametrize("dim, depth, k, p, n, act, H, W", CONFIGS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_eager_backend_matches_reference(dim, depth, k, p, n, act, H, W, batch):
+    reference = reference_model(dim, depth, k, p, n, act=act, seed=dim + k)
+    model = cf.ConvMixer.from_eager(reference, backend="eager")
+    assert (model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes, model.activation) == (dim, depth, k, p, n, act)
+    x = torch.randn(batch, 3, H, W)
+    with torch.no_grad():
+        expected = reference(x)
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=2e-5)
+        features = model.forward_features(x)
+        torch.testing.assert_close(features, reference[: 3 + depth](x), rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(model.forward_head(features), expected, rtol=1e-5, atol=2e-5)
+        torch.testing.assert_close(model.forward_head(features, pre_logits=True), features.mean((2, 3)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float16, 2e-2), (torch.bfloat16, 1e-1)])
+def test_low_precision_close_to_fp32_reference(dtype, tol):
+    reference = reference_model(32, 3, 5, 4, 10)
+    model = cf.ConvMixer.from_eager(reference, backend="eager").to(dtype)
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        out = model(x)
+        expected = reference(x)
+    assert out.dtype == dtype
+    assert (out.float() - expected).abs().max() <= tol * expected.abs().max()
+
+
+def test_input_dtypes_are_read_as_the_model_dtype():
+    model = cf.ConvMixer.from_eager(reference_model(16, 1, 3, 2, 4), backend="eager")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(model(x.double()), expected)
+        torch.testing.assert_close(model(x.half()), model(x.half().float()))
+        torch.testing.assert_close(model(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)), expected)
+
+
+def test_prepared_params_follow_weight_changes():
+    reference = reference_model(16, 2, 3, 2, 4)
+    model = cf.ConvMixer.from_eager(reference, backend="eager")
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+        model.blocks[1][3].running_var.mul_(4)  # an in-place edit of a BN buffer
+        reference[4][3].running_var.mul_(4)
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=2e-5)
+        assert not torch.allclose(model(x), before)
+        model.load_state_dict(reference_model(16, 2, 3, 2, 4, seed=7).state_dict())
+        torch.testing.assert_close(model(x), reference_model(16, 2, 3, 2, 4, seed=7)(x), rtol=1e-5, atol=2e-5)
+
+
+def test_module_behaviour():
+    model = cf.ConvMixer(16, 2, 3, 2, 5)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    half = model.half()
+    assert half is model and model.head.weight.dtype == torch.float16
+    model.bfloat16().float()
+    again = cf.ConvMixer(16, 2, 3, 2, 5)
+    again.load_state_dict(model.state_dict())
+    for (k1, v1), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k1 == k2 and torch.equal(v1, v2)
+    assert cf.ConvMixer(8, 1, num_classes=7).n_classes == 7
+    assert cf.ConvMixer(8, 1, act_layer="relu").activation == "relu"
+
+
+def test_empty_batch():
+    model = cf.ConvMixer(8, 1, 3, 2, 4, backend="eager")
+    assert model(torch.randn(0, 3, 8, 8)).shape == (0, 4)
+    assert model.forward_features(torch.randn(0, 3, 8, 9)).shape == (0, 8, 4, 4)
+
+
+def test_constructor_rejects_bad_configs():
+    with pytest.raises(ValueError, match="kernel_size must be an integer in \\[1, 31\\], got 33"):
+        cf.ConvMixer(8, 1, kernel_size=33)
+    with pytest.raises(ValueError, match="depth must be an integer >= 1, got 0"):
+        cf.ConvMixer(8, 0)
+    with pytest.raises(ValueError, match="n_classes=10 and num_classes=5 disagree"):
+        cf.ConvMixer(8, 1, 3, 2, 10, num_classes=5)
+    with pytest.raises(ValueError, match="exact \\(erf\\) GELU"):
+        cf.ConvMixer(8, 1, act_layer=lambda: torch.nn.GELU(approximate="tanh"))
+    with pytest.raises(ValueError, match="act_layer must be one of"):
+        cf.ConvMixer(8, 1, act_layer="silu")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cf.ConvMixer(8, 1, backend="tpu")
+
+
+def test_create_model_configs():
+    model = cf.create_model("convmixer_768_32", backend="eager")
+    assert (model.dim, model.depth, model.kernel_size, model.patch_size, model.activation) == (768, 32, 7, 7, "relu")
+    assert cf.create_model("convmixer_cifar10").n_classes == 10
+    assert set(MODEL_CONFIGS) >= {"convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14", "convmixer_cifar10"}
+    with pytest.raises(ValueError, match="unknown model 'convmixer_9'"):
+        cf.create_model("convmixer_9")
+    with pytest.raises(ValueError, match="no published pretrained weights"):
+        cf.create_model("convmixer_cifar10", pretrained=True)
+
+
+def test_create_model_pretrained_without_timm_says_why(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm":
+            raise ImportError("No module named 'timm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(RuntimeError, match="pretrained=True needs timm"):
+        cf.create_model("convmixer_1536_20", pretrained=True)
+
+
+def test_compile_and_export_eager_backend():
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 4), backend="eager")
+    x = torch.randn(2, 3, 10, 10)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, rtol=1e-5, atol=1e-5)

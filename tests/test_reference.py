@@ -1,0 +1,50 @@
+"""The reference model is the architecture of DESIGN.md §1 (checked against a functional rewrite)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convmixer_fast.reference import ConvMixerReference
+from helpers import reference_model
+
+ACT = {"gelu": F.gelu, "relu": F.relu}
+
+
+def bn(x, module):
+    return (x - module.running_mean[:, None, None]) / torch.sqrt(module.running_var[:, None, None] + module.eps) \
+        * module.weight[:, None, None] + module.bias[:, None, None]
+
+
+def functional_convmixer(model, x, k, p, act):
+    """DESIGN.md §1 from its text: conv -> act -> BN; residual around the depthwise part only;
+    'same' padding = (k-1)//2 before and k//2 after; input floored to whole patches."""
+    depth = len(model) - 6
+    stem_conv, stem_bn = model[0], model[2]
+    H, W = x.shape[2] // p * p, x.shape[3] // p * p
+    x = bn(ACT[act](F.conv2d(x[:, :, :H, :W], stem_conv.weight, stem_conv.bias, stride=p)), stem_bn)
+    before, after = (k - 1) // 2, k // 2
+    for j in range(depth):
+        block = model[3 + j]
+        dw, dw_bn = block[0].fn[0], block[0].fn[2]
+        padded = F.pad(x, (before, after, before, after))
+        x = x + bn(ACT[act](F.conv2d(padded, dw.weight, dw.bias, groups=x.shape[1])), dw_bn)
+        x = bn(ACT[act](F.conv2d(x, block[1].weight, block[1].bias)), block[3])
+    head = model[5 + depth]
+    return x.mean((2, 3)) @ head.weight.T + head.bias
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+@pytest.mark.parametrize("k, p, size", [(3, 2, (9, 11)), (4, 3, (16, 14)), (5, 4, (13, 13)), (6, 2, (7, 10)), (1, 5, (11, 16))])
+def test_reference_matches_design(k, p, size, act):
+    model = reference_model(12, 2, k, p, 5, act=act, seed=k)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), functional_convmixer(model, x, k, p, act), rtol=1e-4, atol=1e-5)
+
+
+def test_reference_state_dict_keys_are_the_original_ones():
+    keys = list(ConvMixerReference(8, 2, 3, 2, 4).state_dict())
+    assert keys[:2] == ["0.weight", "0.bias"]
+    assert "2.running_var" in keys and "3.0.fn.0.weight" in keys and "3.0.fn.2.running_mean" in keys
+    assert "4.1.weight" in keys and "4.3.num_batches_tracked" in keys
+    assert keys[-2:] == ["7.weight", "7.bias"]  # head at 5 + depth

@@ -1,0 +1,150 @@
+"""Every state-dict layout, checkpoint files, from_eager, strict and non-strict errors."""
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast.convert import UnsupportedModelError
+from helpers import TimmLikeConvMixer, one_liner_model, reference_model
+
+DIM, DEPTH, K, P, N = 12, 2, 5, 3, 6
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return reference_model(DIM, DEPTH, K, P, N)
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.randn(2, 3, 14, 16)
+
+
+def _copy_weights(source_state, target):
+    target.load_state_dict(dict(zip(target.state_dict(), source_state.values())))
+    return target.eval()
+
+
+def layouts(reference):
+    """The same weights in every layout users hold."""
+    sequential = reference.state_dict()
+    timm = _copy_weights(sequential, TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N)).state_dict()
+    one_liner = _copy_weights(sequential, one_liner_model(DIM, DEPTH, K, P, N)).state_dict()
+    return {
+        "original": sequential,
+        "timm": timm,
+        "one-liner": one_liner,
+        "dataparallel": {f"module.{k}": v for k, v in sequential.items()},
+        "compiled-dataparallel": {f"module._orig_mod.{k}": v for k, v in timm.items()},
+        "ours": cf.ConvMixer.from_eager(reference).state_dict(),
+    }
+
+
+@pytest.mark.parametrize("layout", ["original", "timm", "one-liner", "dataparallel", "compiled-dataparallel", "ours"])
+def test_every_layout_gives_identical_logits(reference, image, layout):
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    result = model.load_state_dict(layouts(reference)[layout])
+    assert list(result.missing_keys) == [] and list(result.unexpected_keys) == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("make_eager", [
+    pytest.param(lambda ref: ref, id="original"),
+    pytest.param(lambda ref: _copy_weights(ref.state_dict(), TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N)), id="timm-like"),
+    pytest.param(lambda ref: _copy_weights(ref.state_dict(), one_liner_model(DIM, DEPTH, K, P, N)), id="one-liner"),
+])
+def test_from_eager_detects_architecture(reference, image, make_eager):
+    eager = make_eager(reference)
+    model = cf.ConvMixer.from_eager(eager, backend="eager")
+    assert model.config == dict(dim=DIM, depth=DEPTH, kernel_size=K, patch_size=P, n_classes=N, in_chans=3, act_layer="gelu")
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
+
+
+def test_from_eager_real_timm(image):
+    timm = pytest.importorskip("timm")
+    eager = timm.create_model("convmixer_768_32", pretrained=False, num_classes=N).eval()
+    model = cf.ConvMixer.from_eager(eager, backend="eager")
+    assert model.config["act_layer"] == "relu" and model.depth == 32
+    x = torch.randn(1, 3, 35, 35)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), eager(x), rtol=1e-4, atol=1e-4)
+
+
+def test_from_eager_copies_batchnorm_eps(image):
+    eager = reference_model(DIM, DEPTH, K, P, N)
+    for module in eager.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eps = 1e-3
+    model = cf.ConvMixer.from_eager(eager, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
+
+
+def test_from_eager_rejects_other_models():
+    with pytest.raises(UnsupportedModelError, match="Conv2d layers"):
+        cf.ConvMixer.from_eager(torch.nn.Sequential(torch.nn.Linear(3, 4)))
+    eager = reference_model(DIM, DEPTH, K, P, N)
+    eager[3][0].fn[0].padding = (1, 1)
+    with pytest.raises(UnsupportedModelError, match="block 0: expected a depthwise Conv2d"):
+        cf.ConvMixer.from_eager(eager)
+
+
+@pytest.mark.parametrize("suffix, wrapper", [(".pth", None), (".pth.tar", "state_dict"), (".pt", "model"), (".safetensors", None)])
+def test_checkpoint_files(reference, image, tmp_path, suffix, wrapper):
+    path = tmp_path / f"weights{suffix}"
+    state = layouts(reference)["timm"]
+    if suffix == ".safetensors":
+        safetensors = pytest.importorskip("safetensors.torch")
+        safetensors.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        import argparse
+
+        torch.save({wrapper: state, "epoch": 3, "args": argparse.Namespace(lr=0.1)} if wrapper else state, path)
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    model.load_state_dict(cf.load_checkpoint(path))
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
+    assert cf.create_model("convmixer_cifar10", checkpoint_path=path, dim=DIM, depth=DEPTH, kernel_size=K,
+                           patch_size=P, n_classes=N).head.weight.shape == (N, DIM)
+
+
+def test_checkpoint_file_errors(tmp_path):
+    with pytest.raises(cf.CheckpointError, match="checkpoint file not found"):
+        cf.load_checkpoint(tmp_path / "missing.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a pickle")
+    with pytest.raises(cf.CheckpointError, match="could not read checkpoint"):
+        cf.load_checkpoint(bad)
+
+
+def test_shape_mismatch_names_key_and_both_shapes(reference):
+    model = cf.ConvMixer(DIM + 4, DEPTH, K, P, N)
+    with pytest.raises(cf.CheckpointError) as error:
+        model.load_state_dict(reference.state_dict(), strict=False)  # shapes raise even when not strict
+    message = str(error.value)
+    assert "stem.0.weight (checkpoint key '0.weight'): checkpoint (12, 3, 3, 3), model (16, 3, 3, 3)" in message
+    assert "dim=12 (model: 16)" in message
+
+
+def test_strict_and_non_strict_missing_unexpected(reference, image):
+    state = dict(reference.state_dict())
+    del state["3.0.fn.0.weight"]
+    state["99.extra"] = torch.zeros(1)
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    with pytest.raises(cf.CheckpointError, match=r"missing keys \(1\): blocks.0.0.fn.0.weight") as error:
+        model.load_state_dict(state)
+    assert "unexpected keys (1): 99.extra" in str(error.value)
+    result = model.load_state_dict(state, strict=False)
+    assert result.missing_keys == ["blocks.0.0.fn.0.weight"] and result.unexpected_keys == ["99.extra"]
+
+
+def test_depth_mismatch_is_explained(reference):
+    with pytest.raises(cf.CheckpointError, match="depth=2 \\(model: 3\\)"):
+        cf.ConvMixer(DIM, DEPTH + 1, K, P, N).load_state_dict(reference.state_dict())
+
+
+def test_unrecognised_layout():
+    with pytest.raises(cf.CheckpointError, match="unrecognised ConvMixer state-dict layout"):
+        cf.ConvMixer(DIM, DEPTH, K, P, N).load_state_dict({"encoder.weight": torch.zeros(1)})
