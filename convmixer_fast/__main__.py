@@ -46,6 +46,7 @@ def _info(args) -> int:
 def _verify(args) -> int:
     import torch
 
+    from .backends import resolve_backend
     from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
@@ -70,16 +71,17 @@ def _verify(args) -> int:
         print(json.dumps({"model": name, "backend": args.backend, "dtype": str(dtype), "device": str(device),
                           "batch": args.batch, "image_size": image_size, "ok": ok, "rows": rows_as_dicts(rows)}, indent=2))
     else:
-        print(f"verify {name}, backend {args.backend}, {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
+        resolved = resolve_backend(args.backend, device).name
+        print(f"verify {name}, backend {args.backend} ({resolved}), {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
         print(format_rows(rows))
         print("PASS" if ok else "FAIL: errors beyond tolerance")
     return 0 if ok else 1
 
 
 def _inspect(args) -> int:
-    from .inspect import format_table, inspect_kernels
+    from .inspect import BACKENDS, format_table, inspect_kernels
 
-    rows = inspect_kernels(args.arch, backends=tuple(args.backend))
+    rows = inspect_kernels(args.arch, backends=tuple(args.backend or BACKENDS))
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 
@@ -87,6 +89,7 @@ def _inspect(args) -> int:
 def main(argv=None) -> int:
     from .backends import BACKEND_NAMES
     from .configs import MODEL_CONFIGS
+    from .inspect import BACKENDS as INSPECT_BACKENDS
 
     parser = argparse.ArgumentParser(prog="python -m convmixer_fast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -112,14 +115,12 @@ def main(argv=None) -> int:
     inspect = commands.add_parser("inspect", help="compile every kernel for an architecture (no GPU needed) and "
                                   "report registers, shared memory, spills and tensor-core use")
     inspect.add_argument("--arch", required=True, choices=("sm_90a", "sm_80"))
-    inspect.add_argument("--backend", action="append", choices=("triton",), default=None,
+    inspect.add_argument("--backend", action="append", choices=tuple(INSPECT_BACKENDS),
                          help="backends to inspect (repeatable; default: all)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(run=_inspect)
 
     args = parser.parse_args(argv)
-    if getattr(args, "backend", None) is None and args.command == "inspect":
-        args.backend = ["triton"]
     return args.run(args)
 
 

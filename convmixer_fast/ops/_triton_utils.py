@@ -58,7 +58,9 @@ class KernelSpec:
 
     ``signature`` maps every non-constexpr argument to its Triton type (``"*bf16"``, ``"i32"``,
     ``"fp32"``); ``constexprs`` maps every constexpr argument (config and specialisation) to its
-    value. ``num_warps`` / ``num_stages`` come from the config.
+    value. ``num_warps`` / ``num_stages`` come from the config. ``divisible_by_16`` names the
+    integer arguments that are multiples of 16 at the sample shape: the JIT specialises on that at
+    run time (vectorised loads depend on it), so inspect marks them as it does.
     """
 
     kernel: str
@@ -68,4 +70,5 @@ class KernelSpec:
     num_warps: int
     num_stages: int
     config: str
+    divisible_by_16: tuple[str, ...] = ()
     backend: str = field(default="triton")

@@ -1,0 +1,142 @@
+"""``convmixer_fast.inspect``: every Triton kernel compiles for sm_90a / sm_80 without a GPU.
+
+Needs Triton (its bundled ptxas and cuobjdump), no GPU and no interpreter. Works whether or not
+TRITON_INTERPRET=1 is set for the session: ``inspect_triton`` then compiles in a subprocess.
+Compiled kernels go to Triton's cache, so only the first run is slow (about a minute per arch).
+"""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from convmixer_fast import inspect as insp  # noqa: E402
+
+GEMM_MODULES = ("convmixer_fast.ops.stem", "convmixer_fast.ops.pointwise")
+TENSOR_CORE_KINDS = {"wgmma", "mma", "none"}
+SHARED_LIMIT = {"sm_90a": 228 * 1024, "sm_80": 164 * 1024}  # per block, static + dynamic
+
+
+def is_gemm(row):
+    return "pointwise" in row["kernel"] or "stem" in row["kernel"]
+
+
+@pytest.fixture(scope="module")
+def sm90_rows():
+    return insp.inspect_kernels("sm_90a")
+
+
+@pytest.fixture(scope="module")
+def sm80_gemm_rows():
+    return insp.inspect_triton("sm_80", modules=GEMM_MODULES)
+
+
+def check_row(row, arch):
+    assert tuple(row) == insp.ROW_KEYS
+    assert row["backend"] == "triton"
+    assert row["arch"] == arch
+    assert isinstance(row["kernel"], str) and row["kernel"]
+    assert isinstance(row["config"], str) and "w=" in row["config"]
+    assert isinstance(row["registers"], int) and 1 <= row["registers"] <= 255
+    assert isinstance(row["shared_bytes"], int) and 0 <= row["shared_bytes"] <= SHARED_LIMIT[arch]
+    assert isinstance(row["spill_bytes"], int) and row["spill_bytes"] >= 0
+    assert row["tensor_core"] in TENSOR_CORE_KINDS
+
+
+def test_sm90_rows_are_sane(sm90_rows):
+    assert sm90_rows
+    for row in sm90_rows:
+        check_row(row, "sm_90a")
+    # every op module contributes, one row per (kernel, config)
+    for op in ("stem", "depthwise", "pointwise", "head"):
+        assert any(op in row["kernel"] for row in sm90_rows), op
+    keys = [(row["kernel"], row["config"]) for row in sm90_rows]
+    assert len(set(keys)) == len(keys)
+
+
+def test_sm90_gemms_use_wgmma(sm90_rows):
+    gemms = [row for row in sm90_rows if is_gemm(row)]
+    assert any("stem" in row["kernel"] for row in gemms)
+    assert any("pointwise" in row["kernel"] for row in gemms)
+    not_wgmma = [(row["kernel"], row["config"]) for row in gemms if row["tensor_core"] != "wgmma"]
+    assert not not_wgmma
+
+
+def test_sm90_nothing_spills(sm90_rows):
+    spilling = [
+        (row["kernel"], row["config"], row["spill_bytes"])
+        for row in sm90_rows
+        if row["spill_bytes"] > 0
+    ]
+    assert not spilling, "configs that spill (kernel, config, bytes):\n" + "\n".join(
+        map(str, spilling)
+    )
+
+
+def test_sm80_gemms_use_mma(sm80_gemm_rows):
+    assert any("stem" in row["kernel"] for row in sm80_gemm_rows)
+    assert any("pointwise" in row["kernel"] for row in sm80_gemm_rows)
+    for row in sm80_gemm_rows:
+        check_row(row, "sm_80")
+        assert row["tensor_core"] == "mma", (row["kernel"], row["config"])
+
+
+def test_interpret_env_compiles_in_a_subprocess(monkeypatch):
+    """With TRITON_INTERPRET=1 the kernels are interpreter functions: inspect must still work."""
+    modules = ("convmixer_fast.ops.head",)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    rows = insp.inspect_triton("sm_80", modules=modules)
+    assert {row["kernel"] for row in rows} == {"head_pool", "head_classifier"}
+    for row in rows:
+        check_row(row, "sm_80")
+    monkeypatch.delenv("TRITON_INTERPRET")
+    # In-process (or, if the session imported the kernels under the interpreter, again in a
+    # subprocess): the same rows.
+    assert insp.inspect_triton("sm_80", modules=modules) == rows
+
+
+def test_format_table(sm80_gemm_rows):
+    table = insp.format_table(sm80_gemm_rows)
+    lines = table.splitlines()
+    assert len(lines) == len(sm80_gemm_rows) + 2
+    assert lines[0].split() == ["backend", "kernel", "config", "arch", "regs", "shared_B",
+                                "spill_B", "tensor_core"]
+    assert set(lines[1]) <= {"-", " "}
+    assert len({len(line) for line in lines[2:]}) <= 2  # aligned (last column may vary: mma)
+    for row, line in zip(sm80_gemm_rows, lines[2:]):
+        assert line.split() == [str(row[k]) for k in insp.ROW_KEYS]
+
+
+def test_bad_arch_and_backend():
+    with pytest.raises(ValueError, match="unsupported arch 'sm_75'"):
+        insp.inspect_kernels("sm_75")
+    with pytest.raises(ValueError, match="unsupported arch"):
+        insp.inspect_triton("sm_90")
+    with pytest.raises(ValueError, match="unknown backend 'metal'"):
+        insp.inspect_kernels("sm_80", backends=("metal",))
+
+
+def test_tensor_core_kind():
+    assert insp.tensor_core_kind("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16") == "wgmma"
+    assert insp.tensor_core_kind("  /*0a30*/  HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4]") == "wgmma"
+    assert insp.tensor_core_kind("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == "mma"
+    assert insp.tensor_core_kind("  /*0a30*/  HMMA.16816.F32.BF16 R4, R8, R12, R4 ;") == "mma"
+    assert insp.tensor_core_kind("fma.rn.f32 %f1, %f2, %f3, %f4;  FFMA R1, R2, R3, R4") == "none"
+
+
+def test_parse_resource_usage():
+    text = """
+Resource usage:
+ Common:
+  GLOBAL:11 CONSTANT[4]:8
+ Function pointwise_kernel:
+  REG:255 STACK:376 SHARED:1024 LOCAL:0 CONSTANT[0]:608 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function other:
+  REG:40 STACK:0 SHARED:0 LOCAL:8 CONSTANT[0]:400 TEXTURE:0 SURFACE:0 SAMPLER:0
+"""
+    usage = insp.parse_resource_usage(text)
+    assert usage == {
+        "pointwise_kernel": {"REG": 255, "STACK": 376, "SHARED": 1024, "LOCAL": 0},
+        "other": {"REG": 40, "STACK": 0, "SHARED": 0, "LOCAL": 8},
+    }
+    assert insp.spill_bytes(usage["pointwise_kernel"]) == 376
+    assert insp.spill_bytes(usage["other"]) == 8

@@ -1,0 +1,187 @@
+"""Tests of the fused depthwise block (convmixer_fast/ops/depthwise.py) against the fp32 reference.
+
+Runs on a GPU, or on the CPU under ``TRITON_INTERPRET=1``; skipped otherwise. Shapes are small and
+deliberately odd (not multiples of any tile; kernels larger than the map, so the halo is mostly
+padding) to keep the interpreter fast and hit every edge.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+# The reference's conv2d warns about padding="same" with even kernels (it pads a copy): expected.
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+import triton  # noqa: E402
+
+from convmixer_fast.ops import depthwise as dw  # noqa: E402
+from convmixer_fast.ops._triton_utils import ACTIVATION_CODES  # noqa: E402
+from convmixer_fast.ops.reference import depthwise_block_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Per-dtype tolerances: the kernel and the reference both compute in fp32 and round once, so they
+# differ by fp32 reassociation plus at most about one ulp of the output dtype.
+DTYPES = [
+    pytest.param(torch.float32, 1e-4, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 1e-2, 1e-2, id="fp16"),
+    pytest.param(torch.bfloat16, 2e-2, 3e-2, id="bf16"),
+]
+
+
+def make_inputs(B, H, W, C, k, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, W, C, generator=gen).to(dtype)
+    weight = (torch.randn(k, k, C, generator=gen) / k).to(dtype)  # conv output stays O(1)
+    bias = torch.randn(C, generator=gen) * 0.5
+    scale = torch.rand(C, generator=gen) + 0.5
+    shift = torch.randn(C, generator=gen) * 0.5
+    return [t.to(DEVICE) for t in (x, weight, bias, scale, shift)]
+
+
+def nan_like(x):
+    return torch.full_like(x, float("nan"))
+
+
+def check(out, x, weight, bias, scale, shift, act, atol, rtol):
+    expected = depthwise_block_reference(x, weight, bias, scale, shift, act)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert not torch.isnan(out).any(), "unwritten (NaN) outputs"
+    torch.testing.assert_close(out.float(), expected.float(), atol=atol, rtol=rtol)
+
+
+# (B, H, W, C, k): odd maps, odd channel counts, kernels larger than the map, batch 1 and 2.
+CASES = [
+    (1, 1, 1, 1, 1),
+    (2, 5, 7, 3, 3),
+    (1, 9, 9, 40, 9),
+    (2, 3, 17, 40, 4),
+    (1, 5, 7, 33, 15),
+    (2, 9, 5, 3, 6),
+    (1, 3, 17, 1, 7),
+    (1, 11, 10, 67, 2),
+]
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("B, H, W, C, k", CASES)
+def test_matches_reference(B, H, W, C, k, dtype, atol, rtol):
+    act = "gelu" if (H + k) % 2 else "relu"  # both activations across the cases
+    x, weight, bias, scale, shift = make_inputs(B, H, W, C, k, dtype, seed=H * 100 + k)
+    out = nan_like(x)
+    result = dw.depthwise_block(x, weight, bias, scale, shift, act, out=out)
+    assert result is out
+    check(out, x, weight, bias, scale, shift, act, atol, rtol)
+
+
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+@pytest.mark.parametrize("k", list(range(1, 16)))
+def test_every_kernel_size(k, act):
+    """Odd and even k from 1 to 15 on a 5x7 map: 'same' padding is (k-1)//2 before, k//2 after."""
+    x, weight, bias, scale, shift = make_inputs(1, 5, 7, 3, k, torch.float32, seed=k)
+    out = dw.depthwise_block(x, weight, bias, scale, shift, act)  # out allocated by the entry
+    check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
+
+
+def test_largest_kernel_size():
+    k = dw.MAX_KERNEL_SIZE
+    x, weight, bias, scale, shift = make_inputs(1, 3, 5, 2, k, torch.float32, seed=31)
+    out = dw.depthwise_block(x, weight, bias, scale, shift, "gelu", out=torch.empty_like(x))
+    check(out, x, weight, bias, scale, shift, "gelu", 1e-4, 1e-4)
+
+
+@pytest.mark.parametrize("config", dw.CONFIGS, ids=[str(i) for i in range(len(dw.CONFIGS))])
+def test_every_config(config):
+    """Each autotune config (the autotuner runs only the first under the interpreter)."""
+    B, H, W, C, k, act = 1, 9, 10, 67, 4, "gelu"
+    x, weight, bias, scale, shift = make_inputs(B, H, W, C, k, torch.float32, seed=5)
+    out = nan_like(x)
+    grid = (
+        B * triton.cdiv(H, config.kwargs["TILE_H"]) * triton.cdiv(W, config.kwargs["TILE_W"]),
+        triton.cdiv(C, config.kwargs["BLOCK_C"]),
+    )
+    dw._depthwise_block_kernel.fn[grid](
+        x, weight, bias, scale, shift, out, H, W, C, K=k, ACTIVATION=ACTIVATION_CODES[act],
+        num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs,
+    )
+    check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
+
+
+def test_opcheck():
+    x, weight, bias, scale, shift = make_inputs(1, 3, 5, 4, 3, torch.float32, seed=1)
+    out = torch.empty_like(x)
+    torch.library.opcheck(
+        dw.triton_depthwise_block, (x, weight, bias, scale, shift, "relu", out)
+    )
+
+
+def _good(dtype=torch.float32):
+    return make_inputs(1, 4, 5, 6, 3, dtype, seed=2)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda a: a.update(act="tanh"), "act must be one of"),
+        (lambda a: a.update(x=a["x"][0]), r"x must be \[B, H, W, C\]"),
+        (lambda a: a.update(x=a["x"].double()), "x dtype must be one of"),
+        (lambda a: a.update(x=a["x"][:, :, :0]), "x must be non-empty"),
+        (lambda a: a.update(weight=a["weight"][:, :2]), r"weight must be \[k, k, C\]"),
+        (lambda a: a.update(weight=a["weight"][..., :5]), r"weight must be \[k, k, C\] with C=6"),
+        (lambda a: a.update(weight=torch.zeros(32, 32, 6, device=DEVICE)), "1 <= k <= 31"),
+        (lambda a: a.update(weight=a["weight"][0]), r"weight must be \[k, k, C\]"),
+        (lambda a: a.update(weight=a["weight"].half()), "weight dtype must match x"),
+        (lambda a: a.update(bias=a["bias"].half()), "bias dtype must be torch.float32"),
+        (lambda a: a.update(scale=a["scale"][:5]), r"scale must be \[C\] with C=6"),
+        (lambda a: a.update(shift=a["shift"][None]), r"shift must be \[C\] with C=6"),
+        (lambda a: a.update(out=torch.empty(1, 4, 5, 7, device=DEVICE)), "out must have the shape"),
+        (lambda a: a.update(out=torch.empty_like(a["x"]).half()), "out dtype must match x"),
+        (lambda a: a.update(x=a["x"].transpose(1, 2).contiguous().transpose(1, 2)),
+         "x must be contiguous"),
+        (lambda a: a.update(weight=a["weight"].transpose(0, 1)), "weight must be contiguous"),
+        (lambda a: a.update(out=torch.empty(1, 5, 4, 6, device=DEVICE).transpose(1, 2)),
+         "out must be contiguous"),
+        (lambda a: a.update(out=a["x"]), "out must not overlap x"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_bad_arguments(mutate, match):
+    x, weight, bias, scale, shift = _good()
+    args = dict(x=x, weight=weight, bias=bias, scale=scale, shift=shift, act="gelu", out=None)
+    mutate(args)
+    with pytest.raises(ValueError, match=match):
+        dw.depthwise_block(**args)
+
+
+def test_partial_overlap_rejected():
+    x, weight, bias, scale, shift = _good()
+    storage = torch.zeros(2 * x.numel(), device=DEVICE)
+    x_in = storage[: x.numel()].view_as(x)
+    out = storage[7 : 7 + x.numel()].view_as(x)
+    with pytest.raises(ValueError, match="out must not overlap x"):
+        dw.depthwise_block(x_in, weight, bias, scale, shift, "gelu", out=out)
+
+
+def test_kernel_specs():
+    specs = dw.kernel_specs()
+    assert len(specs) == 2 * len(dw.CONFIGS)
+    for spec in specs:
+        assert spec.signature["x_ptr"] == "*bf16" and spec.constexprs["K"] in (7, 9)
+        assert set(spec.signature) | set(spec.constexprs) == set(spec.fn.arg_names)
+
+
+def test_prune_configs():
+    """Big k or channel counts that cannot be 16-byte vectorized keep only the lean configs."""
+    x = torch.empty(1, 2, 2, 32, dtype=torch.bfloat16)
+    args = {"x_ptr": x, "weight_ptr": x, "out_ptr": x, "C": 32}
+    assert dw._prune_configs(dw.CONFIGS, args, K=9) == dw.CONFIGS
+    for k, C in ((15, 32), (9, 24)):
+        kept = dw._prune_configs(dw.CONFIGS, {**args, "C": C}, K=k)
+        assert kept and kept[0] is dw.CONFIGS[0] and len(kept) < len(dw.CONFIGS)
+        assert all(dw._elements_per_thread(c) <= 4 and c.kwargs["TILE_W"] <= 8 for c in kept)

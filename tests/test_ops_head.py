@@ -1,0 +1,123 @@
+"""Triton head (global average pool + classifier) against ``head_reference``."""
+
+import os
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+from convmixer_fast.ops.head import (  # noqa: E402
+    CLASSIFIER_CONFIGS,
+    POOL_CONFIGS,
+    head,
+    kernel_specs,
+)
+from convmixer_fast.ops.reference import head_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (atol, rtol) per dtype: fp32 accumulation throughout, one rounding of the logits.
+DTYPES = [
+    pytest.param(torch.float32, 1e-4, 1e-4, id="fp32"),
+    pytest.param(torch.float16, 2e-3, 2e-3, id="fp16"),
+    pytest.param(torch.bfloat16, 1.6e-2, 1.6e-2, id="bf16"),
+]
+
+SHAPES = [  # B, H, W, C, N
+    pytest.param(1, 7, 5, 37, 11, id="b1-odd"),
+    pytest.param(3, 9, 11, 53, 10, id="b3-odd"),
+    pytest.param(1, 1, 1, 3, 1, id="b1-1x1"),
+    pytest.param(2, 16, 16, 96, 33, id="b2-mult"),
+    pytest.param(3, 13, 3, 130, 129, id="b3-wide"),
+]
+
+
+def make_inputs(B, H, W, C, N, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, W, C, generator=g).to(dtype)
+    x += torch.rand(1, 1, 1, C, generator=g).to(dtype)  # per-channel offsets: means are not ~0
+    weight = (torch.randn(N, C, generator=g) / C**0.5).to(dtype)
+    bias = torch.randn(N, generator=g)
+    return x.to(DEVICE), weight.to(DEVICE), bias.to(DEVICE)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+@pytest.mark.parametrize("B, H, W, C, N", SHAPES)
+def test_head_matches_reference(B, H, W, C, N, dtype, atol, rtol):
+    x, weight, bias = make_inputs(B, H, W, C, N, dtype)
+    pooled = torch.full((B, C), float("nan"), device=DEVICE)
+    out = torch.full((B, N), float("nan"), device=DEVICE, dtype=dtype)
+
+    result = head(x, weight, bias, pooled=pooled, out=out)
+
+    assert result is out
+    torch.testing.assert_close(pooled, x.float().mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+    expected = head_reference(x, weight, bias)
+    torch.testing.assert_close(result, expected, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
+def test_head_allocates_outputs(dtype, atol, rtol):
+    x, weight, bias = make_inputs(2, 5, 6, 40, 7, dtype, seed=1)
+    logits = head(x, weight, bias)
+    assert logits.shape == (2, 7) and logits.dtype == dtype and logits.device == x.device
+    torch.testing.assert_close(logits, head_reference(x, weight, bias), atol=atol, rtol=rtol)
+
+
+def test_head_opcheck():
+    x, weight, bias = make_inputs(2, 3, 5, 19, 6, torch.float32, seed=2)
+    pooled = torch.empty(2, 19, device=DEVICE)
+    out = torch.empty(2, 6, device=DEVICE)
+    op = torch.ops.convmixer_fast.triton_head.default
+    torch.library.opcheck(op, (x, weight, bias, pooled, out))
+
+
+def test_head_bad_arguments():
+    x, weight, bias = make_inputs(2, 3, 3, 8, 5, torch.float16, seed=3)
+    with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
+        head(x.reshape(2, 9, 8), weight, bias)
+    with pytest.raises(ValueError, match="x dtype must be one of"):
+        head(x.to(torch.float64), weight, bias)
+    with pytest.raises(ValueError, match=r"weight must be \[N, C\] with C=8"):
+        head(x, weight[:, :7], bias)
+    with pytest.raises(ValueError, match="weight dtype must match x"):
+        head(x, weight.float(), bias)
+    with pytest.raises(ValueError, match=r"bias must be \[N\] with N=5"):
+        head(x, weight, bias[:4])
+    with pytest.raises(ValueError, match="bias dtype must be torch.float32"):
+        head(x, weight, bias.half())
+    with pytest.raises(ValueError, match=r"pooled must be \[B, C\]"):
+        head(x, weight, bias, pooled=torch.empty(2, 9, device=DEVICE))
+    with pytest.raises(ValueError, match="pooled dtype must be torch.float32"):
+        head(x, weight, bias, pooled=torch.empty(2, 8, device=DEVICE, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"out must be \[B, N\]"):
+        head(x, weight, bias, out=torch.empty(2, 4, device=DEVICE, dtype=torch.float16))
+    with pytest.raises(ValueError, match="out dtype must match x"):
+        head(x, weight, bias, out=torch.empty(2, 5, device=DEVICE))
+    with pytest.raises(ValueError, match="x must be contiguous"):
+        head(x.transpose(1, 2), weight, bias)
+    with pytest.raises(ValueError, match="weight must be contiguous"):
+        head(x, torch.empty(8, 5, device=DEVICE, dtype=torch.float16).t(), bias)
+    with pytest.raises(ValueError, match="x must be non-empty"):
+        head(x[:0], weight, bias)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a GPU")
+def test_head_device_mismatch():
+    x, weight, bias = make_inputs(1, 2, 2, 8, 3, torch.float16)
+    with pytest.raises(ValueError, match="bias must be on the device of x"):
+        head(x, weight, bias.cpu())
+
+
+def test_kernel_specs_cover_every_config():
+    specs = kernel_specs()
+    pool = [s for s in specs if s.kernel == "head_pool"]
+    classifier = [s for s in specs if s.kernel == "head_classifier"]
+    assert len(pool) == len(POOL_CONFIGS) and len(classifier) == len(CLASSIFIER_CONFIGS)
+    assert len({s.config for s in pool}) == len(pool)
+    for spec in specs:
+        assert spec.signature and all(t != "constexpr" for t in spec.signature.values())
+        assert "*bf16" in spec.signature.values()
