@@ -42,3 +42,15 @@ def one_liner_model(h, d, k, p, n):
     R = type("R", (nn.Sequential,), {"forward": lambda s, x: s[0](x) + x})
     return S(A(C(3, h, p, stride=p)), *[S(R(A(C(h, h, k, groups=h, padding=k // 2))), A(C(h, h, 1))) for _ in range(d)],
              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(h, n))
+
+
+def skip_module_unless_triton_runs() -> None:
+    """Skip the calling test module unless Triton can run here: on a GPU, or on CPU tensors under
+    TRITON_INTERPRET=1 (conftest.py sets it when there is no GPU)."""
+    import os
+
+    import pytest
+
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)

@@ -7,16 +7,14 @@ padding) to keep the interpreter fast and hit every edge.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-pytest.importorskip("triton")
+from helpers import DEVICE, skip_module_unless_triton_runs
+
+skip_module_unless_triton_runs()
 # The reference's conv2d warns about padding="same" with even kernels (it pads a copy): expected.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 import triton  # noqa: E402
 
@@ -24,7 +22,6 @@ from convmixer_fast.ops import depthwise as dw  # noqa: E402
 from convmixer_fast.ops._triton_utils import ACTIVATION_CODES  # noqa: E402
 from convmixer_fast.ops.reference import depthwise_block_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # Per-dtype tolerances: the kernel and the reference both compute in fp32 and round once, so they
 # differ by fp32 reassociation plus at most about one ulp of the output dtype.

@@ -1,13 +1,11 @@
 """Triton head (global average pool + classifier) against ``head_reference``."""
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+skip_module_unless_triton_runs()
 
 from convmixer_fast.ops.head import (  # noqa: E402
     CLASSIFIER_CONFIGS,
@@ -17,7 +15,6 @@ from convmixer_fast.ops.head import (  # noqa: E402
 )
 from convmixer_fast.ops.reference import head_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (atol, rtol) per dtype: fp32 accumulation throughout, one rounding of the logits.
 DTYPES = [

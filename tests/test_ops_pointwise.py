@@ -1,18 +1,15 @@
 """Fused pointwise GEMM (``ops/pointwise.py``) against ``pointwise_reference``."""
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+skip_module_unless_triton_runs()
 
 from convmixer_fast.ops import pointwise as pw  # noqa: E402
 from convmixer_fast.ops.reference import ACTIVATIONS, pointwise_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (dtype, atol, rtol): outputs are O(1); 16-bit tolerances allow one rounding of the output plus
 # the different fp32 summation order.

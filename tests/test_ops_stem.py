@@ -1,18 +1,15 @@
 """Fused stem (``ops/stem.py``): patchify + GEMM + epilogue against ``stem_reference``."""
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+skip_module_unless_triton_runs()
 
 from convmixer_fast.ops import stem as stem_op  # noqa: E402
 from convmixer_fast.ops.reference import ACTIVATIONS, stem_reference  # noqa: E402
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 # (weight = model dtype, atol, rtol); outputs are O(1).
 DTYPES = [

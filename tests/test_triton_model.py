@@ -1,16 +1,14 @@
 """The whole model through the triton backend against the reference model (interpreter on CPU)."""
 
-import os
 
 import pytest
 import torch
 
-pytest.importorskip("triton")
-if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs a GPU or TRITON_INTERPRET=1", allow_module_level=True)
+from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+skip_module_unless_triton_runs()
 
 import convmixer_fast as cf  # noqa: E402
-from helpers import DEVICE, reference_model  # noqa: E402
+from helpers import reference_model  # noqa: E402
 
 # Relative to max |logit|, against the fp32 reference model: one rounding per step, 2*depth+2 steps.
 DTYPES = [
