@@ -6,6 +6,7 @@ Triton can still use the package.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,15 @@ ACTIVATION_CODES = {"gelu": 0, "relu": 1}
 
 # torch dtype -> the name Triton gives it in a kernel signature.
 TRITON_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def device_guard(tensor: torch.Tensor):
+    """Make the tensor's CUDA device current for a launch (Triton launches on the current device);
+    nothing to do on CPU (interpreter) or when it already is."""
+    device = tensor.device
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def select_configs(configs: list[triton.Config]) -> list[triton.Config]:

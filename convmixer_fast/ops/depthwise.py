@@ -54,7 +54,6 @@ of the halo) and the epilogue ``x + scale * act(acc + bias) + shift`` is fp32
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
@@ -65,6 +64,7 @@ from ._triton_utils import (
     KernelSpec,
     TRITON_DTYPE_NAMES,
     config_label,
+    device_guard,
     fused_epilogue,
     select_configs,
 )
@@ -206,9 +206,6 @@ def _depthwise_block_kernel(
         tl.store(out_image + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
 
 def _grid(B: int, H: int, W: int, C: int):
     return lambda meta: (
@@ -233,7 +230,7 @@ def triton_depthwise_block(
            "the halo of x after other programs may have written out)")
     B, H, W, C = x.shape
     K = weight.shape[0]
-    with _device_guard(x):
+    with device_guard(x):
         _depthwise_block_kernel[_grid(B, H, W, C)](
             x, weight, bias, scale, shift, out, H, W, C, K=K, ACTIVATION=ACTIVATION_CODES[act]
         )

@@ -21,13 +21,12 @@ The workspace is an argument so that a caller (a CUDA graph, the model) can prea
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import triton
 import triton.language as tl
 
-from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, config_label, select_configs
+from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, config_label, device_guard, select_configs
 
 __all__ = ["head", "kernel_specs", "POOL_CONFIGS", "CLASSIFIER_CONFIGS"]
 
@@ -130,9 +129,6 @@ def _head_classifier_kernel(
     )
 
 
-def _device_guard(t: torch.Tensor):
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
 
 @torch.library.custom_op("convmixer_fast::triton_head", mutates_args=("pooled", "out"))
 def triton_head(
@@ -146,7 +142,7 @@ def triton_head(
     B, H, W, C = x.shape
     N = weight.shape[0]
     HW = H * W
-    with _device_guard(x):
+    with device_guard(x):
         _head_pool_kernel[lambda meta: (B, triton.cdiv(C, meta["BLOCK_C"]))](x, pooled, B, HW, C)
         _head_classifier_kernel[
             lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(N, meta["BLOCK_N"]))

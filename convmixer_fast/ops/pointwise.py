@@ -15,7 +15,6 @@ stem kernel (``stem.py``), whose A operand is the patchified image instead of a 
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -27,6 +26,7 @@ from convmixer_fast.ops._triton_utils import (
     TRITON_DTYPE_NAMES,
     KernelSpec,
     config_label,
+    device_guard,
     fused_epilogue,
     is_interpreting,
     select_configs,
@@ -279,7 +279,7 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
     def grid(kw):
         return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
 
-    with _device_guard(y.device):
+    with device_guard(y):
         if config is None:
             _pointwise_tuned[grid](*args, **meta)
         else:
@@ -288,12 +288,6 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
                 *args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages
             )
 
-
-def _device_guard(device: torch.device):
-    """Make ``device`` current for the launch (Triton launches on the current CUDA device)."""
-    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
-        return torch.cuda.device(device)
-    return contextlib.nullcontext()
 
 
 @torch.library.custom_op("convmixer_fast::triton_pointwise", mutates_args=("out",))

@@ -21,11 +21,11 @@ from convmixer_fast.ops._triton_utils import (
     TRITON_DTYPE_NAMES,
     KernelSpec,
     config_label,
+    device_guard,
     select_configs,
 )
 from convmixer_fast.ops.pointwise import (
     SUPPORTED_DTYPES,
-    _device_guard,
     check_epilogue_args,
     check_tensor,
     dot_in_fp32,
@@ -127,7 +127,7 @@ def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config |
     def grid(kw):
         return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
 
-    with _device_guard(image.device):
+    with device_guard(image):
         if config is None:
             _stem_tuned[grid](*args, **meta)
         else:
