@@ -4,8 +4,9 @@
 
 ``--no-build-isolation`` builds against the torch already installed (an isolated build would pull a
 multi-GB CUDA torch; torch is deliberately not in [build-system].requires). C++ sources
-(csrc/*.cpp) are always compiled; CUDA sources (csrc/**/*.cu) only when torch was built with CUDA
-and a toolkit is found. Every switch is documented in convmixer_fast/_settings.py.
+(csrc/*.cpp: the op schemas, their argument checks) are always compiled; the CUDA kernels
+(csrc/kernels/*.cu, which need the CUTLASS headers of nvidia-cutlass) only when torch was built with
+CUDA and a toolkit is found. Every switch is documented in convmixer_fast/_settings.py.
 """
 
 import glob
@@ -36,7 +37,7 @@ def _extension():
     settings = _load_settings()
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
-    cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
+    cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu")))
     with_cuda, status = settings.cuda_build_status(torch.version.cuda, CUDA_HOME)
     if with_cuda and not cuda_sources:
         with_cuda, status = False, "off: no CUDA sources in csrc/ yet"
@@ -45,7 +46,8 @@ def _extension():
     if with_cuda:
         macros.append(("CONVMIXER_FAST_WITH_CUDA", "1"))
         compile_args["nvcc"] = settings.NVCC_FLAGS + settings.gencode_flags()
-        extension = CUDAExtension("convmixer_fast._C", cpp_sources + cuda_sources,
+        include_dirs = [os.path.join(ROOT, "csrc", "kernels"), *settings.cutlass_include_dirs()]
+        extension = CUDAExtension("convmixer_fast._C", cpp_sources + cuda_sources, include_dirs=include_dirs,
                                   define_macros=macros, extra_compile_args=compile_args)
     else:
         extension = CppExtension("convmixer_fast._C", cpp_sources, define_macros=macros, extra_compile_args=compile_args)

@@ -9,6 +9,7 @@ See README.md for the backends, build switches and environment variables.
 
 __version__ = "0.1.0"
 
+from .backends import BackendUnavailableError
 from .configs import MODEL_CONFIGS, create_model
 from .model import ConvMixer, InferenceOnlyError, InputError
 from .weights import CheckpointError, load_checkpoint
@@ -21,5 +22,6 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "InferenceOnlyError",
+    "BackendUnavailableError",
     "__version__",
 ]

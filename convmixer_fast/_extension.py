@@ -21,6 +21,7 @@ class ExtensionStatus:
 def extension_status() -> ExtensionStatus:
     try:
         from . import _C  # noqa: F401  (registers the convmixer_fast::* C++ ops)
+        from . import _cuda_fakes  # noqa: F401  (their fake implementations)
     except ImportError as error:
         return ExtensionStatus(
             False, False,

@@ -9,6 +9,10 @@ Build switches (read by ``pip install --no-build-isolation .``):
                                    "90a" enables wgmma/TMA). Default: 80;90a.
   MAX_JOBS=N                       parallel compile jobs (torch.utils.cpp_extension's switch).
   CUDA_HOME                        the CUDA toolkit (torch's switch); nvcc must be under it.
+  CUTLASS_DIR=/path/to/cutlass     a CUTLASS checkout (its include/ and tools/util/include/ are
+                                   used). Default: the headers of the PyPI package nvidia-cutlass
+                                   (pip install --no-deps nvidia-cutlass==4.2.0.0), found without
+                                   importing it. Needed only when CUDA sources are compiled.
 CUDA sources are compiled only when torch itself was built with CUDA (``torch.version.cuda``),
 a CUDA toolkit is found, and CONVMIXER_FAST_NO_CUDA is not set.
 
@@ -25,10 +29,14 @@ import sys
 
 ENV_NO_CUDA = "CONVMIXER_FAST_NO_CUDA"
 ENV_CUDA_ARCHS = "CONVMIXER_FAST_CUDA_ARCHS"
+ENV_CUTLASS_DIR = "CUTLASS_DIR"
+CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
 
 CXX_FLAGS = ["-O3", "-std=c++17"]
-NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+# -DNDEBUG: CUTLASS's device-side asserts (calls to __assertfail) make ptxas serialize the sm_90
+# wgmma pipeline and spill.
+NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-DNDEBUG"]
 
 
 def _truthy(value: str | None) -> bool:
@@ -45,6 +53,30 @@ def cuda_archs() -> list[str]:
 
 def gencode_flags() -> list[str]:
     return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in cuda_archs()]
+
+
+def cutlass_include_dirs() -> list[str]:
+    """CUTLASS's two header folders: from CUTLASS_DIR, else from the nvidia-cutlass package."""
+    root = os.environ.get(ENV_CUTLASS_DIR)
+    if root:
+        dirs = [os.path.join(root, "include"), os.path.join(root, "tools", "util", "include")]
+        where = f"{ENV_CUTLASS_DIR}={root}"
+    else:
+        import importlib.util
+
+        spec = importlib.util.find_spec("cutlass_library")  # locates the package, runs none of it
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(
+                "the CUDA kernels need the CUTLASS headers: pip install --no-deps "
+                f"{CUTLASS_PACKAGE} (or set {ENV_CUTLASS_DIR} to a CUTLASS checkout), or build "
+                f"without CUDA: {ENV_NO_CUDA}=1"
+            )
+        source = os.path.join(list(spec.submodule_search_locations)[0], "source")
+        dirs = [os.path.join(source, "include"), os.path.join(source, "tools", "util", "include")]
+        where = f"the {CUTLASS_PACKAGE.split('==')[0]} package"
+    if not os.path.exists(os.path.join(dirs[0], "cutlass", "cutlass.h")):
+        raise RuntimeError(f"no cutlass/cutlass.h under {dirs[0]} (from {where})")
+    return dirs
 
 
 def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> tuple[bool, str]:
@@ -65,5 +97,7 @@ if __name__ == "__main__":
         print(";".join(NVCC_FLAGS))
     elif what == "cuda-archs":
         print(";".join(cuda_archs()))
+    elif what == "cutlass-include-dirs":
+        print(";".join(cutlass_include_dirs()))
     else:
-        sys.exit("usage: _settings.py nvcc-flags|cuda-archs")
+        sys.exit("usage: _settings.py nvcc-flags|cuda-archs|cutlass-include-dirs")

@@ -2,28 +2,36 @@
 
 One row per kernel and autotune config, each a dict with exactly the keys of ``ROW_KEYS``:
 
-- ``backend``: ``"triton"`` (later ``"cuda"``), ``kernel``, ``config`` (its label), ``arch``;
+- ``backend``: ``"triton"`` or ``"cuda"``, ``kernel``, ``config`` (its label), ``arch``;
 - ``registers``: registers per thread, ``spill_bytes``: stack frame + local memory per thread
   (bytes; in these kernels, which make no calls, that memory only ever holds register spills),
   both read from the cubin with ``cuobjdump --dump-resource-usage`` (there is no driver to ask);
 - ``shared_bytes``: shared memory per block, static (in the cubin) + dynamic (what the launcher
-  requests: ``metadata.shared`` for Triton);
+  requests: ``metadata.shared`` for Triton; for the cuda backend only the static part is known
+  without running, so CUTLASS kernels, whose shared memory is all dynamic, show 0);
 - ``tensor_core``: ``"wgmma"`` (Hopper warpgroup MMA), ``"mma"`` (``mma.sync``) or ``"none"``,
   from the PTX (``wgmma.mma_async`` / ``mma.sync``) or the SASS (``HGMMA`` / ``HMMA``).
 
-Backends are functions ``arch -> list[row]`` in ``BACKENDS``; a CUDA backend (nvcc-compiled .cu
-files) plugs in by adding ``BACKENDS["cuda"] = inspect_cuda``, and can reuse
-``cubin_resource_usage`` and ``tensor_core_kind`` on its own cubins / SASS.
+Backends are functions ``arch -> list[row]`` in ``BACKENDS``.
 
 Triton kernels come from ``kernel_specs()`` of the op modules in ``TRITON_OP_MODULES`` and are
 compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cap, 32))`` (works in
 triton 3.6 and 3.9; compiled kernels land in Triton's own cache, so a second run is fast).
 Under ``TRITON_INTERPRET=1`` ``@triton.jit`` yields interpreter functions that cannot be compiled,
 so ``inspect_triton`` then runs itself in a subprocess with the variable removed.
+
+CUDA kernels are compiled from the source tree (``csrc/kernels/*.cu`` of a checkout; an installed
+package carries no sources) with nvcc, the flags of ``_settings`` and ``-cubin``, one file per
+process in parallel; cubins are cached under ``CONVMIXER_FAST_INSPECT_CACHE`` (default
+``~/.cache/convmixer_fast/inspect``) by a hash of the sources, flags and nvcc version. One row per
+kernel function, named by its demangled template (``kernel``: the function, ``config``: its
+template arguments, shortened).
 """
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import importlib
 import inspect as _pyinspect
 import json
@@ -34,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 ROW_KEYS = (
@@ -152,22 +161,23 @@ def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
     return usage
 
 
-def cubin_resource_usage(cubin: bytes | str) -> dict[str, dict[str, int]]:
-    """Resource usage per function of a cubin (its bytes, or a path to a cubin / object file)."""
+def cubin_resource_usage(cubin: bytes | str, require_functions: bool = True) -> dict[str, dict[str, int]]:
+    """Resource usage per function of a cubin (its bytes, or a path to a cubin / object file);
+    ``InspectError`` if it has none, unless ``require_functions`` is False (a host-only file)."""
     tool = find_cuobjdump()
     if isinstance(cubin, (bytes, bytearray)):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "kernel.cubin")
             with open(path, "wb") as f:
                 f.write(cubin)
-            return cubin_resource_usage(path)
+            return cubin_resource_usage(path, require_functions)
     result = subprocess.run(
         [tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=False
     )
     if result.returncode != 0:
         raise InspectError(f"cuobjdump failed on {cubin}: {result.stderr.strip()}")
     usage = parse_resource_usage(result.stdout)
-    if not usage:
+    if not usage and require_functions:
         raise InspectError(f"no function in the resource usage of {cubin}:\n{result.stdout}")
     return usage
 
@@ -317,12 +327,148 @@ def inspect_triton(arch: str, modules=TRITON_OP_MODULES) -> list[dict]:
         return [_triton_row(spec, arch, capability) for spec in specs]
 
 
+# ----------------------------------------------------------------------------- cuda backend
+
+CUDA_KERNEL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "kernels")
+_SASS_FUNCTION = re.compile(r"^\s*Function\s*:\s*(\S+)\s*$")
+_CONFIG_CHARS = 60
+
+
+def _cuda_tool(name: str) -> str:
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    candidates = [os.path.join(cuda_home, "bin", name)] if cuda_home else []
+    candidates += [shutil.which(name) or "", os.path.join("/usr/local/cuda/bin", name)]
+    for path in candidates:
+        if path and os.access(path, os.X_OK):
+            return path
+    raise InspectError(f"{name} not found (set CUDA_HOME to a CUDA toolkit): the cuda kernels need nvcc to compile")
+
+
+def _sass_tensor_cores(sass: str) -> dict[str, str]:
+    """``cuobjdump -sass`` output -> ``{mangled function: tensor_core_kind}``."""
+    kinds: dict[str, str] = {}
+    function, body = None, []
+    for line in sass.splitlines() + ["Function : <end>"]:
+        match = _SASS_FUNCTION.match(line)
+        if match:
+            if function is not None:
+                kinds[function] = tensor_core_kind("\n".join(body))
+            function, body = match.group(1), []
+        else:
+            body.append(line)
+    return kinds
+
+
+def _demangle(names: list[str]) -> dict[str, str]:
+    """Mangled -> demangled names, with the toolkit's cu++filt or binutils' c++filt (else unchanged)."""
+    try:
+        tool = _cuda_tool("cu++filt")
+    except InspectError:
+        tool = shutil.which("c++filt")
+    if tool is None:
+        return {name: name for name in names}
+    result = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True, check=False)
+    demangled = result.stdout.splitlines() if result.returncode == 0 else names
+    return dict(zip(names, demangled if len(demangled) == len(names) else names))
+
+
+# A CUTLASS kernel's name is its whole GEMM type (thousands of characters; the demangler gives up on
+# some): its label is the schedule, tile / MMA atom, element type and activation found in it.
+_CUTLASS_LABEL_PARTS = re.compile(
+    r"Kernel(?:Tma)?\w*?(?:Pingpong|Cooperative)|MMA_\d+x\d+x\d+_\w+?(?=_SS|E)|GemmShape<\d+, \d+, \d+>|"
+    r"\bhalf_t\b|\bbfloat16_t\b|ActivationE[01]|\(convmixer_fast::Activation\)[01]"
+)
+_ACTIVATION_LABELS = {"ActivationE0": "gelu", "ActivationE1": "relu",
+                      "(convmixer_fast::Activation)0": "gelu", "(convmixer_fast::Activation)1": "relu"}
+
+
+def _kernel_and_config(demangled: str) -> tuple[str, str]:
+    """``"void ns::f<A, (Activation)0>(args)"`` -> (``"f"``, ``"A, gelu"``, shortened to a label);
+    CUTLASS kernels -> (``"cutlass::<kernel>"``, their schedule, tile, element type, activation)."""
+    if "cutlass" in demangled.split("<", 1)[0] or demangled.startswith("_ZN7cutlass"):
+        kernel = "cutlass::device_kernel" if "device_kernel" in demangled else "cutlass::Kernel2"
+        parts = dict.fromkeys(_CUTLASS_LABEL_PARTS.findall(demangled))
+        return kernel, ", ".join(_ACTIVATION_LABELS.get(part, part) for part in parts)
+    signature = demangled
+    if signature.endswith(")"):  # drop the parameter list: the "(" matching the last ")"
+        depth = 0
+        for index in range(len(signature) - 1, -1, -1):
+            depth += {")": 1, "(": -1}.get(signature[index], 0)
+            if depth == 0:
+                signature = signature[:index]
+                break
+    head, _, templated = signature.partition("<")
+    kernel = head.rsplit("::", 1)[-1].removeprefix("void ").strip()
+    config = templated[:-1] if templated else ""
+    for name, label in _ACTIVATION_LABELS.items():
+        config = config.replace(name, label)
+    config = re.sub(r"\b(convmixer_fast|cutlass|cute|std)::", "", config)
+    config = re.sub(r"\s+", " ", config)
+    return kernel, config if len(config) <= _CONFIG_CHARS else config[: _CONFIG_CHARS - 3] + "..."
+
+
+def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
+    """nvcc ``source`` to a cubin for ``arch`` (cached by sources, flags and nvcc); its path."""
+    from . import _settings
+
+    nvcc = _cuda_tool("nvcc")
+    flags = [*_settings.NVCC_FLAGS, f"-gencode=arch=compute_{arch[3:]},code={arch}", "-cubin",
+             f"-I{CUDA_KERNEL_DIR}"]
+    for include in _settings.cutlass_include_dirs():
+        flags += ["-isystem", include]
+    digest = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(CUDA_KERNEL_DIR, "*"))):  # headers change every TU
+        with open(path, "rb") as f:
+            digest.update(os.path.basename(path).encode() + f.read())
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
+    digest.update(" ".join(flags).encode() + version.encode())
+    name = os.path.splitext(os.path.basename(source))[0]
+    cubin = os.path.join(cache_dir, f"{name}-{arch}-{digest.hexdigest()[:16]}.cubin")
+    if not os.path.exists(cubin):
+        partial = f"{cubin}.{os.getpid()}.tmp"
+        result = subprocess.run([nvcc, *flags, source, "-o", partial], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise InspectError(f"nvcc failed on {source} for {arch}:\n{result.stderr[-4000:]}")
+        os.replace(partial, cubin)
+    return cubin
+
+
+def _cuda_rows(cubin: str, arch: str) -> list[dict]:
+    usage = cubin_resource_usage(cubin, require_functions=False)  # launchers hold no kernel
+    sass = subprocess.run([find_cuobjdump(), "-sass", cubin], capture_output=True, text=True, check=False).stdout
+    tensor_cores = _sass_tensor_cores(sass)
+    names = _demangle(sorted(usage))
+    rows = []
+    for mangled in sorted(usage):
+        kernel, config = _kernel_and_config(names[mangled])
+        resources = usage[mangled]
+        rows.append(make_row("cuda", kernel, config, arch, resources["REG"], resources.get("SHARED", 0),
+                             spill_bytes(resources), tensor_cores.get(mangled, "none")))
+    return rows
+
+
+def inspect_cuda(arch: str, sources: list[str] | None = None) -> list[dict]:
+    """Compile the cuda backend's ``sources`` (default: every ``csrc/kernels/*.cu``) for ``arch``; rows."""
+    arch_capability(arch)
+    if sources is None:
+        sources = sorted(glob.glob(os.path.join(CUDA_KERNEL_DIR, "*.cu")))
+        if not sources:
+            raise InspectError(f"no CUDA kernel sources under {CUDA_KERNEL_DIR}: inspect the cuda backend from a "
+                               "source checkout of convmixer_fast")
+    cache_dir = os.environ.get("CONVMIXER_FAST_INSPECT_CACHE",
+                               os.path.join(os.path.expanduser("~"), ".cache", "convmixer_fast", "inspect"))
+    os.makedirs(cache_dir, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        cubins = list(pool.map(lambda source: _compile_cubin(source, arch, cache_dir), sources))
+    return [row for cubin in cubins for row in _cuda_rows(cubin, arch)]
+
+
 # ----------------------------------------------------------------------------- dispatch, output
 
-BACKENDS: dict[str, Callable[[str], list[dict]]] = {"triton": inspect_triton}
+BACKENDS: dict[str, Callable[[str], list[dict]]] = {"triton": inspect_triton, "cuda": inspect_cuda}
 
 
-def inspect_kernels(arch: str, backends=("triton",)) -> list[dict]:
+def inspect_kernels(arch: str, backends=tuple(BACKENDS)) -> list[dict]:
     """Rows of every kernel and config of each backend in ``backends`` compiled for ``arch``."""
     arch_capability(arch)  # validate before any work
     rows = []

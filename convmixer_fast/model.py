@@ -21,14 +21,14 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .backends import Backend, BackendUnavailableError, check_backend_name, resolve_backend
+from .backends import ResolvedOps, check_backend_name, resolve_ops
+from .ops._checks import MAX_KERNEL_SIZE
 from .prepare import PreparedParams, prepare_params
 from .reference import Residual
 from .weights import CheckpointError, infer_config, to_canonical
 
 ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_KERNEL_SIZE = 31
 MAX_CACHED_SHAPES = 8  # activation buffers kept for this many input shapes (least recent dropped)
 
 
@@ -68,8 +68,9 @@ class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
 
     Args follow the original repo (``n_classes``) and timm (``num_classes``, ``in_chans``,
-    ``act_layer``). ``backend`` is "auto" (fastest available for the input's device), "triton" or
-    "eager" (see ``convmixer_fast.backends``). Parameters are frozen (``requires_grad=False``).
+    ``act_layer``). ``backend`` is "auto" (per op, the fastest backend available for the input's
+    device and the model's dtype), "triton", "cuda" or "eager" (see ``convmixer_fast.backends``).
+    Parameters are frozen (``requires_grad=False``).
     """
 
     def __init__(
@@ -210,7 +211,9 @@ class ConvMixer(nn.Module):
         """Prepared operands, recomputed after ``.to()`` / ``load_state_dict`` or an in-place edit.
 
         In-place edits are seen through the tensors' version counters, which only grow: their sum
-        changes whenever any of them does (one pass over a cached list, no per-tensor key).
+        changes whenever any of them does (one pass over a cached list, no per-tensor key). Tensors
+        created under ``torch.inference_mode()`` have no version counter: in-place edits of those
+        are not seen (``load_state_dict`` and ``.to()`` still refresh everything).
         """
         if torch.compiler.is_compiling():
             return prepare_params(self)  # traced into the graph; no Python-side cache
@@ -224,7 +227,7 @@ class ConvMixer(nn.Module):
                 "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
-        version = sum(t._version for t in tensors)
+        version = sum(t._version for t in tensors if not t.is_inference())
         if self._prepared is None or self._prepared[0] != version:
             self._check_uniform(tensors)
             self._prepared = (version, prepare_params(self))
@@ -280,11 +283,11 @@ class ConvMixer(nn.Module):
                 "run it under torch.no_grad() / torch.inference_mode() or pass x.detach()"
             )
 
-    def _resolve_backend(self, device: torch.device) -> Backend:
-        return resolve_backend(self.backend, device)
+    def _resolve_ops(self, device: torch.device) -> ResolvedOps:
+        return resolve_ops(self.backend, device, self._param_dtype, self.dim)
 
-    def _buffers_for(self, image: torch.Tensor, backend: Backend) -> _Buffers | None:
-        if not backend.preallocates or torch.compiler.is_compiling():
+    def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
+        if not resolved.preallocates or torch.compiler.is_compiling():
             return None
         B, _, H, W = image.shape
         key = (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device)
@@ -306,11 +309,11 @@ class ConvMixer(nn.Module):
         if self.training:
             raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
         params = self._prepared_params()
-        backend = self._resolve_backend(image.device)
-        ops = backend.load_ops()
+        resolved = self._resolve_ops(image.device)
+        ops = resolved.ops
         if image.dtype == torch.float64:
             image = image.to(self._param_dtype)
-        buffers = self._buffers_for(image, backend)
+        buffers = self._buffers_for(image, resolved)
         a, b = buffers.tokens if buffers is not None else (None, None)
         act = params.act
         x = ops.stem(image, params.stem.weight, *params.stem.epilogue, act, out=a)
@@ -353,5 +356,5 @@ class ConvMixer(nn.Module):
         if pre_logits:
             return tokens.float().mean(dim=(1, 2)).to(self._param_dtype)
         params = self._prepared_params()
-        ops = self._resolve_backend(x.device).load_ops()
+        ops = self._resolve_ops(x.device).ops
         return ops.head(tokens, params.head.weight, params.head.bias)

@@ -69,9 +69,18 @@ def batchnorm_affine(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, bn.bias.float() - bn.running_mean.float() * scale
 
 
+def kernel_operand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` contiguous and 16-byte aligned (TMA and vector loads need it; a parameter loaded as a
+    view into a larger checkpoint buffer may start anywhere): itself when it already is."""
+    t = t.detach().contiguous()
+    if torch.compiler.is_compiling() or t.data_ptr() % 16 == 0:  # compiled graphs allocate aligned
+        return t
+    return t.clone()
+
+
 def _epilogue(conv_bias: torch.Tensor, bn: nn.BatchNorm2d) -> Epilogue:
     scale, shift = batchnorm_affine(bn)
-    return Epilogue(conv_bias.float(), scale, shift)
+    return Epilogue(kernel_operand(conv_bias.float()), scale, shift)
 
 
 @torch.no_grad()
@@ -79,18 +88,18 @@ def prepare_params(model) -> PreparedParams:
     """Prepared operands of a ``convmixer_fast.ConvMixer`` on its own device and dtype."""
     dim = model.dim
     stem_conv, _, stem_bn = model.stem
-    stem = Linear(stem_conv.weight.detach().contiguous(), _epilogue(stem_conv.bias, stem_bn))
+    stem = Linear(kernel_operand(stem_conv.weight), _epilogue(stem_conv.bias, stem_bn))
     blocks = []
     for residual, pw_conv, _, pw_bn in model.blocks:
         dw_conv, _, dw_bn = residual.fn
-        depthwise = Linear(dw_conv.weight.detach()[:, 0].permute(1, 2, 0).contiguous(), _epilogue(dw_conv.bias, dw_bn))
-        pointwise = Linear(pw_conv.weight.detach().reshape(dim, dim).contiguous(), _epilogue(pw_conv.bias, pw_bn))
+        depthwise = Linear(kernel_operand(dw_conv.weight[:, 0].permute(1, 2, 0)), _epilogue(dw_conv.bias, dw_bn))
+        pointwise = Linear(kernel_operand(pw_conv.weight.reshape(dim, dim)), _epilogue(pw_conv.bias, pw_bn))
         blocks.append(Block(depthwise, pointwise))
 
     # The logits path applies the last affine inside the head: the last block writes act(z).
     last_scale, last_shift = batchnorm_affine(model.blocks[-1][3])
     head_weight = model.head.weight.detach()
-    head = Linear(head_weight.contiguous(), bias=model.head.bias.float())
+    head = Linear(kernel_operand(head_weight), bias=kernel_operand(model.head.bias.float()))
     head_folded = Linear(
         (head_weight.float() * last_scale).to(head_weight.dtype).contiguous(),
         bias=(model.head.bias.float() + head_weight.float() @ last_shift).float(),

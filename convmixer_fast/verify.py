@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .backends import BACKENDS, resolve_backend
+from .backends import BACKENDS, resolve_ops
 from .model import ConvMixer
 from .reference import ConvMixerReference
 from .testing import randomize_weights_
@@ -58,7 +58,7 @@ def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tens
     """Rows for each kernel of ``backend`` on ``model`` (its device and dtype) and for its logits."""
     device, dtype = model.head.weight.device, model.head.weight.dtype
     kernel_tol, model_tol = tolerances(dtype, device)
-    ops = resolve_backend(backend, device).load_ops()
+    ops = resolve_ops(backend, device, dtype, model.dim).ops
     ref_ops = BACKENDS["eager"].load_ops()
     params = model._prepared_params()
     act = params.act

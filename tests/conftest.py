@@ -16,3 +16,18 @@ import pytest  # noqa: E402
 def _seeded():
     """Every test draws its random inputs from a fixed seed: failures reproduce."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(params=("triton", "cuda"))
+def kernel_backend(request):
+    """Each kernel backend (``Backend``: ``.name``, ``.load_ops()``), skipped with the reason where it
+    cannot run on the test device: the op tests hold every backend to the same references."""
+    from helpers import DEVICE
+
+    from convmixer_fast.backends import BACKENDS
+
+    backend = BACKENDS[request.param]
+    reason = backend.unavailable_reason(DEVICE)
+    if reason is not None:
+        pytest.skip(f"{backend.name} backend: {reason}")
+    return backend

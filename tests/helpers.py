@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -42,6 +43,10 @@ def one_liner_model(h, d, k, p, n):
     R = type("R", (nn.Sequential,), {"forward": lambda s, x: s[0](x) + x})
     return S(A(C(3, h, p, stride=p)), *[S(R(A(C(h, h, k, groups=h, padding=k // 2))), A(C(h, h, 1))) for _ in range(d)],
              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(h, n))
+
+
+# Model-sized shapes: too slow for Triton's interpreter, run where a GPU is.
+ON_GPU_ONLY = pytest.mark.skipif(not torch.cuda.is_available(), reason="model-sized case: GPU only")
 
 
 def skip_module_unless_triton_runs() -> None:

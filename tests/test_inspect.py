@@ -22,7 +22,7 @@ def is_gemm(row):
 
 @pytest.fixture(scope="module")
 def sm90_rows():
-    return insp.inspect_kernels("sm_90a")
+    return insp.inspect_kernels("sm_90a", backends=("triton",))
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +30,12 @@ def sm80_gemm_rows():
     return insp.inspect_triton("sm_80", modules=GEMM_MODULES)
 
 
-def check_row(row, arch):
+def check_row(row, arch, backend="triton"):
     assert tuple(row) == insp.ROW_KEYS
-    assert row["backend"] == "triton"
+    assert row["backend"] == backend
     assert row["arch"] == arch
     assert isinstance(row["kernel"], str) and row["kernel"]
-    assert isinstance(row["config"], str) and "w=" in row["config"]
+    assert isinstance(row["config"], str) and ("w=" in row["config"] or backend == "cuda")
     assert isinstance(row["registers"], int) and 1 <= row["registers"] <= 255
     assert isinstance(row["shared_bytes"], int) and 0 <= row["shared_bytes"] <= SHARED_LIMIT[arch]
     assert isinstance(row["spill_bytes"], int) and row["spill_bytes"] >= 0
@@ -140,3 +140,48 @@ Resource usage:
     }
     assert insp.spill_bytes(usage["pointwise_kernel"]) == 376
     assert insp.spill_bytes(usage["other"]) == 8
+
+
+# The cuda backend: one translation unit per kernel family (all of them take minutes on 2 cores; the
+# CI's CMake check compiles every one for both archs with -Werror and spill warnings as errors).
+CUDA_SOURCES = [f"{insp.CUDA_KERNEL_DIR}/{name}.cu" for name in
+                ("pointwise_sm90_bf16_gelu", "pointwise_sm80_f16_relu", "depthwise_block_bf16", "stem_f16", "head",
+                 "pointwise")]
+
+
+def _cuda_toolchain_missing() -> str | None:
+    from convmixer_fast import _settings
+
+    try:
+        insp._cuda_tool("nvcc")
+        _settings.cutlass_include_dirs()
+    except (insp.InspectError, RuntimeError) as error:
+        return str(error)
+    return None
+
+
+@pytest.fixture(scope="module", params=["sm_90a", "sm_80"])
+def cuda_rows(request):
+    missing = _cuda_toolchain_missing()
+    if missing:
+        pytest.skip(missing)
+    return request.param, insp.inspect_cuda(request.param, sources=CUDA_SOURCES)
+
+
+def test_cuda_kernels_compile_without_spills(cuda_rows):
+    arch, rows = cuda_rows
+    kernels = {row["kernel"] for row in rows}
+    assert {"depthwise_block_kernel", "stem_kernel", "head_pool_kernel",
+            "head_classifier_kernel"} <= kernels and any(k.startswith("cutlass::") for k in kernels), kernels
+    for row in rows:
+        check_row(row, arch, backend="cuda")
+        assert row["spill_bytes"] == 0, row
+
+
+def test_cuda_gemms_use_the_architectures_tensor_cores(cuda_rows):
+    arch, rows = cuda_rows
+    by_config = {row["config"]: row["tensor_core"] for row in rows if row["kernel"].startswith("cutlass::")}
+    expected = "wgmma" if arch == "sm_90a" else "mma"
+    assert expected in by_config.values(), by_config  # sm_90a: the TMA + wgmma kernel shows HGMMA
+    stem = {row["tensor_core"] for row in rows if row["kernel"] == "stem_kernel" and "float," not in row["config"]}
+    assert stem == {"mma"}, stem  # 16-bit stems: WMMA (mma.sync) on both archs

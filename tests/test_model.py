@@ -136,3 +136,23 @@ def test_compile_and_export_eager_backend():
         expected = model(x)
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_prepared_operands_are_contiguous_and_16_byte_aligned():
+    """Parameters loaded as views into a larger buffer may start anywhere; kernels need 16 bytes."""
+    from convmixer_fast.prepare import kernel_operand
+
+    view = torch.randn(100)[1:33]
+    assert view.data_ptr() % 16 != 0
+    operand = kernel_operand(view)
+    assert operand.data_ptr() % 16 == 0 and operand.is_contiguous() and torch.equal(operand, view)
+    aligned = torch.randn(4, 8)
+    assert kernel_operand(aligned) is not None and kernel_operand(aligned).data_ptr() == aligned.data_ptr()
+
+
+def test_model_built_under_inference_mode_runs():
+    with torch.inference_mode():
+        reference = reference_model(16, 1, 3, 2, 4)
+        model = cf.ConvMixer.from_eager(reference, backend="eager")
+        x = torch.randn(2, 3, 8, 8)
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)

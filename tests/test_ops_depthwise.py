@@ -1,4 +1,5 @@
-"""Tests of the fused depthwise block (convmixer_fast/ops/depthwise.py) against the fp32 reference.
+"""The fused depthwise block of every kernel backend (triton: ``ops/depthwise.py``, cuda:
+``csrc/kernels/depthwise_block*``) against the fp32 reference.
 
 Runs on a GPU, or on the CPU under ``TRITON_INTERPRET=1``; skipped otherwise. Shapes are small and
 deliberately odd (not multiples of any tile; kernels larger than the map, so the halo is mostly
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import DEVICE, skip_module_unless_triton_runs
+from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs
 
 skip_module_unless_triton_runs()
 # The reference's conv2d warns about padding="same" with even kernels (it pads a copy): expected.
@@ -55,6 +56,9 @@ def check(out, x, weight, bias, scale, shift, act, atol, rtol):
 
 # (B, H, W, C, k): odd maps, odd channel counts, kernels larger than the map, batch 1 and 2.
 CASES = [
+    pytest.param(3, 32, 32, 1544, 9, marks=ON_GPU_ONLY),
+    pytest.param(2, 31, 33, 776, 7, marks=ON_GPU_ONLY),
+    pytest.param(5, 16, 16, 1024, 9, marks=ON_GPU_ONLY),
     (1, 1, 1, 1, 1),
     (2, 5, 7, 3, 3),
     (1, 9, 9, 40, 9),
@@ -68,28 +72,28 @@ CASES = [
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("B, H, W, C, k", CASES)
-def test_matches_reference(B, H, W, C, k, dtype, atol, rtol):
+def test_matches_reference(kernel_backend, B, H, W, C, k, dtype, atol, rtol):
     act = "gelu" if (H + k) % 2 else "relu"  # both activations across the cases
     x, weight, bias, scale, shift = make_inputs(B, H, W, C, k, dtype, seed=H * 100 + k)
     out = nan_like(x)
-    result = dw.depthwise_block(x, weight, bias, scale, shift, act, out=out)
+    result = kernel_backend.load_ops().depthwise_block(x, weight, bias, scale, shift, act, out=out)
     assert result is out
     check(out, x, weight, bias, scale, shift, act, atol, rtol)
 
 
 @pytest.mark.parametrize("act", ["gelu", "relu"])
 @pytest.mark.parametrize("k", list(range(1, 16)))
-def test_every_kernel_size(k, act):
+def test_every_kernel_size(kernel_backend, k, act):
     """Odd and even k from 1 to 15 on a 5x7 map: 'same' padding is (k-1)//2 before, k//2 after."""
     x, weight, bias, scale, shift = make_inputs(1, 5, 7, 3, k, torch.float32, seed=k)
-    out = dw.depthwise_block(x, weight, bias, scale, shift, act)  # out allocated by the entry
+    out = kernel_backend.load_ops().depthwise_block(x, weight, bias, scale, shift, act)  # out allocated by the entry
     check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
 
 
-def test_largest_kernel_size():
+def test_largest_kernel_size(kernel_backend):
     k = dw.MAX_KERNEL_SIZE
     x, weight, bias, scale, shift = make_inputs(1, 3, 5, 2, k, torch.float32, seed=31)
-    out = dw.depthwise_block(x, weight, bias, scale, shift, "gelu", out=torch.empty_like(x))
+    out = kernel_backend.load_ops().depthwise_block(x, weight, bias, scale, shift, "gelu", out=torch.empty_like(x))
     check(out, x, weight, bias, scale, shift, "gelu", 1e-4, 1e-4)
 
 
@@ -110,59 +114,24 @@ def test_every_config(config):
     check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
 
 
-def test_opcheck():
+def test_opcheck(kernel_backend):
     x, weight, bias, scale, shift = make_inputs(1, 3, 5, 4, 3, torch.float32, seed=1)
     out = torch.empty_like(x)
-    torch.library.opcheck(
-        dw.triton_depthwise_block, (x, weight, bias, scale, shift, "relu", out)
-    )
+    op = getattr(torch.ops.convmixer_fast, f"{kernel_backend.name}_depthwise_block").default
+    torch.library.opcheck(op, (x, weight, bias, scale, shift, "relu", out))
 
 
-def _good(dtype=torch.float32):
-    return make_inputs(1, 4, 5, 6, 3, dtype, seed=2)
+def test_entry_checks_arguments():
+    """The entry runs the shared checks (ops/_checks.py, tested in test_op_checks.py) first."""
+    x, weight, bias, scale, shift = make_inputs(1, 4, 5, 6, 3, torch.float32, seed=2)
+    with pytest.raises(ValueError, match="depthwise_block: act must be one of"):
+        dw.depthwise_block(x, weight, bias, scale, shift, "tanh")
 
 
-@pytest.mark.parametrize(
-    "mutate, match",
-    [
-        (lambda a: a.update(act="tanh"), "act must be one of"),
-        (lambda a: a.update(x=a["x"][0]), r"x must be \[B, H, W, C\]"),
-        (lambda a: a.update(x=a["x"].double()), "x dtype must be one of"),
-        (lambda a: a.update(x=a["x"][:, :, :0]), "x must be non-empty"),
-        (lambda a: a.update(weight=a["weight"][:, :2]), r"weight must be \[k, k, C\]"),
-        (lambda a: a.update(weight=a["weight"][..., :5]), r"weight must be \[k, k, C\] with C=6"),
-        (lambda a: a.update(weight=torch.zeros(32, 32, 6, device=DEVICE)), "1 <= k <= 31"),
-        (lambda a: a.update(weight=a["weight"][0]), r"weight must be \[k, k, C\]"),
-        (lambda a: a.update(weight=a["weight"].half()), "weight dtype must match x"),
-        (lambda a: a.update(bias=a["bias"].half()), "bias dtype must be torch.float32"),
-        (lambda a: a.update(scale=a["scale"][:5]), r"scale must be \[C\] with C=6"),
-        (lambda a: a.update(shift=a["shift"][None]), r"shift must be \[C\] with C=6"),
-        (lambda a: a.update(out=torch.empty(1, 4, 5, 7, device=DEVICE)), "out must have the shape"),
-        (lambda a: a.update(out=torch.empty_like(a["x"]).half()), "out dtype must match x"),
-        (lambda a: a.update(x=a["x"].transpose(1, 2).contiguous().transpose(1, 2)),
-         "x must be contiguous"),
-        (lambda a: a.update(weight=a["weight"].transpose(0, 1)), "weight must be contiguous"),
-        (lambda a: a.update(out=torch.empty(1, 5, 4, 6, device=DEVICE).transpose(1, 2)),
-         "out must be contiguous"),
-        (lambda a: a.update(out=a["x"]), "out must not overlap x"),
-    ],
-    ids=lambda v: v if isinstance(v, str) else "",
-)
-def test_bad_arguments(mutate, match):
-    x, weight, bias, scale, shift = _good()
-    args = dict(x=x, weight=weight, bias=bias, scale=scale, shift=shift, act="gelu", out=None)
-    mutate(args)
-    with pytest.raises(ValueError, match=match):
-        dw.depthwise_block(**args)
-
-
-def test_partial_overlap_rejected():
-    x, weight, bias, scale, shift = _good()
-    storage = torch.zeros(2 * x.numel(), device=DEVICE)
-    x_in = storage[: x.numel()].view_as(x)
-    out = storage[7 : 7 + x.numel()].view_as(x)
+def test_op_rejects_out_overlapping_x(kernel_backend):
+    x, weight, bias, scale, shift = make_inputs(1, 4, 5, 6, 3, torch.float32, seed=2)
     with pytest.raises(ValueError, match="out must not overlap x"):
-        dw.depthwise_block(x_in, weight, bias, scale, shift, "gelu", out=out)
+        kernel_backend.load_ops().depthwise_block(x, weight, bias, scale, shift, "gelu", out=x)
 
 
 def test_kernel_specs():

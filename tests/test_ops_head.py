@@ -1,10 +1,11 @@
-"""Triton head (global average pool + classifier) against ``head_reference``."""
+"""Head (global average pool + classifier) of every kernel backend (triton: ``ops/head.py``, cuda:
+``csrc/kernels/head.cu``) against ``head_reference``."""
 
 
 import pytest
 import torch
 
-from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
 from convmixer_fast.ops.head import (  # noqa: E402
@@ -29,6 +30,7 @@ SHAPES = [  # B, H, W, C, N
     pytest.param(1, 1, 1, 3, 1, id="b1-1x1"),
     pytest.param(2, 16, 16, 96, 33, id="b2-mult"),
     pytest.param(3, 13, 3, 130, 129, id="b3-wide"),
+    pytest.param(9, 32, 32, 1536, 1000, id="b9-model", marks=ON_GPU_ONLY),
 ]
 
 
@@ -43,12 +45,12 @@ def make_inputs(B, H, W, C, N, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
 @pytest.mark.parametrize("B, H, W, C, N", SHAPES)
-def test_head_matches_reference(B, H, W, C, N, dtype, atol, rtol):
+def test_head_matches_reference(kernel_backend, B, H, W, C, N, dtype, atol, rtol):
     x, weight, bias = make_inputs(B, H, W, C, N, dtype)
     pooled = torch.full((B, C), float("nan"), device=DEVICE)
     out = torch.full((B, N), float("nan"), device=DEVICE, dtype=dtype)
 
-    result = head(x, weight, bias, pooled=pooled, out=out)
+    result = kernel_backend.load_ops().head(x, weight, bias, pooled=pooled, out=out)
 
     assert result is out
     torch.testing.assert_close(pooled, x.float().mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
@@ -57,56 +59,26 @@ def test_head_matches_reference(B, H, W, C, N, dtype, atol, rtol):
 
 
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-def test_head_allocates_outputs(dtype, atol, rtol):
+def test_head_allocates_outputs(kernel_backend, dtype, atol, rtol):
     x, weight, bias = make_inputs(2, 5, 6, 40, 7, dtype, seed=1)
-    logits = head(x, weight, bias)
+    logits = kernel_backend.load_ops().head(x, weight, bias)
     assert logits.shape == (2, 7) and logits.dtype == dtype and logits.device == x.device
     torch.testing.assert_close(logits, head_reference(x, weight, bias), atol=atol, rtol=rtol)
 
 
-def test_head_opcheck():
+def test_head_opcheck(kernel_backend):
     x, weight, bias = make_inputs(2, 3, 5, 19, 6, torch.float32, seed=2)
     pooled = torch.empty(2, 19, device=DEVICE)
     out = torch.empty(2, 6, device=DEVICE)
-    op = torch.ops.convmixer_fast.triton_head.default
+    op = getattr(torch.ops.convmixer_fast, f"{kernel_backend.name}_head").default
     torch.library.opcheck(op, (x, weight, bias, pooled, out))
 
 
-def test_head_bad_arguments():
+def test_entry_checks_arguments():
+    """The entry runs the shared checks (ops/_checks.py, tested in test_op_checks.py) first."""
     x, weight, bias = make_inputs(2, 3, 3, 8, 5, torch.float16, seed=3)
-    with pytest.raises(ValueError, match=r"x must be \[B, H, W, C\]"):
-        head(x.reshape(2, 9, 8), weight, bias)
-    with pytest.raises(ValueError, match="x dtype must be one of"):
-        head(x.to(torch.float64), weight, bias)
-    with pytest.raises(ValueError, match=r"weight must be \[N, C\] with C=8"):
-        head(x, weight[:, :7], bias)
-    with pytest.raises(ValueError, match="weight dtype must match x"):
-        head(x, weight.float(), bias)
-    with pytest.raises(ValueError, match=r"bias must be \[N\] with N=5"):
+    with pytest.raises(ValueError, match=r"head: bias must have shape \[5\]"):
         head(x, weight, bias[:4])
-    with pytest.raises(ValueError, match="bias dtype must be torch.float32"):
-        head(x, weight, bias.half())
-    with pytest.raises(ValueError, match=r"pooled must be \[B, C\]"):
-        head(x, weight, bias, pooled=torch.empty(2, 9, device=DEVICE))
-    with pytest.raises(ValueError, match="pooled dtype must be torch.float32"):
-        head(x, weight, bias, pooled=torch.empty(2, 8, device=DEVICE, dtype=torch.float16))
-    with pytest.raises(ValueError, match=r"out must be \[B, N\]"):
-        head(x, weight, bias, out=torch.empty(2, 4, device=DEVICE, dtype=torch.float16))
-    with pytest.raises(ValueError, match="out dtype must match x"):
-        head(x, weight, bias, out=torch.empty(2, 5, device=DEVICE))
-    with pytest.raises(ValueError, match="x must be contiguous"):
-        head(x.transpose(1, 2), weight, bias)
-    with pytest.raises(ValueError, match="weight must be contiguous"):
-        head(x, torch.empty(8, 5, device=DEVICE, dtype=torch.float16).t(), bias)
-    with pytest.raises(ValueError, match="x must be non-empty"):
-        head(x[:0], weight, bias)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="device mismatch needs a GPU")
-def test_head_device_mismatch():
-    x, weight, bias = make_inputs(1, 2, 2, 8, 3, torch.float16)
-    with pytest.raises(ValueError, match="bias must be on the device of x"):
-        head(x, weight, bias.cpu())
 
 
 def test_kernel_specs_cover_every_config():

@@ -1,10 +1,11 @@
-"""Fused pointwise GEMM (``ops/pointwise.py``) against ``pointwise_reference``."""
+"""Fused pointwise GEMM of every kernel backend (triton: ``ops/pointwise.py``, cuda:
+``csrc/kernels/pointwise*``) against ``pointwise_reference``."""
 
 
 import pytest
 import torch
 
-from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
 from convmixer_fast.ops import pointwise as pw  # noqa: E402
@@ -26,7 +27,15 @@ SHAPES = [
     pytest.param((3, 3, 11), 16, 16, id="b3-3x11-k16-n16"),
     pytest.param((2, 5, 7), 37, 200, id="b2-5x7-k37-n200"),
     pytest.param((13,), 64, 24, id="2d-m13-k64-n24"),
+    pytest.param((3, 33, 31), 1536, 1536, id="b3-33x31-k1536-n1536", marks=ON_GPU_ONLY),
+    pytest.param((7, 16, 16), 768, 1032, id="b7-16x16-k768-n1032", marks=ON_GPU_ONLY),
 ]
+
+
+def skip_unless_cuda_gemm_runs(backend, dtype, N, K):
+    """The CUDA GEMM covers float16/bfloat16 with N, K multiples of 8 (auto uses triton otherwise)."""
+    if backend.name == "cuda" and not (dtype != torch.float32 and N % 8 == 0 and K % 8 == 0):
+        pytest.skip(f"no CUDA GEMM kernel for {dtype}, N={N}, K={K} (see test_cuda_rejects_unsupported_gemm)")
 
 
 def make_inputs(lead, K, N, dtype, seed=0):
@@ -46,10 +55,11 @@ def nan_out(shape, dtype):
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("lead, K, N", SHAPES)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-def test_matches_reference(lead, K, N, act, dtype, atol, rtol):
+def test_matches_reference(kernel_backend, lead, K, N, act, dtype, atol, rtol):
+    skip_unless_cuda_gemm_runs(kernel_backend, dtype, N, K)
     y, weight, bias, scale, shift = make_inputs(lead, K, N, dtype)
     out = nan_out((*lead, N), dtype)
-    result = pw.pointwise(y, weight, bias, scale, shift, act, out=out)
+    result = kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, act, out=out)
     assert result is out
     expected = pointwise_reference(y, weight, bias, scale, shift, act)
     assert result.dtype == dtype and result.shape == expected.shape
@@ -57,9 +67,9 @@ def test_matches_reference(lead, K, N, act, dtype, atol, rtol):
     torch.testing.assert_close(result, expected, atol=atol, rtol=rtol)
 
 
-def test_allocates_output():
+def test_allocates_output(kernel_backend):
     y, weight, bias, scale, shift = make_inputs((2, 3, 5), 24, 40, torch.float16)
-    result = pw.pointwise(y, weight, bias, scale, shift, "gelu")
+    result = kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, "gelu")
     assert result.shape == (2, 3, 5, 40) and result.dtype == torch.float16 and result.is_contiguous()
     expected = pointwise_reference(y, weight, bias, scale, shift, "gelu")
     torch.testing.assert_close(result, expected, atol=4e-3, rtol=4e-3)
@@ -86,9 +96,11 @@ def test_grouped_order_many_row_tiles():
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_empty_tokens():
-    y, weight, bias, scale, shift = make_inputs((0,), 16, 8, torch.float32)
-    assert pw.pointwise(y, weight, bias, scale, shift, "gelu").shape == (0, 8)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_empty_tokens(kernel_backend, dtype):
+    skip_unless_cuda_gemm_runs(kernel_backend, dtype, 8, 16)
+    y, weight, bias, scale, shift = make_inputs((0,), 16, 8, dtype)
+    assert kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, "gelu").shape == (0, 8)
 
 
 def test_tf32_follows_torch_flag():
@@ -103,12 +115,12 @@ def test_tf32_follows_torch_flag():
     assert pw.dot_precision(torch.bfloat16) == "tf32"
 
 
-def test_opcheck():
-    y, weight, bias, scale, shift = make_inputs((1, 3, 5), 24, 16, torch.float32)
-    out = torch.empty(1, 3, 5, 16, device=DEVICE)
-    torch.library.opcheck(
-        torch.ops.convmixer_fast.triton_pointwise.default, (y, weight, bias, scale, shift, "gelu", out)
-    )
+def test_opcheck(kernel_backend):
+    dtype = torch.float16 if kernel_backend.name == "cuda" else torch.float32
+    y, weight, bias, scale, shift = make_inputs((1, 3, 5), 24, 16, dtype)
+    out = torch.empty(1, 3, 5, 16, device=DEVICE, dtype=dtype)
+    op = getattr(torch.ops.convmixer_fast, f"{kernel_backend.name}_pointwise").default
+    torch.library.opcheck(op, (y, weight, bias, scale, shift, "gelu", out))
 
 
 def test_kernel_specs():
@@ -117,38 +129,16 @@ def test_kernel_specs():
     assert all(s.fn is pw.pointwise_kernel and s.signature["y_ptr"] == "*bf16" for s in specs)
 
 
-def _bad(**changes):
+def test_entry_checks_arguments():
+    """The entry runs the shared checks (ops/_checks.py, tested in test_op_checks.py) first."""
     y, weight, bias, scale, shift = make_inputs((2, 3), 16, 8, torch.float16)
-    args = dict(y=y, weight=weight, bias=bias, scale=scale, shift=shift, act="gelu", out=None)
-    args.update({k: (v(args) if callable(v) else v) for k, v in changes.items()})
-    return args
+    with pytest.raises(TypeError, match="pointwise: weight must have dtype torch.float16"):
+        pw.pointwise(y, weight.float(), bias, scale, shift, "gelu")
 
 
-@pytest.mark.parametrize(
-    "changes, error, match",
-    [
-        (dict(y=lambda a: a["y"].long()), TypeError, "y must have dtype"),
-        (dict(y=lambda a: a["y"].transpose(0, 1)), ValueError, "y must be contiguous"),
-        (dict(y="tokens"), TypeError, "y must be a torch.Tensor"),
-        (dict(weight=lambda a: a["weight"].float()), TypeError, "weight must have dtype torch.float16"),
-        (dict(weight=lambda a: a["weight"][:, :8].contiguous()), ValueError, r"weight must have shape \[N, 16\]"),
-        (dict(weight=lambda a: a["weight"].t().contiguous().t()), ValueError, "weight must be contiguous"),
-        (dict(bias=lambda a: a["bias"].half()), TypeError, "bias must have dtype torch.float32"),
-        (dict(scale=lambda a: a["scale"][:4]), ValueError, r"scale must have shape \(8,\)"),
-        (dict(shift=lambda a: a["shift"][None]), ValueError, "shift must have shape"),
-        (dict(act="silu"), ValueError, "act must be one of"),
-        (dict(out=lambda a: torch.empty(2, 3, 8, device=DEVICE)), TypeError, "out must have dtype"),
-        (dict(out=lambda a: torch.empty(2, 8, dtype=torch.float16, device=DEVICE)), ValueError, "out must have shape"),
-        (dict(out=lambda a: torch.empty(2, 8, 3, dtype=torch.float16, device=DEVICE).transpose(1, 2)), ValueError,
-         "out must be contiguous"),
-    ],
-)
-def test_bad_arguments(changes, error, match):
-    with pytest.raises(error, match=match):
-        pw.pointwise(**_bad(**changes))
-
-
-def test_wrong_device():
-    y, weight, bias, scale, shift = make_inputs((2, 3), 16, 8, torch.float32)
-    with pytest.raises(ValueError, match="must be on device"):
-        pw.pointwise(y, weight.to("meta"), bias, scale, shift, "gelu")
+def test_cuda_rejects_unsupported_gemm(kernel_backend):
+    if kernel_backend.name != "cuda":
+        pytest.skip("the CUDA GEMM's shape rules")
+    y, weight, bias, scale, shift = make_inputs((2, 3), 36, 8, torch.float16)
+    with pytest.raises(ValueError, match="no CUDA GEMM kernel for torch.float16, N=8, K=36"):
+        kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, "gelu")

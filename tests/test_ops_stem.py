@@ -1,10 +1,11 @@
-"""Fused stem (``ops/stem.py``): patchify + GEMM + epilogue against ``stem_reference``."""
+"""Fused stem (patchify + GEMM + epilogue) of every kernel backend (triton: ``ops/stem.py``, cuda:
+``csrc/kernels/stem*``) against ``stem_reference``."""
 
 
 import pytest
 import torch
 
-from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
 from convmixer_fast.ops import stem as stem_op  # noqa: E402
@@ -26,6 +27,8 @@ SHAPES = [
     pytest.param(3, 3, 5, 9, 2, 16, id="b3-c3-5x9-p2-n16"),
     pytest.param(2, 3, 9, 9, 3, 200, id="b2-c3-9x9-p3-n200"),
     pytest.param(1, 3, 7, 7, 7, 24, id="b1-c3-7x7-p7-one-token"),
+    pytest.param(3, 3, 230, 224, 7, 264, id="b3-c3-230x224-p7-n264", marks=ON_GPU_ONLY),
+    pytest.param(2, 3, 224, 227, 14, 1032, id="b2-c3-224x227-p14-n1032", marks=ON_GPU_ONLY),
 ]
 
 
@@ -43,9 +46,9 @@ def nan_out(B, H, W, p, C, dtype):
     return torch.full((B, H // p, W // p, C), float("nan"), dtype=dtype, device=DEVICE)
 
 
-def check(image, weight, bias, scale, shift, act, out=None):
+def check(backend, image, weight, bias, scale, shift, act, out=None):
     atol, rtol = TOLERANCES[weight.dtype]
-    result = stem_op.stem(image, weight, bias, scale, shift, act, out=out)
+    result = backend.load_ops().stem(image, weight, bias, scale, shift, act, out=out)
     if out is not None:
         assert result is out
     expected = stem_reference(image, weight, bias, scale, shift, act)
@@ -57,9 +60,9 @@ def check(image, weight, bias, scale, shift, act, out=None):
 @pytest.mark.parametrize("act", ACTIVATIONS)
 @pytest.mark.parametrize("B, Cin, H, W, p, C", SHAPES)
 @pytest.mark.parametrize("dtype, atol, rtol", DTYPES)
-def test_matches_reference(B, Cin, H, W, p, C, act, dtype, atol, rtol):
+def test_matches_reference(kernel_backend, B, Cin, H, W, p, C, act, dtype, atol, rtol):
     image, weight, bias, scale, shift = make_inputs(B, Cin, H, W, p, C, dtype, dtype)
-    check(image, weight, bias, scale, shift, act, out=nan_out(B, H, W, p, C, dtype))
+    check(kernel_backend, image, weight, bias, scale, shift, act, out=nan_out(B, H, W, p, C, dtype))
 
 
 @pytest.mark.parametrize(
@@ -72,14 +75,14 @@ def test_matches_reference(B, Cin, H, W, p, C, act, dtype, atol, rtol):
     ],
     ids=["fp32-img-bf16", "fp32-img-fp16", "bf16-img-fp32", "fp16-img-bf16"],
 )
-def test_image_dtype_differs_from_weight(image_dtype, weight_dtype):
+def test_image_dtype_differs_from_weight(kernel_backend, image_dtype, weight_dtype):
     B, Cin, H, W, p, C = 2, 3, 11, 8, 3, 40
     image, weight, bias, scale, shift = make_inputs(B, Cin, H, W, p, C, image_dtype, weight_dtype, seed=3)
-    check(image, weight, bias, scale, shift, "gelu", out=nan_out(B, H, W, p, C, weight_dtype))
+    check(kernel_backend, image, weight, bias, scale, shift, "gelu", out=nan_out(B, H, W, p, C, weight_dtype))
 
 
 @pytest.mark.parametrize("layout", ["channels_last", "sliced", "nhwc_permuted", "expanded_batch"])
-def test_non_contiguous_image(layout):
+def test_non_contiguous_image(kernel_backend, layout):
     B, Cin, H, W, p, C = 2, 3, 9, 10, 3, 37
     image, weight, bias, scale, shift = make_inputs(B, Cin, H + 2, 2 * W + 1, p, C, torch.float32, torch.float16)
     if layout == "channels_last":
@@ -91,12 +94,12 @@ def test_non_contiguous_image(layout):
     else:
         image = image[:1, :, :H, :W].expand(B, -1, -1, -1)  # batch stride 0
     assert image.shape == (B, Cin, H, W) and not image.is_contiguous()
-    check(image, weight, bias, scale, shift, "relu", out=nan_out(B, H, W, p, C, torch.float16))
+    check(kernel_backend, image, weight, bias, scale, shift, "relu", out=nan_out(B, H, W, p, C, torch.float16))
 
 
-def test_allocates_output():
+def test_allocates_output(kernel_backend):
     image, weight, bias, scale, shift = make_inputs(1, 3, 8, 8, 4, 16, torch.float32, torch.bfloat16)
-    check(image, weight, bias, scale, shift, "gelu")
+    check(kernel_backend, image, weight, bias, scale, shift, "gelu")
 
 
 @pytest.mark.parametrize("config", stem_op.CONFIGS, ids=[stem_op.config_label(c) for c in stem_op.CONFIGS])
@@ -110,12 +113,11 @@ def test_every_config(config):
     torch.testing.assert_close(out, expected, atol=4e-3, rtol=4e-3)
 
 
-def test_opcheck():
+def test_opcheck(kernel_backend):
     image, weight, bias, scale, shift = make_inputs(1, 3, 7, 9, 3, 16, torch.float32, torch.float32)
     out = torch.empty(1, 2, 3, 16, device=DEVICE)
-    torch.library.opcheck(
-        torch.ops.convmixer_fast.triton_stem.default, (image, weight, bias, scale, shift, "gelu", out)
-    )
+    op = getattr(torch.ops.convmixer_fast, f"{kernel_backend.name}_stem").default
+    torch.library.opcheck(op, (image, weight, bias, scale, shift, "gelu", out))
 
 
 def test_kernel_specs():
@@ -124,32 +126,8 @@ def test_kernel_specs():
     assert all(s.fn is stem_op.stem_kernel and s.signature["weight_ptr"] == "*bf16" for s in specs)
 
 
-def _bad(**changes):
+def test_entry_checks_arguments():
+    """The entry runs the shared checks (ops/_checks.py, tested in test_op_checks.py) first."""
     image, weight, bias, scale, shift = make_inputs(1, 3, 8, 8, 2, 8, torch.float32, torch.float16)
-    args = dict(image=image, weight=weight, bias=bias, scale=scale, shift=shift, act="relu", out=None)
-    args.update({k: (v(args) if callable(v) else v) for k, v in changes.items()})
-    return args
-
-
-@pytest.mark.parametrize(
-    "changes, error, match",
-    [
-        (dict(image=lambda a: a["image"].int()), TypeError, "image must have dtype"),
-        (dict(image=lambda a: a["image"][0]), ValueError, r"image must have shape \[B, Cin, H, W\]"),
-        (dict(image=lambda a: a["image"][:, :, :1]), ValueError, "H and W must be >= the patch size 2"),
-        (dict(weight=lambda a: a["weight"][:, :, :, :1].contiguous()), ValueError, "square patches"),
-        (dict(weight=lambda a: a["weight"][:, :2].contiguous()), ValueError, r"Cin = image.shape\[1\] = 3"),
-        (dict(weight=lambda a: a["weight"].reshape(8, 12)), ValueError, r"weight must have shape \[C, Cin, p, p\]"),
-        (dict(weight=lambda a: a["weight"].transpose(2, 3)), ValueError, "weight must be contiguous"),
-        (dict(weight=lambda a: a["weight"].double()), TypeError, "weight must have dtype in"),
-        (dict(bias=lambda a: a["bias"][:5]), ValueError, r"bias must have shape \(8,\)"),
-        (dict(scale=lambda a: a["scale"].half()), TypeError, "scale must have dtype torch.float32"),
-        (dict(act="gelu_tanh"), ValueError, "act must be one of"),
-        (dict(out=lambda a: torch.empty(1, 4, 4, 8, device=DEVICE)), TypeError, "out must have dtype torch.float16"),
-        (dict(out=lambda a: torch.empty(1, 8, 8, 8, dtype=torch.float16, device=DEVICE)), ValueError,
-         r"out must have shape \(1, 4, 4, 8\)"),
-    ],
-)
-def test_bad_arguments(changes, error, match):
-    with pytest.raises(error, match=match):
-        stem_op.stem(**_bad(**changes))
+    with pytest.raises(ValueError, match="stem: act must be one of"):
+        stem_op.stem(image, weight, bias, scale, shift, "gelu_tanh")

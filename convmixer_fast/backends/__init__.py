@@ -1,18 +1,21 @@
 """Backend registry: who runs the four fused steps of DESIGN.md §2 on which device.
 
 A backend provides ``stem``, ``depthwise_block``, ``pointwise`` and ``head`` with the signatures of
-``BackendOps`` below. ``backend="auto"`` takes the first available backend of ``AUTO_ORDER`` for the
-input's device; naming an unavailable backend raises ``BackendUnavailableError`` with the reason.
+``BackendOps`` below. ``backend="auto"`` chooses per op: for each op, the first backend of
+``AUTO_ORDER`` that is available on the input's device and supports that op for the model's dtype and
+width (``Backend.op_unsupported_reason``). Naming a backend runs every op on it, and raises
+``BackendUnavailableError`` with the reason when it cannot.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 import torch
 
+from .._extension import extension_status
 from ..ops._interpreter import is_interpreting
 
 
@@ -37,6 +40,13 @@ class BackendOps(NamedTuple):
     head: Callable
 
 
+OP_NAMES = BackendOps._fields
+
+
+def _supports_every_op(op: str, device: torch.device, dtype: torch.dtype, channels: int) -> str | None:
+    return None
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -44,6 +54,11 @@ class Backend:
     unavailable_reason: Callable[[torch.device], str | None]  # None when it can run on the device
     load_ops: Callable[[], BackendOps]  # imports the backend's module on first use
     preallocates: bool  # True: the model hands it preallocated activation buffers
+    # (op, device, model dtype, model width) -> None if the op runs for them, else why not. Called
+    # only where unavailable_reason(device) is None.
+    op_unsupported_reason: Callable[[str, torch.device, torch.dtype, int], str | None] = field(
+        default=_supports_every_op
+    )
 
 
 def _eager_unavailable_reason(device: torch.device) -> str | None:
@@ -63,6 +78,45 @@ def _load_triton_ops() -> BackendOps:
     return triton.OPS
 
 
+def _gpu_unavailable_reason(device: torch.device) -> str | None:
+    """Why the CUDA GPU ``device`` cannot run the kernels (both kernel backends need bf16 tensor cores)."""
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA GPU"
+    major, minor = torch.cuda.get_device_capability(device)
+    if major < 8:
+        return f"needs compute capability >= 8.0 (bf16 tensor cores), this GPU has {major}.{minor}"
+    return None
+
+
+def _load_cuda_ops() -> BackendOps:
+    from . import cuda
+
+    return cuda.OPS
+
+
+def _cuda_unavailable_reason(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"the CUDA kernels run on CUDA GPUs, not on {device.type}"
+    status = extension_status()
+    if not status.loaded:
+        return status.detail
+    if not status.with_cuda:
+        return f"convmixer_fast._C was built without its CUDA kernels ({status.detail})"
+    return _gpu_unavailable_reason(device)
+
+
+def _cuda_op_unsupported_reason(op: str, device: torch.device, dtype: torch.dtype, channels: int) -> str | None:
+    if op != "pointwise":
+        return None
+    from . import cuda
+
+    capability = torch.cuda.get_device_capability(device)
+    if cuda.pointwise_supported(dtype, channels, capability):
+        return None
+    return (f"no CUDA GEMM kernel for {dtype} with {channels} channels on sm_{capability[0]}{capability[1]} "
+            "(it needs float16/bfloat16, channels a multiple of 8, sm_80..sm_90)")
+
+
 def _triton_unavailable_reason(device: torch.device) -> str | None:
     if importlib.util.find_spec("triton") is None:
         return "Triton is not installed (pip install triton; Linux only)"
@@ -72,12 +126,7 @@ def _triton_unavailable_reason(device: torch.device) -> str | None:
         return "Triton kernels run on CUDA GPUs; CPU tensors only under TRITON_INTERPRET=1 (a slow test mode)"
     if device.type != "cuda":
         return f"Triton kernels run on CUDA GPUs, not on {device.type}"
-    if not torch.cuda.is_available():
-        return "torch sees no CUDA GPU"
-    major, minor = torch.cuda.get_device_capability(device)
-    if major < 8:
-        return f"needs compute capability >= 8.0 (bf16 tensor cores), this GPU has {major}.{minor}"
-    return None
+    return _gpu_unavailable_reason(device)
 
 
 BACKENDS: dict[str, Backend] = {
@@ -92,6 +141,15 @@ BACKENDS: dict[str, Backend] = {
             preallocates=True,
         ),
         Backend(
+            "cuda",
+            "hand-written CUDA C++ / CUTLASS kernels compiled into convmixer_fast._C (CUDA GPUs with "
+            "compute capability >= 8.0; the GEMM takes float16/bfloat16)",
+            _cuda_unavailable_reason,
+            _load_cuda_ops,
+            preallocates=True,
+            op_unsupported_reason=_cuda_op_unsupported_reason,
+        ),
+        Backend(
             "eager",
             "the folded computation in plain PyTorch (NHWC tokens); runs on every device",
             _eager_unavailable_reason,
@@ -101,9 +159,29 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 BACKEND_NAMES = ("auto", *BACKENDS)
-# Fastest first, per device type.
-AUTO_ORDER = {"cuda": ("triton", "eager")}
-AUTO_ORDER_DEFAULT = ("eager",)
+# Per device type, per op: the backends "auto" tries, fastest first. The cuda kernels come after
+# triton until a GPU run has verified and timed them (benchmarks/results/).
+AUTO_ORDER = {"cuda": {op: ("triton", "cuda", "eager") for op in OP_NAMES}}
+AUTO_ORDER_DEFAULT = {op: ("eager",) for op in OP_NAMES}
+
+
+class ResolvedOps(NamedTuple):
+    """The backend chosen for each op (``names``, in ``OP_NAMES`` order) and their entries."""
+
+    names: tuple[str, ...]
+    ops: BackendOps
+
+    @property
+    def preallocates(self) -> bool:
+        """Whether the model should hand the ops preallocated activation buffers."""
+        return any(BACKENDS[name].preallocates for name in self.names)
+
+    @property
+    def label(self) -> str:
+        """"triton" when one backend runs every op, else "stem=cuda, depthwise_block=triton, ..."."""
+        if len(set(self.names)) == 1:
+            return self.names[0]
+        return ", ".join(f"{op}={name}" for op, name in zip(OP_NAMES, self.names))
 
 
 def check_backend_name(name: str) -> str:
@@ -112,24 +190,42 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def resolve_backend(name: str, device: torch.device) -> Backend:
-    """The backend to run on ``device``: the named one, or for "auto" the fastest available."""
-    return BACKENDS[_resolve_backend_name(check_backend_name(name), str(device))]
+def resolve_ops(name: str, device: torch.device, dtype: torch.dtype, channels: int) -> ResolvedOps:
+    """The backend of each op for a model of ``dtype`` and width ``channels`` on ``device``: the named
+    backend for every op, or for "auto" the first of ``AUTO_ORDER`` that runs each op."""
+    names = tuple(_resolve_names(check_backend_name(name), str(device), str(dtype), channels).split(","))
+    loaded = {backend: BACKENDS[backend].load_ops() for backend in set(names)}
+    return ResolvedOps(names, BackendOps(*(getattr(loaded[b], op) for op, b in zip(OP_NAMES, names))))
 
 
 @torch.compiler.assume_constant_result
-def _resolve_backend_name(name: str, device_name: str) -> str:
-    # Evaluated once at trace time under torch.compile (availability probes are not traceable).
+def _resolve_names(name: str, device_name: str, dtype_name: str, channels: int) -> str:
+    # Evaluated once at trace time under torch.compile (availability probes are not traceable);
+    # returns one backend name per op, comma-separated.
     device = torch.device(device_name)
-    if name == "auto":
-        for candidate in AUTO_ORDER.get(device.type, AUTO_ORDER_DEFAULT):
-            if BACKENDS[candidate].unavailable_reason(device) is None:
-                return candidate
-        raise BackendUnavailableError(f"no backend can run on {device}")
-    reason = BACKENDS[name].unavailable_reason(device)
-    if reason is not None:
-        raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
-    return name
+    dtype = getattr(torch, dtype_name.removeprefix("torch."))
+    if name != "auto":
+        reason = BACKENDS[name].unavailable_reason(device)
+        if reason is not None:
+            raise BackendUnavailableError(f"backend {name!r} cannot run on {device}: {reason}")
+        for op in OP_NAMES:
+            reason = BACKENDS[name].op_unsupported_reason(op, device, dtype, channels)
+            if reason is not None:
+                raise BackendUnavailableError(
+                    f"backend {name!r} cannot run {op} for a {dtype} model of width {channels} on {device}: "
+                    f"{reason}; backend='auto' picks another backend for that op"
+                )
+        return ",".join(name for _ in OP_NAMES)
+    available = {b: BACKENDS[b].unavailable_reason(device) is None for b in BACKENDS}
+    chosen = []
+    for op, candidates in AUTO_ORDER.get(device.type, AUTO_ORDER_DEFAULT).items():
+        for candidate in candidates:
+            if available[candidate] and BACKENDS[candidate].op_unsupported_reason(op, device, dtype, channels) is None:
+                chosen.append(candidate)
+                break
+        else:
+            raise BackendUnavailableError(f"no backend can run {op} for a {dtype} model on {device}")
+    return ",".join(chosen)
 
 
 def availability(device: torch.device) -> dict[str, str | None]:

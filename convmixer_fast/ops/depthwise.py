@@ -59,6 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._checks import MAX_KERNEL_SIZE, check_depthwise_out_apart, depthwise_block_outputs
 from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
@@ -70,9 +71,6 @@ from ._triton_utils import (
 )
 
 __all__ = ["depthwise_block", "kernel_specs", "CONFIGS", "MAX_KERNEL_SIZE"]
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_KERNEL_SIZE = 31
 
 # Output tile TILE_H x TILE_W x BLOCK_C per program. Per thread: TILE_W accumulators of
 # TILE_H * BLOCK_C / (32 * num_warps) fp32 each, plus one input column in flight and the k tap
@@ -226,8 +224,7 @@ def triton_depthwise_block(
 ) -> None:
     """``out = x + scale * act(dwconv_k(x) + bias) + shift`` for ``x`` ``[B, H, W, C]``."""
     # Checked here, not in the entry: pointers exist only at run time (not under torch.compile).
-    _check(not _overlaps(out, x), "depthwise_block: out must not overlap x (the kernel reads "
-           "the halo of x after other programs may have written out)")
+    check_depthwise_out_apart(x, out)
     B, H, W, C = x.shape
     K = weight.shape[0]
     with device_guard(x):
@@ -239,11 +236,6 @@ def triton_depthwise_block(
 @triton_depthwise_block.register_fake
 def _(x, weight, bias, scale, shift, act, out) -> None:
     return None
-
-
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
 
 
 def depthwise_block(
@@ -260,58 +252,12 @@ def depthwise_block(
     ``weight`` is ``[k, k, C]`` (``1 <= k <= 31``) in the dtype of ``x``; ``bias``, ``scale`` and
     ``shift`` are fp32 ``[C]``; ``act`` is ``"gelu"`` or ``"relu"``. ``out`` (``[B, H, W, C]``,
     dtype of ``x``, must not overlap ``x``) is allocated when None. All tensors must be contiguous
-    and on one device. Raises ``ValueError`` for a wrong activation, dtype, shape, contiguity,
-    device or an ``out`` that overlaps ``x``.
+    and on one device. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong
+    activation, shape, contiguity, device or an ``out`` that overlaps ``x`` (``ops._checks``).
     """
-    _check(act in ACTIVATION_CODES, f"depthwise_block: act must be one of "
-           f"{tuple(ACTIVATION_CODES)}, got {act!r}")
-    _check(x.dim() == 4, f"depthwise_block: x must be [B, H, W, C] tokens, got shape "
-           f"{tuple(x.shape)}")
-    _check(x.dtype in SUPPORTED_DTYPES, f"depthwise_block: x dtype must be one of "
-           f"float32/float16/bfloat16, got {x.dtype}")
-    B, H, W, C = x.shape
-    _check(B > 0 and H > 0 and W > 0 and C > 0,
-           f"depthwise_block: x must be non-empty, got shape {tuple(x.shape)}")
-    _check(H * W * C < 2**31, f"depthwise_block: one image must have fewer than 2**31 elements, "
-           f"got H*W*C = {H * W * C}")
-    _check(
-        weight.dim() == 3 and weight.shape[0] == weight.shape[1] and weight.shape[2] == C
-        and 1 <= weight.shape[0] <= MAX_KERNEL_SIZE,
-        f"depthwise_block: weight must be [k, k, C] with C={C} and 1 <= k <= {MAX_KERNEL_SIZE}, "
-        f"got shape {tuple(weight.shape)}",
-    )
-    _check(weight.dtype == x.dtype,
-           f"depthwise_block: weight dtype must match x ({x.dtype}), got {weight.dtype}")
-    for name, t in (("bias", bias), ("scale", scale), ("shift", shift)):
-        _check(t.shape == (C,),
-               f"depthwise_block: {name} must be [C] with C={C}, got shape {tuple(t.shape)}")
-        _check(t.dtype == torch.float32,
-               f"depthwise_block: {name} dtype must be torch.float32, got {t.dtype}")
-    if out is None:
-        out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    else:
-        _check(out.shape == x.shape, f"depthwise_block: out must have the shape of x "
-               f"{tuple(x.shape)}, got {tuple(out.shape)}")
-        _check(out.dtype == x.dtype,
-               f"depthwise_block: out dtype must match x ({x.dtype}), got {out.dtype}")
-    tensors = (("x", x), ("weight", weight), ("bias", bias), ("scale", scale), ("shift", shift),
-               ("out", out))
-    for name, t in tensors:
-        _check(t.is_contiguous(), f"depthwise_block: {name} must be contiguous")
-        _check(t.device == x.device, f"depthwise_block: {name} must be on the device of x "
-               f"({x.device}), got {t.device}")
+    out = depthwise_block_outputs(x, weight, bias, scale, shift, act, out)
     triton_depthwise_block(x, weight, bias, scale, shift, act, out)
     return out
-
-
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the memory of two contiguous tensors overlaps (no device sync: pointers only)."""
-    if a.device != b.device:
-        return False
-    a_start, b_start = a.data_ptr(), b.data_ptr()
-    a_end = a_start + a.numel() * a.element_size()
-    b_end = b_start + b.numel() * b.element_size()
-    return a_start < b_end and b_start < a_end
 
 
 def kernel_specs() -> list[KernelSpec]:

@@ -21,16 +21,15 @@ The workspace is an argument so that a caller (a CUDA graph, the model) can prea
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
 
+from ._checks import head_outputs
 from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, config_label, device_guard, select_configs
 
 __all__ = ["head", "kernel_specs", "POOL_CONFIGS", "CLASSIFIER_CONFIGS"]
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 # Pool: BLOCK_HW tokens x BLOCK_C channels per loop step. Small BLOCK_C gives more programs at
 # batch 1 (C / BLOCK_C of them per image); BLOCK_C * 2 bytes >= 32 keeps every row read a whole
@@ -154,11 +153,6 @@ def _(x, weight, bias, pooled, out) -> None:
     return None
 
 
-def _check(cond: bool, message: str) -> None:
-    if not cond:
-        raise ValueError(message)
-
-
 def head(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -171,53 +165,10 @@ def head(
     ``weight`` ``[N, C]`` has the dtype of ``x``, ``bias`` is fp32 ``[N]``. ``pooled`` (fp32
     ``[B, C]``, the workspace: on return it holds the channel means) and ``out`` (``[B, N]``, dtype
     of ``x``) are allocated when None. All tensors must be contiguous and on one device.
-    Raises ``ValueError`` for a wrong dtype, shape, contiguity or device.
+    Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong shape, contiguity or
+    device (``ops._checks``).
     """
-    _check(x.dim() == 4, f"head: x must be [B, H, W, C] tokens, got shape {tuple(x.shape)}")
-    _check(
-        x.dtype in SUPPORTED_DTYPES,
-        f"head: x dtype must be one of float32/float16/bfloat16, got {x.dtype}",
-    )
-    B, H, W, C = x.shape
-    _check(B > 0 and H > 0 and W > 0 and C > 0, f"head: x must be non-empty, got {tuple(x.shape)}")
-    _check(
-        weight.dim() == 2 and weight.shape[1] == C and weight.shape[0] > 0,
-        f"head: weight must be [N, C] with C={C}, got shape {tuple(weight.shape)}",
-    )
-    N = weight.shape[0]
-    _check(
-        weight.dtype == x.dtype,
-        f"head: weight dtype must match x ({x.dtype}), got {weight.dtype}",
-    )
-    _check(
-        bias.shape == (N,), f"head: bias must be [N] with N={N}, got shape {tuple(bias.shape)}"
-    )
-    _check(bias.dtype == torch.float32, f"head: bias dtype must be torch.float32, got {bias.dtype}")
-    if pooled is None:
-        pooled = torch.empty((B, C), device=x.device, dtype=torch.float32)
-    else:
-        _check(
-            pooled.shape == (B, C),
-            f"head: pooled must be [B, C] = {(B, C)}, got shape {tuple(pooled.shape)}",
-        )
-        _check(
-            pooled.dtype == torch.float32,
-            f"head: pooled dtype must be torch.float32, got {pooled.dtype}",
-        )
-    if out is None:
-        out = torch.empty((B, N), device=x.device, dtype=x.dtype)
-    else:
-        _check(
-            out.shape == (B, N),
-            f"head: out must be [B, N] = {(B, N)}, got shape {tuple(out.shape)}",
-        )
-        _check(out.dtype == x.dtype, f"head: out dtype must match x ({x.dtype}), got {out.dtype}")
-    for name, t in (("x", x), ("weight", weight), ("bias", bias), ("pooled", pooled), ("out", out)):
-        _check(t.is_contiguous(), f"head: {name} must be contiguous")
-        _check(
-            t.device == x.device,
-            f"head: {name} must be on the device of x ({x.device}), got {t.device}",
-        )
+    pooled, out = head_outputs(x, weight, bias, pooled, out)
     triton_head(x, weight, bias, pooled, out)
     return out
 

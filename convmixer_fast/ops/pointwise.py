@@ -31,9 +31,7 @@ from convmixer_fast.ops._triton_utils import (
     is_interpreting,
     select_configs,
 )
-from convmixer_fast.ops.reference import ACTIVATIONS
-
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+from convmixer_fast.ops._checks import pointwise_outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -309,37 +307,6 @@ def _(y, weight, bias, scale, shift, act, out) -> None:
     return None
 
 
-# --------------------------------------------------------------------------------------------
-# Argument checks (shared with stem.py)
-# --------------------------------------------------------------------------------------------
-
-
-def check_activation(act) -> None:
-    if act not in ACTIVATIONS:
-        raise ValueError(f"act must be one of {ACTIVATIONS}, got {act!r}")
-
-
-def check_tensor(name: str, t, *, shape=None, dtype=None, device=None, contiguous=True) -> None:
-    """Raise a clear error unless ``t`` is a tensor with the expected shape/dtype/device/layout."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if device is not None and t.device != device:
-        raise ValueError(f"{name} must be on device {device}, got {t.device}")
-    if dtype is not None and t.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype}, got {t.dtype}")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
-    if contiguous and not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (stride {t.stride()} for shape {tuple(t.shape)})")
-
-
-def check_epilogue_args(bias, scale, shift, act, channels: int, device: torch.device) -> None:
-    """bias / scale / shift: fp32 ``[channels]`` contiguous on ``device``; act a known activation."""
-    for name, t in (("bias", bias), ("scale", scale), ("shift", shift)):
-        check_tensor(name, t, shape=(channels,), dtype=torch.float32, device=device)
-    check_activation(act)
-
-
 def pointwise(
     y: torch.Tensor,
     weight: torch.Tensor,
@@ -354,24 +321,10 @@ def pointwise(
     y: ``[..., K]`` contiguous, fp32/fp16/bf16; weight: ``[N, K]`` contiguous, y's dtype;
     bias/scale/shift: fp32 ``[N]``; act: "gelu" or "relu"; out: optional ``[..., N]`` contiguous
     tensor of y's dtype (allocated when None). Returns ``out``.
-    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts.
+    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
+    (``ops._checks``).
     """
-    check_tensor("y", y)
-    if y.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"y must have dtype in {SUPPORTED_DTYPES}, got {y.dtype}")
-    if y.dim() < 1:
-        raise ValueError("y must have at least one dimension [..., K], got a 0-d tensor")
-    K = y.shape[-1]
-    check_tensor("weight", weight, dtype=y.dtype, device=y.device)
-    if weight.dim() != 2 or weight.shape[1] != K:
-        raise ValueError(f"weight must have shape [N, {K}] (K = y.shape[-1]), got {tuple(weight.shape)}")
-    N = weight.shape[0]
-    check_epilogue_args(bias, scale, shift, act, N, y.device)
-    out_shape = (*y.shape[:-1], N)
-    if out is None:
-        out = torch.empty(out_shape, dtype=y.dtype, device=y.device)
-    else:
-        check_tensor("out", out, shape=out_shape, dtype=y.dtype, device=y.device)
+    out = pointwise_outputs(y, weight, bias, scale, shift, act, out)
     torch.ops.convmixer_fast.triton_pointwise(y, weight, bias, scale, shift, act, out)
     return out
 

@@ -24,10 +24,8 @@ from convmixer_fast.ops._triton_utils import (
     device_guard,
     select_configs,
 )
+from convmixer_fast.ops._checks import stem_outputs
 from convmixer_fast.ops.pointwise import (
-    SUPPORTED_DTYPES,
-    check_epilogue_args,
-    check_tensor,
     dot_in_fp32,
     dot_precision,
     epilogue_store,
@@ -169,32 +167,10 @@ def stem(
     weight: conv weight ``[C, Cin, p, p]`` contiguous, fp32/fp16/bf16 (the model dtype);
     bias/scale/shift: fp32 ``[C]``; act: "gelu" or "relu"; out: optional contiguous
     ``[B, H//p, W//p, C]`` tensor of the weight dtype (allocated when None). Returns ``out``.
-    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts.
+    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
+    (``ops._checks``).
     """
-    check_tensor("image", image, contiguous=False)
-    if image.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"image must have dtype in {SUPPORTED_DTYPES}, got {image.dtype}")
-    if image.dim() != 4:
-        raise ValueError(f"image must have shape [B, Cin, H, W], got {tuple(image.shape)}")
-    B, Cin, H, W = image.shape
-    check_tensor("weight", weight, device=image.device)
-    if weight.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"weight must have dtype in {SUPPORTED_DTYPES}, got {weight.dtype}")
-    if weight.dim() != 4 or weight.shape[2] != weight.shape[3]:
-        raise ValueError(f"weight must have shape [C, Cin, p, p] (square patches), got {tuple(weight.shape)}")
-    C, _, patch, _ = weight.shape
-    if weight.shape[1] != Cin:
-        raise ValueError(
-            f"weight must have shape [C, {Cin}, p, p] (Cin = image.shape[1] = {Cin}), got {tuple(weight.shape)}"
-        )
-    if patch < 1 or H < patch or W < patch:
-        raise ValueError(f"image H and W must be >= the patch size {patch}, got H={H}, W={W}")
-    check_epilogue_args(bias, scale, shift, act, C, image.device)
-    out_shape = (B, H // patch, W // patch, C)
-    if out is None:
-        out = torch.empty(out_shape, dtype=weight.dtype, device=image.device)
-    else:
-        check_tensor("out", out, shape=out_shape, dtype=weight.dtype, device=image.device)
+    out = stem_outputs(image, weight, bias, scale, shift, act, out)
     torch.ops.convmixer_fast.triton_stem(image, weight, bias, scale, shift, act, out)
     return out
 

@@ -1,0 +1,58 @@
+"""The ``cuda`` backend: the C++/CUDA kernels of ``csrc/kernels`` through ``convmixer_fast._C``.
+
+The ``convmixer_fast::cuda_*`` ops are defined in C++ (``csrc/cuda_ops.cpp``: schemas, argument
+checks, stream, launch; their fakes are in ``_cuda_fakes.py``). The entries here run the shared
+checks of ``ops._checks`` and allocate outputs like the triton entries. Imported on first use only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .._extension import extension_status
+from ..ops._checks import depthwise_block_outputs, head_outputs, pointwise_outputs, stem_outputs
+from . import BackendOps
+
+_status = extension_status()
+if not _status.loaded:  # the backend's availability check says so first; this guards direct imports
+    raise ImportError(_status.detail)
+
+_ops = torch.ops.convmixer_fast
+
+
+def stem(image, weight, bias, scale, shift, act, out=None):
+    """Patch embedding to ``[B, H//p, W//p, C]`` tokens; arguments as ``ops.stem.stem``."""
+    out = stem_outputs(image, weight, bias, scale, shift, act, out)
+    _ops.cuda_stem(image, weight, bias, scale, shift, act, out)
+    return out
+
+
+def depthwise_block(x, weight, bias, scale, shift, act, out=None):
+    """``x + scale * act(dwconv_k(x) + bias) + shift``; arguments as ``ops.depthwise.depthwise_block``."""
+    out = depthwise_block_outputs(x, weight, bias, scale, shift, act, out)
+    _ops.cuda_depthwise_block(x, weight, bias, scale, shift, act, out)
+    return out
+
+
+def pointwise(y, weight, bias, scale, shift, act, out=None):
+    """``scale * act(y @ weightᵀ + bias) + shift``; arguments as ``ops.pointwise.pointwise``
+    (float16 / bfloat16 with N and K multiples of 8: see ``pointwise_supported``)."""
+    out = pointwise_outputs(y, weight, bias, scale, shift, act, out)
+    _ops.cuda_pointwise(y, weight, bias, scale, shift, act, out)
+    return out
+
+
+def head(x, weight, bias, pooled=None, out=None):
+    """Pooled logits ``[B, N]``; arguments as ``ops.head.head``."""
+    pooled, out = head_outputs(x, weight, bias, pooled, out)
+    _ops.cuda_head(x, weight, bias, pooled, out)
+    return out
+
+
+def pointwise_supported(dtype: torch.dtype, channels: int, capability: tuple[int, int]) -> bool:
+    """Whether the CUDA GEMM has a kernel for a ``channels`` x ``channels`` pointwise conv in ``dtype``
+    on a GPU of compute ``capability`` (the C++ library's own rule, ``pointwise_supported``)."""
+    return bool(_ops.cuda_pointwise_supported(dtype, channels, channels, *capability))
+
+
+OPS = BackendOps(stem, depthwise_block, pointwise, head)

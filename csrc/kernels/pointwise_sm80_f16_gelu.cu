@@ -1,0 +1,7 @@
+// sm_80 pointwise GEMM, fp16, exact GELU: one explicit instantiation (see pointwise_sm80.cuh).
+#include "pointwise_sm80.cuh"
+
+namespace convmixer_fast {
+template cudaError_t pointwise_sm80<DType::kFloat16, Activation::kGelu>(
+    const PointwiseProblem& problem, cudaStream_t stream);
+}  // namespace convmixer_fast

@@ -1,0 +1,7 @@
+// sm_90 pointwise GEMM, bf16, ReLU: one explicit instantiation (see pointwise_sm90.cuh).
+#include "pointwise_sm90.cuh"
+
+namespace convmixer_fast {
+template cudaError_t pointwise_sm90<DType::kBFloat16, Activation::kRelu>(
+    const PointwiseProblem& problem, cudaStream_t stream);
+}  // namespace convmixer_fast

@@ -1,0 +1,64 @@
+"""Backend resolution (convmixer_fast/backends): "auto" picks a backend per op, a named backend runs
+every op or says why it cannot. A stand-in backend ("cuda" made available on CPU, running the eager
+ops, without a pointwise kernel for the model) exercises the per-op choice on any machine."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast import backends
+from convmixer_fast.backends import BACKENDS, OP_NAMES, resolve_ops
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def stand_in_cuda(monkeypatch):
+    """"cuda" available on CPU, running the eager ops, with no pointwise kernel for width 16."""
+
+    def no_pointwise_at_16(op, device, dtype, channels):
+        return "no GEMM kernel for 16 channels" if op == "pointwise" and channels == 16 else None
+
+    stand_in = dataclasses.replace(
+        BACKENDS["cuda"], unavailable_reason=lambda device: None, load_ops=BACKENDS["eager"].load_ops,
+        op_unsupported_reason=no_pointwise_at_16,
+    )
+    monkeypatch.setitem(BACKENDS, "cuda", stand_in)
+    monkeypatch.setattr(backends, "AUTO_ORDER_DEFAULT", {op: ("cuda", "eager") for op in OP_NAMES})
+
+
+def test_auto_chooses_per_op(stand_in_cuda):
+    resolved = resolve_ops("auto", CPU, torch.float32, 16)
+    assert resolved.names == ("cuda", "cuda", "eager", "cuda")
+    assert resolved.label == "stem=cuda, depthwise_block=cuda, pointwise=eager, head=cuda"
+    assert resolved.ops.pointwise is BACKENDS["eager"].load_ops().pointwise
+    assert resolve_ops("auto", CPU, torch.float32, 24).label == "cuda"
+
+
+def test_named_backend_that_lacks_an_op_says_so(stand_in_cuda):
+    with pytest.raises(cf.BackendUnavailableError,
+                       match="backend 'cuda' cannot run pointwise for a torch.float32 model of width 16 on cpu: "
+                             "no GEMM kernel for 16 channels; backend='auto' picks another backend"):
+        resolve_ops("cuda", CPU, torch.float32, 16)
+
+
+def test_model_runs_a_per_op_mix(stand_in_cuda):
+    from helpers import reference_model
+
+    reference = reference_model(16, 2, 3, 2, 5)
+    model = cf.ConvMixer.from_eager(reference)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_unknown_and_unavailable_backends():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        resolve_ops("tpu", CPU, torch.float32, 16)
+    with pytest.raises(cf.BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
+        resolve_ops("cuda", CPU, torch.float32, 16)
+    assert resolve_ops("auto", CPU, torch.float32, 16).label == "eager"
