@@ -1,4 +1,4 @@
-"""Command line: ``python -m convmixer_fast {info,verify,inspect} ...`` (``--help`` on each)."""
+"""Command line: ``python -m convmixer_fast {info,verify,inspect,bench} ...`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def _info(args) -> int:
 def _verify(args) -> int:
     import torch
 
-    from .backends import resolve_backend
+    from .backends import resolve_ops
     from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
@@ -71,7 +71,7 @@ def _verify(args) -> int:
         print(json.dumps({"model": name, "backend": args.backend, "dtype": str(dtype), "device": str(device),
                           "batch": args.batch, "image_size": image_size, "ok": ok, "rows": rows_as_dicts(rows)}, indent=2))
     else:
-        resolved = resolve_backend(args.backend, device).name
+        resolved = resolve_ops(args.backend, device, dtype, model.dim).label
         print(f"verify {name}, backend {args.backend} ({resolved}), {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
         print(format_rows(rows))
         print("PASS" if ok else "FAIL: errors beyond tolerance")
@@ -84,6 +84,12 @@ def _inspect(args) -> int:
     rows = inspect_kernels(args.arch, backends=tuple(args.backend or BACKENDS))
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_cli
+
+    return run_cli(args)
 
 
 def main(argv=None) -> int:
@@ -119,6 +125,35 @@ def main(argv=None) -> int:
                          help="backends to inspect (repeatable; default: all)")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(run=_inspect)
+
+    bench = commands.add_parser("bench", help="img/s of convmixer_fast's backends against eager PyTorch, torch.compile "
+                                "and a cuBLAS GEMM floor, checked against the reference first")
+    bench.add_argument("--model", nargs="+", action="extend", choices=list(MODEL_CONFIGS),
+                       help="default: the three ImageNet configs on a GPU, convmixer_cifar10 on CPU")
+    bench.add_argument("--batch", nargs="+", action="extend", type=int, help="default: 1 8 64 256 on a GPU, 8 on CPU")
+    bench.add_argument("--dtype", nargs="+", action="extend", choices=("fp32", "fp16", "bf16"),
+                       help="precision of convmixer_fast and gemm-floor (the eager peers have their own); "
+                       "default: bf16 fp16 on a GPU, fp32 on CPU")
+    bench.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
+    bench.add_argument("--device", help="default: cuda if available, else cpu")
+    bench.add_argument("--providers", nargs="+", action="extend", metavar="NAME",
+                       help="names or shell patterns, e.g. 'convmixer_fast-*' (default: all but the opt-in ones)")
+    bench.add_argument("--list-providers", action="store_true", help="list the providers and their availability")
+    bench.add_argument("--repeats", type=int, help="most timed repeats per provider and workload (default: 20 on a "
+                       "GPU, 5 on CPU; fewer when one provider would take more than ~0.5 s, but at least 3)")
+    bench.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
+                       "benchmarks/results/<gpu>-<date>.json; none on CPU)")
+    bench.add_argument("--plot", metavar="PATH", help="PNG of img/s against batch size (default on a GPU: the "
+                       "JSON's path with .png)")
+    bench.add_argument("--merge", action="store_true", help="add to the JSON file if it exists (same GPU): this "
+                       "run's workloads replace the same ones there, the others stay; the plot shows them all")
+    bench.add_argument("--compare", metavar="PATH", help="print the img/s change against a saved result; exit 1 "
+                       "if any entry is slower by more than --max-regression")
+    bench.add_argument("--max-regression", type=float, default=0.1, metavar="FRAC",
+                       help="allowed slowdown for --compare (default: 0.1, i.e. 10%%)")
+    bench.set_defaults(run=_bench)
 
     args = parser.parse_args(argv)
     return args.run(args)

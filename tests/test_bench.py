@@ -1,0 +1,244 @@
+"""The machinery of ``python -m convmixer_fast bench`` (convmixer_fast/bench.py, plot.py), not speed:
+FLOP counts, provider selection and availability, the result JSON, the table, ``--compare`` and
+``--merge``, a WRONG provider, and the command on a tiny CPU workload."""
+
+import contextlib
+import copy
+import io
+import json
+
+import pytest
+import torch
+
+from convmixer_fast import bench
+from convmixer_fast.__main__ import main
+from convmixer_fast.backends import BACKENDS
+from convmixer_fast.configs import MODEL_CONFIGS
+
+# A few milliseconds per provider on CPU: CIFAR config at 8x8 (4x4 tokens), batch 2.
+TINY = ["--device", "cpu", "--model", "convmixer_cifar10", "--image-size", "8", "--batch", "2", "--repeats", "2",
+        "--warmup", "1"]
+TINY_PROVIDERS = ["--providers", "eager-fp32", "convmixer_fast-*", "gemm-floor"]
+
+
+def run_bench(*argv) -> tuple[int, str]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = main(["bench", *argv])
+    return code, out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(exit code, stdout, result document, JSON path) of one tiny CPU run."""
+    path = tmp_path_factory.mktemp("bench") / "result.json"
+    code, out = run_bench(*TINY, *TINY_PROVIDERS, "--json", str(path))
+    return code, out, json.loads(path.read_text()), path
+
+
+@pytest.mark.parametrize("model, gflop", [("convmixer_1536_20", 102.2), ("convmixer_768_32", 41.4),
+                                          ("convmixer_1024_20_ks9_p14", 11.9)])
+def test_flops_match_design_table(model, gflop):
+    total = bench.flops_per_image(MODEL_CONFIGS[model], 224)["total"] / 1e9
+    assert abs(total - gflop) <= 0.05  # DESIGN.md §1 rounds to 0.1 GFLOP
+
+
+def test_flops_per_block_match_design_cost_section():
+    # DESIGN.md §2, ConvMixer-1536/20 at 224: pw 4.83 GFLOP and dw 0.255 GFLOP per block.
+    flops = bench.flops_per_image(MODEL_CONFIGS["convmixer_1536_20"], 224)
+    assert abs(flops["pointwise"] / 20 / 1e9 - 4.83) <= 0.005
+    assert abs(flops["depthwise"] / 20 / 1e9 - 0.255) <= 0.0005
+    assert flops["total"] == sum(flops[part] for part in ("stem", "depthwise", "pointwise", "head"))
+
+
+def test_flops_floor_the_image_like_the_strided_conv():
+    config = MODEL_CONFIGS["convmixer_1024_20_ks9_p14"]
+    assert bench.flops_per_image(config, 224) == bench.flops_per_image(config, 237)
+
+
+def test_plan_repeats_batches_fast_calls_and_caps_slow_ones():
+    repeats, calls = bench.plan_repeats(1e-5, max_repeats=20)
+    assert repeats == 20 and calls * 1e-5 >= bench.MIN_REPEAT_SECONDS
+    assert bench.plan_repeats(10.0, max_repeats=20) == (bench.MIN_REPEATS, 1)
+    assert bench.plan_repeats(10.0, max_repeats=2) == (2, 1)
+
+
+def test_every_backend_has_a_provider_with_and_without_cuda_graphs():
+    names = [p.name for p in bench.all_providers()]
+    for backend in ("auto", *BACKENDS):
+        assert f"convmixer_fast-{backend}" in names and f"convmixer_fast-{backend}+graph" in names
+    for peer in ("eager-fp32", "eager-amp", "eager-channels-last", "torch-compile", "gemm-floor"):
+        assert peer in names
+
+
+def test_select_providers_defaults_patterns_and_errors():
+    providers = bench.all_providers()
+    default = [p.name for p in bench.select_providers(providers, None)]
+    assert "torch-compile-max-autotune" not in default and "torch-compile" in default
+    assert [p.name for p in bench.select_providers(providers, ["torch-compile-max-autotune"])] == [
+        "torch-compile-max-autotune"]
+    fast = [p.name for p in bench.select_providers(providers, ["convmixer_fast-*"])]
+    assert fast == [name for name in default if name.startswith("convmixer_fast-")]
+    with pytest.raises(ValueError, match="no provider matches nope"):
+        bench.select_providers(providers, ["nope"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the reasons given on a machine without a GPU")
+def test_gpu_only_providers_say_why_on_cpu(monkeypatch):
+    workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["fp32"], 8)[0]
+    providers = {p.name: p for p in bench.all_providers()}
+    assert providers["convmixer_fast-eager+graph"].unavailable_reason(workload) == "CUDA graphs need a CUDA GPU"
+    assert providers["convmixer_fast-eager"].unavailable_reason(workload) is None
+    pytest.importorskip("triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "cannot run on cpu" in providers["convmixer_fast-triton"].unavailable_reason(workload)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the triton backend is available, in the interpreter
+    assert "interpreter" in providers["convmixer_fast-triton"].unavailable_reason(workload)
+
+
+def test_cli_runs_a_tiny_cpu_workload(tiny_run):
+    code, out, result, _ = tiny_run
+    assert code == 0
+    assert out.splitlines()[0].startswith("CPU run")
+    assert "convmixer_cifar10 fp32 batch 2 8px" in out and "x eager-amp" in out
+    entries = result["workloads"][0]["providers"]
+    assert entries["eager-fp32"]["status"] == entries["convmixer_fast-eager"]["status"] == "ok"
+    assert entries["convmixer_fast-auto"]["status"] == "ok" and entries["convmixer_fast-auto"]["detail"] == "eager"
+    assert "convmixer_fast-auto: eager" in out
+    assert entries["gemm-floor"]["status"] == "ok" and "max_rel_err" not in entries["gemm-floor"]
+
+
+def test_result_json_schema(tiny_run):
+    _, _, result, _ = tiny_run
+    assert result["schema"] == bench.RESULT_SCHEMA
+    assert {"type", "name"} <= set(result["device"])
+    (run,) = result["runs"]
+    assert {"date", "time", "host", "commit", "dirty", "versions", "settings", "complete", "wall_s",
+            "matmul_peak_tflops"} <= set(run)
+    assert run["complete"] and {"torch", "triton", "cuda", "python", "convmixer_fast"} <= set(run["versions"])
+    (workload,) = result["workloads"]
+    assert workload["label"] == "convmixer_cifar10 fp32 batch 2 8px" and workload["run"] == 0
+    assert workload["flops_per_image"] == bench.flops_per_image(MODEL_CONFIGS["convmixer_cifar10"], 8)
+    assert set(workload["providers"]) <= set(result["providers"])
+    ok = {name: e for name, e in workload["providers"].items() if e["status"] == "ok"}
+    assert set(ok) == {"eager-fp32", "convmixer_fast-auto", "convmixer_fast-eager", "gemm-floor"}
+    for name, entry in workload["providers"].items():
+        assert entry["status"] in bench.STATUSES and entry["precision"]
+        if entry["status"] != "ok":
+            assert entry["reason"] and "img_per_s" not in entry
+    for name, entry in ok.items():
+        assert {"img_per_s", "ms_per_batch", "tflops", "fraction_of_peak", "flops_per_batch", "compile_s",
+                "repeats", "calls_per_repeat", "times_ms", "ratios"} <= set(entry)
+        assert entry["img_per_s"] == pytest.approx(2 / (entry["ms_per_batch"] / 1e3))
+        assert entry["repeats"] == len(entry["times_ms"]) and entry["fraction_of_peak"] is None  # CPU: no peak
+        assert set(entry["ratios"]) == set(ok) - {name}
+        for other, ratio in entry["ratios"].items():
+            assert ratio * ok[other]["ratios"][name] == pytest.approx(1.0)
+
+
+def test_table_shows_figures_failures_and_reasons(tiny_run):
+    _, _, result, _ = tiny_run
+    record = copy.deepcopy(result["workloads"][0])
+    record["providers"]["eager-fp32"] = {"status": "wrong", "precision": "fp32", "reason": "max rel err 1 > tolerance 0.001"}
+    table = bench.format_workload(record)
+    assert "eager-fp32" in table and "WRONG: max rel err 1 > tolerance 0.001" in table
+    assert "skipped: CUDA graphs need a CUDA GPU" in table
+    assert "gemm-floor" in table and "x gemm-floor" in table
+
+
+def slowed(result: dict, provider: str, factor: float) -> dict:
+    """``result`` as a baseline in which ``provider`` was ``factor`` times as fast."""
+    baseline = copy.deepcopy(result)
+    baseline["workloads"][0]["providers"][provider]["img_per_s"] *= factor
+    return baseline
+
+
+def test_compare_flags_only_slowdowns_beyond_the_threshold(tiny_run):
+    _, _, result, _ = tiny_run
+    report, regressed = bench.compare_results(result, slowed(result, "convmixer_fast-eager", 1.05), 0.1)
+    assert not regressed and "4 entries compared, 0 regressions" in report
+    report, regressed = bench.compare_results(result, slowed(result, "convmixer_fast-eager", 1.5), 0.1)
+    assert regressed and "REGRESSION" in report and "-33.3%" in report
+
+
+def test_cli_compare_exits_1_on_a_regression(tiny_run, tmp_path):
+    _, _, result, _ = tiny_run
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(slowed(result, "eager-fp32", 1000.0)))
+    code, out = run_bench(*TINY, "--providers", "eager-fp32", "--compare", str(baseline))
+    assert code == 1 and "REGRESSION" in out and "1 entries compared, 1 regression" in out
+
+
+def test_merge_replaces_same_workloads_and_keeps_others(tiny_run):
+    _, _, result, _ = tiny_run
+    other = copy.deepcopy(result)
+    other["workloads"][0]["label"] = "another workload"
+    renewed = copy.deepcopy(result)
+    renewed["workloads"][0]["providers"]["eager-fp32"]["img_per_s"] = -1.0
+    merged = bench.merge_results(bench.merge_results(result, other), renewed)
+    assert [w["label"] for w in merged["workloads"]] == [result["workloads"][0]["label"], "another workload"]
+    assert merged["workloads"][0]["providers"]["eager-fp32"]["img_per_s"] == -1.0
+    assert merged["workloads"][0]["run"] == 2 and merged["workloads"][1]["run"] == 1 and len(merged["runs"]) == 3
+    elsewhere = copy.deepcopy(result)
+    elsewhere["device"]["name"] = "another GPU"
+    with pytest.raises(ValueError, match="cannot merge"):
+        bench.merge_results(result, elsewhere)
+
+
+def test_load_result_rejects_other_json(tmp_path, tiny_run):
+    path = tmp_path / "other.json"
+    path.write_text(json.dumps({"schema": 0}))
+    with pytest.raises(ValueError, match="not a convmixer_fast bench result"):
+        bench.load_result(path)
+    assert bench.load_result(tiny_run[3]) == tiny_run[2]
+
+
+def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
+    from convmixer_fast import verify
+
+    monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.float32, 0.0)  # eager-fp32 is the reference itself: 0 error
+    path = tmp_path / "wrong.json"
+    code, out = run_bench(*TINY, "--providers", "eager-fp32", "convmixer_fast-eager", "--json", str(path))
+    entries = json.loads(path.read_text())["workloads"][0]["providers"]
+    assert code == 1 and "WRONG" in out
+    assert entries["eager-fp32"]["status"] == "ok"
+    assert entries["convmixer_fast-eager"]["status"] == "wrong" and "img_per_s" not in entries["convmixer_fast-eager"]
+
+
+def test_plot_is_written_or_explained(tiny_run, tmp_path):
+    from convmixer_fast.plot import PlotUnavailableError, plot_result
+
+    path = tmp_path / "plot.png"
+    try:
+        plot_result(tiny_run[2], path)
+    except PlotUnavailableError as error:
+        assert "pip install matplotlib" in str(error)
+    else:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_rejects_unreadable_files_before_measuring(tmp_path):
+    code, out = run_bench(*TINY, "--compare", str(tmp_path / "missing.json"))
+    assert code == 2 and out == ""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_on_a_gpu_runs_every_provider_but_compile(tmp_path):
+    # Graph capture, autocast peers, the GEMM floor and the matmul peak on a tiny GPU workload.
+    path = tmp_path / "gpu.json"
+    code, out = run_bench("--device", "cuda", "--model", "convmixer_cifar10", "--image-size", "8", "--batch", "2",
+                          "--dtype", "bf16", "--repeats", "2", "--warmup", "1", "--providers", "eager-*",
+                          "convmixer_fast-*", "gemm-floor", "--json", str(path))
+    result = json.loads(path.read_text())
+    (workload,) = result["workloads"]
+    assert code == 0, out
+    assert result["runs"][0]["matmul_peak_tflops"]["bf16"] > 0 and workload["peak_tflops"] > 0
+    for name, entry in workload["providers"].items():
+        assert entry["status"] in ("ok", "skipped"), (name, entry)
+    assert workload["providers"]["convmixer_fast-eager+graph"]["status"] == "ok"
+    assert workload["providers"]["gemm-floor"]["fraction_of_peak"] > 0
+
+
+def test_gpu_slug_and_default_result_path():
+    assert bench.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert str(bench.default_result_path("NVIDIA H200", "2026-01-02")) == "benchmarks/results/nvidia-h200-2026-01-02.json"
