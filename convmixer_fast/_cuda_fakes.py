@@ -5,22 +5,12 @@ library also names this module, so torch points here when a fake is missing)."""
 
 import torch
 
+CUDA_OPS = ("cuda_stem", "cuda_depthwise_block", "cuda_pointwise", "cuda_head")
 
-@torch.library.register_fake("convmixer_fast::cuda_stem")
-def _(image, weight, bias, scale, shift, act, out) -> None:
+
+def _writes_only_preallocated_outputs(*args) -> None:
     return None
 
 
-@torch.library.register_fake("convmixer_fast::cuda_depthwise_block")
-def _(x, weight, bias, scale, shift, act, out) -> None:
-    return None
-
-
-@torch.library.register_fake("convmixer_fast::cuda_pointwise")
-def _(y, weight, bias, scale, shift, act, out) -> None:
-    return None
-
-
-@torch.library.register_fake("convmixer_fast::cuda_head")
-def _(x, weight, bias, pooled, out) -> None:
-    return None
+for _name in CUDA_OPS:
+    torch.library.register_fake(f"convmixer_fast::{_name}", _writes_only_preallocated_outputs)

@@ -469,18 +469,15 @@ class InputCache:
         return self._inputs[1]
 
     def _reference_model(self, model: str, device: str):
+        import torch
+
         from .configs import MODEL_CONFIGS
-        from .model import ACTIVATION_LAYERS
-        from .reference import ConvMixerReference
-        from .testing import randomize_weights_
+        from .verify import build_reference
 
         key = (model, device)
         if self._reference is None or self._reference[0] != key:
             self._reference, self._converted = None, {}
-            config = dict(MODEL_CONFIGS[model])
-            activation = ACTIVATION_LAYERS[config.pop("act_layer")]
-            reference = ConvMixerReference(**config, activation=activation).to(device)
-            self._reference = (key, randomize_weights_(reference, seed=self.seed))
+            self._reference = (key, build_reference(MODEL_CONFIGS[model], torch.device(device), self.seed))
         return self._reference[1]
 
     def convmixer_fast(self, workload: Workload, backend: str):
@@ -512,26 +509,24 @@ class Check:
 
 
 def model_tolerance(dtype: str, device_type: str) -> float:
-    """``verify.MODEL_TOLERANCE`` of ``dtype``; for fp32 on a GPU that allows TF32 (cuDNN's default
-    for convolutions, or matmuls) the TF32 whole-model tolerance, as ``verify.tolerances`` gives."""
+    """``verify``'s whole-model tolerance of ``dtype``; fp32 on a GPU counts as TF32 when matmuls or
+    cuDNN convolutions (its default, which the eager peers use) may run in TF32."""
     import torch
 
-    from .verify import MODEL_TOLERANCE, TF32_TOLERANCE
+    from .verify import tolerances
 
     tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
-    if dtype == "fp32" and device_type == "cuda" and tf32:
-        return 10 * TF32_TOLERANCE
-    return MODEL_TOLERANCE[_torch_dtype(dtype)]
+    return tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=tf32)[1]
 
 
 def check_logits(provider: Provider, prepared: Prepared, workload: Workload, inputs: WorkloadInputs) -> Check | None:
     """One forward of ``prepared`` against the reference logits; None for providers without logits."""
     if not provider.has_logits:
         return None
-    out = prepared.run().float()
-    diff = (out - inputs.logits).abs().max().item()
-    scale = inputs.logits.abs().max().item()
-    return Check(diff / scale if scale > 0 else diff, model_tolerance(provider.dtype(workload), workload.device_type))
+    from .verify import errors
+
+    _, max_rel_err = errors(prepared.run(), inputs.logits)
+    return Check(max_rel_err, model_tolerance(provider.dtype(workload), workload.device_type))
 
 
 @dataclass(frozen=True)

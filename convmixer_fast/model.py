@@ -127,6 +127,7 @@ class ConvMixer(nn.Module):
         self._prepared: tuple[int, PreparedParams] | None = None  # (sum of weight versions, params)
         self._weight_tensors: list[torch.Tensor] | None = None
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
+        self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
 
     def extra_repr(self) -> str:
         return (
@@ -284,7 +285,15 @@ class ConvMixer(nn.Module):
             )
 
     def _resolve_ops(self, device: torch.device) -> ResolvedOps:
-        return resolve_ops(self.backend, device, self._param_dtype, self.dim)
+        """The ops of each step, resolved once per (backend, device, dtype): availability probes
+        are host work that does not belong in every forward."""
+        if torch.compiler.is_compiling():  # resolved at trace time (assume_constant_result)
+            return resolve_ops(self.backend, device, self._param_dtype, self.dim)
+        key = (self.backend, device, self._param_dtype)
+        resolved = self._resolved_ops.get(key)
+        if resolved is None:
+            resolved = self._resolved_ops[key] = resolve_ops(*key, self.dim)
+        return resolved
 
     def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
         if not resolved.preallocates or torch.compiler.is_compiling():

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .backends import BACKENDS, resolve_ops
-from .model import ConvMixer
+from .model import ACTIVATION_LAYERS, ConvMixer
 from .reference import ConvMixerReference
 from .testing import randomize_weights_
 
@@ -40,17 +40,25 @@ class Row:
         return self.max_rel <= self.tolerance  # False for NaN
 
 
-def tolerances(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
-    """(per-kernel, whole-model) relative tolerance for ``dtype`` on ``device``."""
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+def tolerances(dtype: torch.dtype, device: torch.device, tf32: bool | None = None) -> tuple[float, float]:
+    """(per-kernel, whole-model) relative tolerance for ``dtype`` on ``device``; ``tf32``: whether fp32
+    math may run in TF32 there (default: torch's matmul flag, what the kernels follow)."""
+    if tf32 is None:
+        tf32 = torch.backends.cuda.matmul.allow_tf32
+    if dtype == torch.float32 and device.type == "cuda" and tf32:
         return TF32_TOLERANCE, 10 * TF32_TOLERANCE
     return KERNEL_TOLERANCE[dtype], MODEL_TOLERANCE[dtype]
 
 
-def _row(step: str, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> Row:
+def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(``max |out - ref|``, that divided by ``max |ref|``), in fp32; NaN anywhere gives NaN."""
     diff = (out.float() - ref.float()).abs().max().item()
     scale = ref.float().abs().max().item()
-    return Row(step, diff, diff / scale if scale > 0 else diff, tolerance)
+    return diff, diff / scale if scale > 0 else diff
+
+
+def _row(step: str, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> Row:
+    return Row(step, *errors(out, ref), tolerance)
 
 
 @torch.no_grad()
@@ -85,14 +93,18 @@ def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tens
     return rows
 
 
+def build_reference(config: dict, device: torch.device, seed: int = 0) -> ConvMixerReference:
+    """The fp32 reference model of a config (``configs.MODEL_CONFIGS`` entry) on ``device``, with
+    random trained-looking weights."""
+    arch = {k: v for k, v in config.items() if k != "act_layer"}
+    activation = ACTIVATION_LAYERS[config.get("act_layer", "gelu")]
+    return randomize_weights_(ConvMixerReference(**arch, activation=activation).to(device), seed=seed)
+
+
 def build_pair(config: dict, dtype: torch.dtype, device: torch.device, seed: int = 0):
     """(ConvMixer in ``dtype``, fp32 reference nn.Sequential) with the same random trained-looking weights."""
-    act = torch.nn.ReLU if config.get("act_layer", "gelu") == "relu" else torch.nn.GELU
-    arch = {k: v for k, v in config.items() if k != "act_layer"}
-    reference = ConvMixerReference(**arch, activation=act).to(device)
-    randomize_weights_(reference, seed=seed)
-    model = ConvMixer.from_eager(reference).to(dtype=dtype)
-    return model, reference
+    reference = build_reference(config, device, seed)
+    return ConvMixer.from_eager(reference).to(dtype=dtype), reference
 
 
 def format_rows(rows: list[Row]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import triton
@@ -29,6 +30,21 @@ def device_guard(tensor: torch.Tensor):
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
     return contextlib.nullcontext()
+
+
+def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
+    """The ``convmixer_fast::<name>`` custom op ``(x, weight, bias, scale, shift, act, out) -> None``
+    of a kernel with the fused epilogue (stem, depthwise block, pointwise): ``launch`` writes ``out``
+    from validated arguments; its fake writes nothing (``out`` is preallocated and mutated)."""
+
+    def op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+           act: str, out: torch.Tensor) -> None:
+        launch(x, weight, bias, scale, shift, act, out)
+
+    op.__doc__ = doc
+    custom = torch.library.custom_op(f"convmixer_fast::{name}", op, mutates_args=("out",))
+    custom.register_fake(lambda x, weight, bias, scale, shift, act, out: None)
+    return custom
 
 
 def select_configs(configs: list[triton.Config]) -> list[triton.Config]:

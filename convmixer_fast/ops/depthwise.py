@@ -66,6 +66,7 @@ from ._triton_utils import (
     TRITON_DTYPE_NAMES,
     config_label,
     device_guard,
+    epilogue_custom_op,
     fused_epilogue,
     select_configs,
 )
@@ -212,17 +213,7 @@ def _grid(B: int, H: int, W: int, C: int):
     )
 
 
-@torch.library.custom_op("convmixer_fast::triton_depthwise_block", mutates_args=("out",))
-def triton_depthwise_block(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor,
-) -> None:
-    """``out = x + scale * act(dwconv_k(x) + bias) + shift`` for ``x`` ``[B, H, W, C]``."""
+def _launch(x, weight, bias, scale, shift, act, out) -> None:
     # Checked here, not in the entry: pointers exist only at run time (not under torch.compile).
     check_depthwise_out_apart(x, out)
     B, H, W, C = x.shape
@@ -233,9 +224,9 @@ def triton_depthwise_block(
         )
 
 
-@triton_depthwise_block.register_fake
-def _(x, weight, bias, scale, shift, act, out) -> None:
-    return None
+triton_depthwise_block = epilogue_custom_op(
+    "triton_depthwise_block", _launch, "``out = x + scale * act(dwconv_k(x) + bias) + shift`` for ``x`` ``[B, H, W, C]``."
+)
 
 
 def depthwise_block(

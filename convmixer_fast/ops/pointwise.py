@@ -27,6 +27,7 @@ from convmixer_fast.ops._triton_utils import (
     KernelSpec,
     config_label,
     device_guard,
+    epilogue_custom_op,
     fused_epilogue,
     is_interpreting,
     select_configs,
@@ -288,23 +289,9 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
 
 
 
-@torch.library.custom_op("convmixer_fast::triton_pointwise", mutates_args=("out",))
-def triton_pointwise(
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor,
-) -> None:
-    """Writes ``scale * act(y @ weightᵀ + bias) + shift`` into ``out``; see ``pointwise``."""
-    _launch(y, weight, bias, scale, shift, act, out)
-
-
-@triton_pointwise.register_fake
-def _(y, weight, bias, scale, shift, act, out) -> None:
-    return None
+triton_pointwise = epilogue_custom_op(
+    "triton_pointwise", _launch, "Writes ``scale * act(y @ weightᵀ + bias) + shift`` into ``out``; see ``pointwise``."
+)
 
 
 def pointwise(
@@ -325,7 +312,7 @@ def pointwise(
     (``ops._checks``).
     """
     out = pointwise_outputs(y, weight, bias, scale, shift, act, out)
-    torch.ops.convmixer_fast.triton_pointwise(y, weight, bias, scale, shift, act, out)
+    triton_pointwise(y, weight, bias, scale, shift, act, out)
     return out
 
 

@@ -22,6 +22,7 @@ from convmixer_fast.ops._triton_utils import (
     KernelSpec,
     config_label,
     device_guard,
+    epilogue_custom_op,
     select_configs,
 )
 from convmixer_fast.ops._checks import stem_outputs
@@ -133,23 +134,9 @@ def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config |
             stem_kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
-@torch.library.custom_op("convmixer_fast::triton_stem", mutates_args=("out",))
-def triton_stem(
-    image: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor,
-) -> None:
-    """Writes the stem tokens of ``image`` into ``out`` ``[B, H//p, W//p, C]``; see ``stem``."""
-    _launch(image, weight, bias, scale, shift, act, out)
-
-
-@triton_stem.register_fake
-def _(image, weight, bias, scale, shift, act, out) -> None:
-    return None
+triton_stem = epilogue_custom_op(
+    "triton_stem", _launch, "Writes the stem tokens of ``image`` into ``out`` ``[B, H//p, W//p, C]``; see ``stem``."
+)
 
 
 def stem(
@@ -171,7 +158,7 @@ def stem(
     (``ops._checks``).
     """
     out = stem_outputs(image, weight, bias, scale, shift, act, out)
-    torch.ops.convmixer_fast.triton_stem(image, weight, bias, scale, shift, act, out)
+    triton_stem(image, weight, bias, scale, shift, act, out)
     return out
 
 
