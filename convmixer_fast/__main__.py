@@ -1,4 +1,4 @@
-"""Command line: ``python -m convmixer_fast {info,verify,inspect,bench} ...`` (``--help`` on each)."""
+"""Command line: ``python -m convmixer_fast {info,verify,inspect,bench,bench-ops} ...`` (``--help`` on each)."""
 
 from __future__ import annotations
 
@@ -46,7 +46,6 @@ def _info(args) -> int:
 def _verify(args) -> int:
     import torch
 
-    from .backends import resolve_ops
     from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
@@ -71,7 +70,8 @@ def _verify(args) -> int:
         print(json.dumps({"model": name, "backend": args.backend, "dtype": str(dtype), "device": str(device),
                           "batch": args.batch, "image_size": image_size, "ok": ok, "rows": rows_as_dicts(rows)}, indent=2))
     else:
-        resolved = resolve_ops(args.backend, device, dtype, model.dim).label
+        model.backend = args.backend
+        resolved = model.backend_label()  # after the run: what "auto" measured and chose
         print(f"verify {name}, backend {args.backend} ({resolved}), {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
         print(format_rows(rows))
         print("PASS" if ok else "FAIL: errors beyond tolerance")
@@ -88,6 +88,12 @@ def _inspect(args) -> int:
 
 def _bench(args) -> int:
     from .bench import run_cli
+
+    return run_cli(args)
+
+
+def _bench_ops(args) -> int:
+    from .opbench import run_cli
 
     return run_cli(args)
 
@@ -154,6 +160,25 @@ def main(argv=None) -> int:
     bench.add_argument("--max-regression", type=float, default=0.1, metavar="FRAC",
                        help="allowed slowdown for --compare (default: 0.1, i.e. 10%%)")
     bench.set_defaults(run=_bench)
+
+    ops = commands.add_parser("bench-ops", help="each fused op alone on every backend against its floors (FLOPs at "
+                              "the measured GEMM / fp32 FMA rate, bytes at the measured copy bandwidth)")
+    ops.add_argument("--model", choices=list(MODEL_CONFIGS), help="default: convmixer_1536_20 on a GPU, "
+                     "convmixer_cifar10 on CPU")
+    ops.add_argument("--batch", type=int, help="default: 256 on a GPU, 2 on CPU")
+    ops.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
+    ops.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16 on a GPU, fp32 on CPU")
+    ops.add_argument("--backends", nargs="+", action="extend", choices=[n for n in BACKEND_NAMES if n != "auto"],
+                     help="default: every backend available on the device")
+    ops.add_argument("--ops", nargs="+", action="extend", choices=("stem", "depthwise_block", "pointwise", "head"),
+                     help="default: all four")
+    ops.add_argument("--device", help="default: cuda if available, else cpu")
+    ops.add_argument("--repeats", type=int, help="most timed repeats per op (default: 20 on a GPU, 5 on CPU)")
+    ops.add_argument("--warmup", type=int, help="untimed calls before timing (default: 3)")
+    ops.add_argument("--seed", type=int, default=0)
+    ops.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
+                     "benchmarks/results/ops-<gpu>-<date>.json; none on CPU)")
+    ops.set_defaults(run=_bench_ops)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -17,6 +17,15 @@ CUDA sources are compiled only when torch itself was built with CUDA (``torch.ve
 a CUDA toolkit is found, and CONVMIXER_FAST_NO_CUDA is not set.
 
 Runtime environment variables:
+  CONVMIXER_FAST_CACHE_DIR=/path   where convmixer_fast keeps what it measured or compiled, so a
+                                   later process does not redo it: ``auto/`` (the backend measured
+                                   fastest per op and shape on each GPU, ``backends/measured.py``)
+                                   and ``inspect/`` (the cuda kernels' cubins). Default:
+                                   ~/.cache/convmixer_fast. (Triton keeps its own compiled kernels
+                                   and autotune results under TRITON_CACHE_DIR, default ~/.triton.)
+  CONVMIXER_FAST_AUTO_MEASURE=0    ``backend="auto"`` takes, per op, the first backend of
+                                   ``AUTO_ORDER`` that runs it instead of timing the candidates on
+                                   the first call with each new shape (deterministic choices).
   TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;
                                    makes the ``triton`` backend available on CPU, for testing only.
                                    Must be set before ``triton`` is imported.
@@ -30,6 +39,8 @@ import sys
 ENV_NO_CUDA = "CONVMIXER_FAST_NO_CUDA"
 ENV_CUDA_ARCHS = "CONVMIXER_FAST_CUDA_ARCHS"
 ENV_CUTLASS_DIR = "CUTLASS_DIR"
+ENV_CACHE_DIR = "CONVMIXER_FAST_CACHE_DIR"
+ENV_AUTO_MEASURE = "CONVMIXER_FAST_AUTO_MEASURE"
 CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
 
@@ -41,6 +52,21 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-DN
 
 def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _falsy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("0", "false", "no", "off")
+
+
+def cache_dir(*parts: str) -> str:
+    """A folder under CONVMIXER_FAST_CACHE_DIR (default ~/.cache/convmixer_fast); not created here."""
+    root = os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "convmixer_fast")
+    return os.path.join(root, *parts)
+
+
+def auto_measures() -> bool:
+    """Whether ``backend="auto"`` times its candidates per op and shape (CONVMIXER_FAST_AUTO_MEASURE)."""
+    return not _falsy(os.environ.get(ENV_AUTO_MEASURE))
 
 
 def cuda_archs() -> list[str]:

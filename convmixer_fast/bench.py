@@ -9,10 +9,12 @@ timed callable for it. The providers (``all_providers()``, ``--list-providers``)
   convolutions are ~10x slower than fp32); ``eager-channels-last``: the same in channels_last memory.
 - ``torch-compile``: ``torch.compile`` (default mode, static shapes) of eager-amp; its compile time
   is reported apart from the timing. ``torch-compile-max-autotune`` is opt-in (slow to compile).
-- ``convmixer_fast-<backend>`` for ``auto`` (per op the first backend of ``AUTO_ORDER`` that runs
-  it: what users get by default) and every backend of ``backends.BACKENDS`` that can run the whole
-  model on the device in the workload's dtype, and ``convmixer_fast-<backend>+graph``: the whole
-  forward captured in one CUDA graph (GPU only). These run in the workload's dtype.
+- ``convmixer_fast-<backend>`` for ``auto`` (per op the backend measured fastest for the shape:
+  what users get by default) and every backend of ``backends.BACKENDS`` that can run the whole
+  model on the device in the workload's dtype, as users run them: on a GPU the model replays its
+  own CUDA graph from the second call on (copying the input in and the logits out).
+  ``convmixer_fast-auto-nograph``: auto with ``cuda_graphs=False`` (GPU only: on CPU it is
+  ``convmixer_fast-auto``). These run in the workload's dtype.
 - ``gemm-floor``: the ``depth`` pointwise GEMMs alone, ``[B*H*W, C] @ [C, C]`` through ``torch.mm``
   (cuBLAS) in the workload's dtype, captured in a CUDA graph on a GPU: what a fused engine cannot
   beat by much. It has no logits.
@@ -161,11 +163,11 @@ def flops_per_image(config: dict, image_size: int) -> dict[str, int]:
 class Prepared:
     """A provider built for one workload: ``run()`` is one forward on the bound input (it returns
     the logits, or None for gemm-floor); ``compile_s`` is the compile time where there is one;
-    ``detail`` what else a reader needs (which backend ``auto`` chose for each op)."""
+    ``describe()`` what else a reader needs, asked after the timing (which backend ran each op)."""
 
     run: Callable[[], object]
     compile_s: float | None = None
-    detail: str | None = None
+    describe: Callable[[], str | None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -217,10 +219,6 @@ def _synchronize(device_type: str) -> None:
 
 def _available_anywhere(workload: Workload) -> str | None:
     return None
-
-
-def _needs_cuda_graphs(workload: Workload) -> str | None:
-    return None if workload.device_type == "cuda" else "CUDA graphs need a CUDA GPU"
 
 
 def _compile_unavailable_reason(workload: Workload) -> str | None:
@@ -323,20 +321,16 @@ def _resolve_ops(backend: str, workload: Workload):
     return resolve_ops(backend, torch.device(workload.device), _torch_dtype(workload.dtype), workload.config["dim"])
 
 
-def _convmixer_fast_builder(backend: str, graphed: bool) -> Callable[[Workload, InputCache], Prepared]:
+def _convmixer_fast_builder(backend: str, cuda_graphs: bool) -> Callable[[Workload, InputCache], Prepared]:
     def build(workload: Workload, cache: InputCache) -> Prepared:
-        model, image = cache.convmixer_fast(workload, backend), cache.get(workload).image
-
-        def forward():
-            return model(image)
-
-        detail = _resolve_ops(backend, workload).label if backend == "auto" else None
-        return Prepared(_capture_cuda_graph(forward) if graphed else forward, detail=detail)
+        model, image = cache.convmixer_fast(workload, backend, cuda_graphs), cache.get(workload).image
+        describe = model.backend_label if backend == "auto" else (lambda: None)
+        return Prepared(lambda: model(image), describe=describe)
 
     return build
 
 
-def _convmixer_fast_unavailable(backend: str, graphed: bool) -> Callable[[Workload], str | None]:
+def _convmixer_fast_unavailable(backend: str, cuda_graphs: bool) -> Callable[[Workload], str | None]:
     def reason(workload: Workload) -> str | None:
         from .backends import BackendUnavailableError
 
@@ -346,7 +340,9 @@ def _convmixer_fast_unavailable(backend: str, graphed: bool) -> Callable[[Worklo
             return str(error)
         if backend == "triton" and workload.device_type == "cpu":
             return TRITON_INTERPRETER_REASON
-        return _needs_cuda_graphs(workload) if graphed else None
+        if not cuda_graphs and workload.device_type != "cuda":
+            return f"CUDA graphs exist only on a GPU: here this is convmixer_fast-{backend}"
+        return None
 
     return reason
 
@@ -389,15 +385,17 @@ def all_providers() -> list[Provider]:
                  "compiles for minutes)", _torch_compile_builder("max-autotune"), _compile_unavailable_reason,
                  opt_in=True, autocast=True),
     ]
-    descriptions = {"auto": "per op the first backend of AUTO_ORDER that runs it (the default)"}
+    descriptions = {"auto": "per op the backend measured fastest for the shape (the default)"}
     descriptions.update((name, backend.description) for name, backend in BACKENDS.items())
     for name, description in descriptions.items():
         providers.append(Provider(f"convmixer_fast-{name}", f"convmixer_fast.ConvMixer, backend {name!r}: "
-                                  f"{description}", _convmixer_fast_builder(name, graphed=False),
-                                  _convmixer_fast_unavailable(name, graphed=False)))
-        providers.append(Provider(f"convmixer_fast-{name}+graph", f"convmixer_fast-{name} with the whole forward "
-                                  "captured in one CUDA graph", _convmixer_fast_builder(name, graphed=True),
-                                  _convmixer_fast_unavailable(name, graphed=True)))
+                                  f"{description}; on a GPU it replays its own CUDA graph per input shape",
+                                  _convmixer_fast_builder(name, cuda_graphs=True),
+                                  _convmixer_fast_unavailable(name, cuda_graphs=True)))
+    providers.append(Provider("convmixer_fast-auto-nograph", "convmixer_fast-auto with cuda_graphs=False: every "
+                              "kernel launched from Python on each call (GPU only)",
+                              _convmixer_fast_builder("auto", cuda_graphs=False),
+                              _convmixer_fast_unavailable("auto", cuda_graphs=False)))
     providers.append(Provider("gemm-floor", "the depth pointwise GEMMs alone through torch.mm (cuBLAS), in one "
                               "CUDA graph on a GPU: the floor", _build_gemm_floor, _available_anywhere,
                               has_logits=False, flops_part="pointwise"))
@@ -480,7 +478,7 @@ class InputCache:
             self._reference = (key, build_reference(MODEL_CONFIGS[model], torch.device(device), self.seed))
         return self._reference[1]
 
-    def convmixer_fast(self, workload: Workload, backend: str):
+    def convmixer_fast(self, workload: Workload, backend: str, cuda_graphs: bool = True):
         """A fresh ``ConvMixer`` with the reference's weights in the workload's dtype, running
         ``backend`` (a copy of one conversion per dtype: converting builds the model on the CPU)."""
         import copy
@@ -491,7 +489,7 @@ class InputCache:
         if workload.dtype not in self._converted:
             self._converted[workload.dtype] = ConvMixer.from_eager(reference).to(dtype=_torch_dtype(workload.dtype))
         model = copy.deepcopy(self._converted[workload.dtype])
-        model.backend = backend
+        model.backend, model.cuda_graphs = backend, cuda_graphs
         return model
 
 
@@ -643,7 +641,7 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
         first_line = (str(error).strip().splitlines() or [""])[0][:300]
         return Entry(provider, "error", precision, reason=f"{type(error).__name__}: {first_line}",
                      wall_s=time.perf_counter() - start)
-    return Entry(provider, "ok", precision, timing=timing, compile_s=prepared.compile_s, detail=prepared.detail,
+    return Entry(provider, "ok", precision, timing=timing, compile_s=prepared.compile_s, detail=prepared.describe(),
                  check=check, wall_s=time.perf_counter() - start)
 
 
@@ -963,18 +961,29 @@ def _measure_peaks(workloads: list[Workload], device: str) -> dict[str, float]:
     return peaks
 
 
+def cli_device(requested: str | None, command: str) -> str | None:
+    """The device a benchmark command runs on: ``requested``, else cuda where torch sees a GPU, else
+    cpu; a GPU is made the current device (events, graphs and synchronize use it). None, after
+    saying why on stderr, when a GPU is asked for and torch sees none."""
+    import torch
+
+    device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            print(f"{command}: --device {device}, but torch sees no CUDA GPU", file=sys.stderr)
+            return None
+        if torch.device(device).index is not None:
+            torch.cuda.set_device(torch.device(device))
+    return device
+
+
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench`` (arguments from ``__main__``): 0; 1 on a WRONG or failed
     provider or a regression beyond ``--max-regression``; 2 on bad arguments or files."""
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.startswith("cuda")
-    if on_gpu and not torch.cuda.is_available():
-        print(f"bench: --device {device}, but torch sees no CUDA GPU", file=sys.stderr)
+    device = cli_device(args.device, "bench")
+    if device is None:
         return 2
-    if on_gpu and torch.device(device).index is not None:
-        torch.cuda.set_device(torch.device(device))  # events, graphs and synchronize use the current device
+    on_gpu = device.startswith("cuda")
     if args.list_providers:
         _list_providers(device)
         return 0

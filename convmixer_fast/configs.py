@@ -58,7 +58,7 @@ def _from_timm(name: str, overrides: dict) -> ConvMixer:
             f"timm could not load pretrained weights for {name!r}: {error}; "
             "check network access to the Hugging Face hub, or pass checkpoint_path= to a local file"
         ) from error
-    backend = overrides.pop("backend", "auto")
+    options = {key: overrides.pop(key) for key in ("backend", "cuda_graphs") if key in overrides}
     if overrides:
-        raise ValueError(f"pretrained=True takes only backend= as an override, got {sorted(overrides)}")
-    return ConvMixer.from_eager(eager, backend=backend)
+        raise ValueError(f"pretrained=True takes only backend= and cuda_graphs= as overrides, got {sorted(overrides)}")
+    return ConvMixer.from_eager(eager, **options)

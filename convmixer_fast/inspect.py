@@ -22,10 +22,10 @@ so ``inspect_triton`` then runs itself in a subprocess with the variable removed
 
 CUDA kernels are compiled from the source tree (``csrc/kernels/*.cu`` of a checkout; an installed
 package carries no sources) with nvcc, the flags of ``_settings`` and ``-cubin``, one file per
-process in parallel; cubins are cached under ``CONVMIXER_FAST_INSPECT_CACHE`` (default
-``~/.cache/convmixer_fast/inspect``) by a hash of the sources, flags and nvcc version. One row per
-kernel function, named by its demangled template (``kernel``: the function, ``config``: its
-template arguments, shortened).
+process in parallel; cubins are cached under ``inspect/`` of ``CONVMIXER_FAST_CACHE_DIR``
+(``_settings.cache_dir``) by a hash of the sources, flags and nvcc version. One row per kernel
+function, named by its demangled template (``kernel``: the function, ``config``: its template
+arguments, shortened).
 """
 
 from __future__ import annotations
@@ -455,8 +455,9 @@ def inspect_cuda(arch: str, sources: list[str] | None = None) -> list[dict]:
         if not sources:
             raise InspectError(f"no CUDA kernel sources under {CUDA_KERNEL_DIR}: inspect the cuda backend from a "
                                "source checkout of convmixer_fast")
-    cache_dir = os.environ.get("CONVMIXER_FAST_INSPECT_CACHE",
-                               os.path.join(os.path.expanduser("~"), ".cache", "convmixer_fast", "inspect"))
+    from . import _settings
+
+    cache_dir = _settings.cache_dir("inspect")
     os.makedirs(cache_dir, exist_ok=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         cubins = list(pool.map(lambda source: _compile_cubin(source, arch, cache_dir), sources))

@@ -11,10 +11,22 @@ the model dtype as the stem reads it) on the model's device, ``in_chans`` channe
 least ``patch_size`` (rows/columns past the last whole patch are ignored, like the strided conv).
 Values are not scanned: NaN / Inf propagate to the logits as in the eager model (a scan would cost
 a pass and a host-device sync per call).
+
+CUDA graphs (``cuda_graphs=True``, the default): on a CUDA device ``forward`` runs the first call
+with a new input signature (shape, strides, dtype, device, TF32 setting) as usual: the warm-up that
+compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
+forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
+will own); that call and every later one copy the input into the graph's static input, replay, and
+return a copy of the static logits, so a returned tensor is never overwritten by a later call. Up to
+``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped); any change of the parameters
+drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile,
+and calls made while the caller is capturing a graph itself (they are simply recorded into it). A
+capture that fails warns once, and that signature then runs uncaptured.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -29,7 +41,8 @@ from .weights import CheckpointError, infer_config, to_canonical
 
 ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-MAX_CACHED_SHAPES = 8  # activation buffers kept for this many input shapes (least recent dropped)
+MAX_CACHED_SHAPES = 8  # activation buffers and CUDA graphs kept for this many input shapes each
+# (least recently used dropped)
 
 
 class InputError(ValueError):
@@ -64,13 +77,26 @@ class _Buffers(NamedTuple):
     pooled: torch.Tensor  # [B, C] fp32
 
 
+class _CapturedForward(NamedTuple):
+    """``forward`` captured for one input signature: replay after copying into ``image``."""
+
+    graph: "torch.cuda.CUDAGraph"
+    image: torch.Tensor  # static input, the signature's shape / strides / dtype
+    logits: torch.Tensor  # static output
+
+
+_UNCAPTURABLE = "uncapturable"  # a signature whose capture failed: it runs without a graph
+
+
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
 
     Args follow the original repo (``n_classes``) and timm (``num_classes``, ``in_chans``,
     ``act_layer``). ``backend`` is "auto" (per op, the fastest backend available for the input's
-    device and the model's dtype), "triton", "cuda" or "eager" (see ``convmixer_fast.backends``).
-    Parameters are frozen (``requires_grad=False``).
+    device and the model's dtype, measured per shape), "triton", "cuda" or "eager" (see
+    ``convmixer_fast.backends``). ``cuda_graphs``: replay ``forward`` from a CUDA graph per input
+    shape on a GPU (module docstring); an attribute, switchable at any time. Parameters are frozen
+    (``requires_grad=False``).
     """
 
     def __init__(
@@ -84,6 +110,7 @@ class ConvMixer(nn.Module):
         in_chans: int = 3,
         act_layer=nn.GELU,
         backend: str = "auto",
+        cuda_graphs: bool = True,
         num_classes: int | None = None,
     ):
         super().__init__()
@@ -103,6 +130,7 @@ class ConvMixer(nn.Module):
         self.num_features = dim
         self.activation = activation_name(act_layer)
         self.backend = check_backend_name(backend)
+        self.cuda_graphs = bool(cuda_graphs)
         act = ACTIVATION_LAYERS[self.activation]
 
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), act(), nn.BatchNorm2d(dim))
@@ -128,11 +156,14 @@ class ConvMixer(nn.Module):
         self._weight_tensors: list[torch.Tensor] | None = None
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
+        # input signature -> None (seen once: warm), _CapturedForward, or _UNCAPTURABLE
+        self._graphs: OrderedDict[tuple, _CapturedForward | str | None] = OrderedDict()
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, depth={self.depth}, kernel_size={self.kernel_size}, patch_size={self.patch_size}, "
-            f"n_classes={self.n_classes}, in_chans={self.in_chans}, act={self.activation!r}, backend={self.backend!r}"
+            f"n_classes={self.n_classes}, in_chans={self.in_chans}, act={self.activation!r}, backend={self.backend!r}, "
+            f"cuda_graphs={self.cuda_graphs}"
         )
 
     @property
@@ -143,14 +174,14 @@ class ConvMixer(nn.Module):
 
     # ------------------------------------------------------------------ weights
     @classmethod
-    def from_eager(cls, module: nn.Module, *, backend: str = "auto") -> "ConvMixer":
+    def from_eager(cls, module: nn.Module, *, backend: str = "auto", cuda_graphs: bool = True) -> "ConvMixer":
         """Convert an eager ConvMixer (the original ``nn.Sequential``, its README one-liner, a timm
         ``ConvMixer`` or ``convmixer_fast.reference``): architecture detected, weights copied, on the
         module's device and dtype."""
         from .convert import describe_eager
 
         config, eps = describe_eager(module)
-        model = cls(**config, backend=backend)
+        model = cls(**config, backend=backend, cuda_graphs=cuda_graphs)
         first = next(module.parameters())
         model.to(device=first.device, dtype=first.dtype)
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
@@ -202,6 +233,7 @@ class ConvMixer(nn.Module):
         self._prepared = None
         self._weight_tensors = None
         self._activation_buffers.clear()
+        self._graphs.clear()
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ... replace the tensors
         result = super()._apply(fn, *args, **kwargs)
@@ -233,6 +265,7 @@ class ConvMixer(nn.Module):
             self._check_uniform(tensors)
             self._prepared = (version, prepare_params(self))
             self._activation_buffers.clear()
+            self._graphs.clear()  # they read the previous prepared tensors
         return self._prepared[1]
 
     def _check_uniform(self, tensors) -> None:
@@ -286,25 +319,34 @@ class ConvMixer(nn.Module):
 
     def _resolve_ops(self, device: torch.device) -> ResolvedOps:
         """The ops of each step, resolved once per (backend, device, dtype): availability probes
-        are host work that does not belong in every forward."""
+        are host work that does not belong in every forward. "auto" measures where it has a choice,
+        except while torch.compile traces (there, the first candidate of each op)."""
         if torch.compiler.is_compiling():  # resolved at trace time (assume_constant_result)
             return resolve_ops(self.backend, device, self._param_dtype, self.dim)
         key = (self.backend, device, self._param_dtype)
         resolved = self._resolved_ops.get(key)
         if resolved is None:
-            resolved = self._resolved_ops[key] = resolve_ops(*key, self.dim)
+            resolved = self._resolved_ops[key] = resolve_ops(*key, self.dim, measure=True)
         return resolved
+
+    def backend_label(self) -> str:
+        """Which backend runs each op on the model's device: "triton", or per op
+        ("stem=triton, pointwise=cuda (measured), ..."); measured choices show once a forward ran."""
+        return self._resolve_ops(self._param_device).label
+
+    def _buffer_key(self, image: torch.Tensor) -> tuple:
+        B, _, H, W = image.shape
+        return (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device)
 
     def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
         if not resolved.preallocates or torch.compiler.is_compiling():
             return None
-        B, _, H, W = image.shape
-        key = (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device)
+        key = self._buffer_key(image)
         buffers = self._activation_buffers.get(key)
         if buffers is None:
             shape = key[:3] + (self.dim,)
             tokens = tuple(torch.empty(shape, dtype=self._param_dtype, device=self._param_device) for _ in range(2))
-            pooled = torch.empty(B, self.dim, dtype=torch.float32, device=self._param_device)
+            pooled = torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
             buffers = self._activation_buffers[key] = _Buffers(tokens, pooled)
             if len(self._activation_buffers) > MAX_CACHED_SHAPES:
                 self._activation_buffers.popitem(last=False)
@@ -312,9 +354,11 @@ class ConvMixer(nn.Module):
             self._activation_buffers.move_to_end(key)
         return buffers
 
-    def _tokens(self, image: torch.Tensor, fold_last_bn: bool):
+    def _tokens(self, image: torch.Tensor, fold_last_bn: bool, preallocated: bool = True):
         """Stem and blocks on a checked image: the final NHWC token map [B, Hp, Wp, C] (a fresh
-        tensor), plus what the head needs (prepared params, backend ops, pooling workspace)."""
+        tensor), plus what the head needs (prepared params, backend ops, pooling workspace).
+        ``preallocated=False``: every activation freshly allocated (what a CUDA graph captures:
+        its allocations then belong to the graph's private memory pool)."""
         if self.training:
             raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
         params = self._prepared_params()
@@ -322,7 +366,7 @@ class ConvMixer(nn.Module):
         ops = resolved.ops
         if image.dtype == torch.float64:
             image = image.to(self._param_dtype)
-        buffers = self._buffers_for(image, resolved)
+        buffers = self._buffers_for(image, resolved) if preallocated else None
         a, b = buffers.tokens if buffers is not None else (None, None)
         act = params.act
         x = ops.stem(image, params.stem.weight, *params.stem.epilogue, act, out=a)
@@ -340,8 +384,72 @@ class ConvMixer(nn.Module):
         self._check_input(x)
         if x.shape[0] == 0:
             return x.new_empty((0, self.n_classes), dtype=self._param_dtype)
-        tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True)
+        if self._graphs_apply(x):
+            return self._graphed_forward(x)
+        return self._logits(x)
+
+    def _logits(self, x: torch.Tensor, preallocated: bool = True) -> torch.Tensor:
+        tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True, preallocated=preallocated)
         return ops.head(tokens, params.head_folded.weight, params.head_folded.bias, pooled=pooled)
+
+    # ------------------------------------------------------------------ CUDA graphs
+    def _graphs_apply(self, x: torch.Tensor) -> bool:
+        return (self.cuda_graphs and x.device.type == "cuda" and not torch.compiler.is_compiling()
+                and not torch.cuda.is_current_stream_capturing())
+
+    def _graphed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""
+        if self.training:
+            raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
+        self._prepared_params()  # a parameter change drops the graphs before the lookup
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend,
+               torch.backends.cuda.matmul.allow_tf32)
+        if key not in self._graphs:  # first call: the warm-up
+            logits = self._logits(x)
+            self._remember_graph(key, None)
+            return logits
+        captured = self._graphs[key]
+        self._graphs.move_to_end(key)
+        if captured is _UNCAPTURABLE:
+            return self._logits(x)
+        if captured is None:
+            captured = self._capture(x)
+            self._remember_graph(key, captured)
+            if captured is _UNCAPTURABLE:
+                return self._logits(x)
+            self._activation_buffers.pop(self._buffer_key(x), None)  # the graph has its own
+        captured.image.copy_(x)
+        captured.graph.replay()
+        return captured.logits.clone()
+
+    def _remember_graph(self, key: tuple, value) -> None:
+        self._graphs[key] = value
+        self._graphs.move_to_end(key)
+        while len(self._graphs) > MAX_CACHED_SHAPES:
+            self._graphs.popitem(last=False)
+
+    def _capture(self, x: torch.Tensor) -> _CapturedForward | str:
+        """``_logits`` on fresh allocations, warmed up on a side stream, then captured."""
+        with torch.inference_mode(False):  # a normal tensor: later calls copy into it in any mode
+            image = torch.empty_like(x)  # same strides
+        image.copy_(x)
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._logits(image, preallocated=False)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    logits = self._logits(image, preallocated=False)
+            except RuntimeError as error:
+                warnings.warn(
+                    f"convmixer_fast: capturing the forward in a CUDA graph failed for input {tuple(x.shape)} "
+                    f"{x.dtype}; it runs without one (set model.cuda_graphs = False to stop trying): {error}"
+                )
+                return _UNCAPTURABLE
+        return _CapturedForward(graph, image, logits)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before pooling, ``[B, dim, H//p, W//p]`` (NCHW shape, channels_last memory)."""

@@ -63,10 +63,11 @@ def _row(step: str, out: torch.Tensor, ref: torch.Tensor, tolerance: float) -> R
 
 @torch.no_grad()
 def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tensor, backend: str) -> list[Row]:
-    """Rows for each kernel of ``backend`` on ``model`` (its device and dtype) and for its logits."""
+    """Rows for each kernel of ``backend`` on ``model`` (its device and dtype) and for its logits
+    ("auto": the backend it measures fastest for each op, as the model runs it)."""
     device, dtype = model.head.weight.device, model.head.weight.dtype
     kernel_tol, model_tol = tolerances(dtype, device)
-    ops = resolve_ops(backend, device, dtype, model.dim).ops
+    ops = resolve_ops(backend, device, dtype, model.dim, measure=True).ops
     ref_ops = BACKENDS["eager"].load_ops()
     params = model._prepared_params()
     act = params.act

@@ -63,10 +63,11 @@ def test_plan_repeats_batches_fast_calls_and_caps_slow_ones():
     assert bench.plan_repeats(10.0, max_repeats=2) == (2, 1)
 
 
-def test_every_backend_has_a_provider_with_and_without_cuda_graphs():
+def test_every_backend_has_a_provider_and_auto_one_without_cuda_graphs():
     names = [p.name for p in bench.all_providers()]
     for backend in ("auto", *BACKENDS):
-        assert f"convmixer_fast-{backend}" in names and f"convmixer_fast-{backend}+graph" in names
+        assert f"convmixer_fast-{backend}" in names
+    assert "convmixer_fast-auto-nograph" in names
     for peer in ("eager-fp32", "eager-amp", "eager-channels-last", "torch-compile", "gemm-floor"):
         assert peer in names
 
@@ -87,7 +88,8 @@ def test_select_providers_defaults_patterns_and_errors():
 def test_gpu_only_providers_say_why_on_cpu(monkeypatch):
     workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["fp32"], 8)[0]
     providers = {p.name: p for p in bench.all_providers()}
-    assert providers["convmixer_fast-eager+graph"].unavailable_reason(workload) == "CUDA graphs need a CUDA GPU"
+    assert providers["convmixer_fast-auto-nograph"].unavailable_reason(workload) == (
+        "CUDA graphs exist only on a GPU: here this is convmixer_fast-auto")
     assert providers["convmixer_fast-eager"].unavailable_reason(workload) is None
     pytest.importorskip("triton")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -142,7 +144,7 @@ def test_table_shows_figures_failures_and_reasons(tiny_run):
     record["providers"]["eager-fp32"] = {"status": "wrong", "precision": "fp32", "reason": "max rel err 1 > tolerance 0.001"}
     table = bench.format_workload(record)
     assert "eager-fp32" in table and "WRONG: max rel err 1 > tolerance 0.001" in table
-    assert "skipped: CUDA graphs need a CUDA GPU" in table
+    assert "skipped: CUDA graphs exist only on a GPU" in table
     assert "gemm-floor" in table and "x gemm-floor" in table
 
 
@@ -235,7 +237,8 @@ def test_cli_on_a_gpu_runs_every_provider_but_compile(tmp_path):
     assert result["runs"][0]["matmul_peak_tflops"]["bf16"] > 0 and workload["peak_tflops"] > 0
     for name, entry in workload["providers"].items():
         assert entry["status"] in ("ok", "skipped"), (name, entry)
-    assert workload["providers"]["convmixer_fast-eager+graph"]["status"] == "ok"
+    assert workload["providers"]["convmixer_fast-auto-nograph"]["status"] == "ok"
+    assert "(measured" in workload["providers"]["convmixer_fast-auto"]["detail"]  # triton and eager at least
     assert workload["providers"]["gemm-floor"]["fraction_of_peak"] > 0
 
 

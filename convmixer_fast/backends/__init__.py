@@ -1,10 +1,12 @@
 """Backend registry: who runs the four fused steps of DESIGN.md §2 on which device.
 
 A backend provides ``stem``, ``depthwise_block``, ``pointwise`` and ``head`` with the signatures of
-``BackendOps`` below. ``backend="auto"`` chooses per op: for each op, the first backend of
-``AUTO_ORDER`` that is available on the input's device and supports that op for the model's dtype and
-width (``Backend.op_unsupported_reason``). Naming a backend runs every op on it, and raises
-``BackendUnavailableError`` with the reason when it cannot.
+``BackendOps`` below. For ``backend="auto"`` the *candidates* of each op are the backends of
+``AUTO_ORDER`` that are available on the input's device and support that op for the model's dtype
+and width (``Backend.op_unsupported_reason``). Where an op has several, the model runs the one
+measured fastest for each shape (``measured.py``); without measuring (``resolve_ops(measure=False)``:
+torch.compile tracing, ``CONVMIXER_FAST_AUTO_MEASURE=0``) the first. Naming a backend runs every op
+on it, and raises ``BackendUnavailableError`` with the reason when it cannot.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .. import _settings
 from .._extension import extension_status
 from ..ops._interpreter import is_interpreting
+from .measured import MeasuredOp
 
 
 class BackendUnavailableError(RuntimeError):
@@ -159,29 +163,38 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 BACKEND_NAMES = ("auto", *BACKENDS)
-# Per device type, per op: the backends "auto" tries, fastest first. The cuda kernels come after
-# triton until a GPU run has verified and timed them (benchmarks/results/).
+# Per device type, per op: the backends "auto" considers, in order of preference (the first one
+# runs where nothing is measured; ties in measurements go to the earlier one). On CPU only eager:
+# Triton runs there only in its interpreter, for tests.
 AUTO_ORDER = {"cuda": {op: ("triton", "cuda", "eager") for op in OP_NAMES}}
 AUTO_ORDER_DEFAULT = {op: ("eager",) for op in OP_NAMES}
 
 
 class ResolvedOps(NamedTuple):
-    """The backend chosen for each op (``names``, in ``OP_NAMES`` order) and their entries."""
+    """Per op (``OP_NAMES`` order): its candidate backends (one unless "auto" found several) and
+    the entry the model calls (a ``measured.MeasuredOp`` where several are measured)."""
 
-    names: tuple[str, ...]
+    candidates: tuple[tuple[str, ...], ...]
     ops: BackendOps
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The backend of each op where it is fixed, the first candidate where it is measured."""
+        return tuple(names[0] for names in self.candidates)
 
     @property
     def preallocates(self) -> bool:
         """Whether the model should hand the ops preallocated activation buffers."""
-        return any(BACKENDS[name].preallocates for name in self.names)
+        return any(BACKENDS[name].preallocates for names in self.candidates for name in names)
 
     @property
     def label(self) -> str:
-        """"triton" when one backend runs every op, else "stem=cuda, depthwise_block=triton, ..."."""
-        if len(set(self.names)) == 1:
-            return self.names[0]
-        return ", ".join(f"{op}={name}" for op, name in zip(OP_NAMES, self.names))
+        """"triton" when one backend runs every op, else "stem=cuda, depthwise_block=triton, ...";
+        a measured op shows what it chose so far ("cuda (measured)")."""
+        parts = [op.label if isinstance(op, MeasuredOp) else names[0] for op, names in zip(self.ops, self.candidates)]
+        if len(set(parts)) == 1:
+            return parts[0]
+        return ", ".join(f"{op}={part}" for op, part in zip(OP_NAMES, parts))
 
 
 def check_backend_name(name: str) -> str:
@@ -190,18 +203,29 @@ def check_backend_name(name: str) -> str:
     return name
 
 
-def resolve_ops(name: str, device: torch.device, dtype: torch.dtype, channels: int) -> ResolvedOps:
+def resolve_ops(name: str, device: torch.device, dtype: torch.dtype, channels: int, *,
+                measure: bool = False) -> ResolvedOps:
     """The backend of each op for a model of ``dtype`` and width ``channels`` on ``device``: the named
-    backend for every op, or for "auto" the first of ``AUTO_ORDER`` that runs each op."""
-    names = tuple(_resolve_names(check_backend_name(name), str(device), str(dtype), channels).split(","))
-    loaded = {backend: BACKENDS[backend].load_ops() for backend in set(names)}
-    return ResolvedOps(names, BackendOps(*(getattr(loaded[b], op) for op, b in zip(OP_NAMES, names))))
+    backend for every op; for "auto", with ``measure`` (and ``CONVMIXER_FAST_AUTO_MEASURE`` not 0),
+    the fastest candidate measured per shape where an op has several, else the first candidate."""
+    candidates = tuple(tuple(names.split("|")) for names in
+                       _resolve_candidates(check_backend_name(name), str(device), str(dtype), channels).split(","))
+    if not (measure and _settings.auto_measures()):
+        candidates = tuple(names[:1] for names in candidates)
+    loaded = {backend: BACKENDS[backend].load_ops() for names in candidates for backend in names}
+    ops = []
+    for op, names in zip(OP_NAMES, candidates):
+        if len(names) == 1:
+            ops.append(getattr(loaded[names[0]], op))
+        else:
+            ops.append(MeasuredOp(op, {backend: getattr(loaded[backend], op) for backend in names}, device))
+    return ResolvedOps(candidates, BackendOps(*ops))
 
 
 @torch.compiler.assume_constant_result
-def _resolve_names(name: str, device_name: str, dtype_name: str, channels: int) -> str:
+def _resolve_candidates(name: str, device_name: str, dtype_name: str, channels: int) -> str:
     # Evaluated once at trace time under torch.compile (availability probes are not traceable);
-    # returns one backend name per op, comma-separated.
+    # returns each op's candidates, "|"-separated, the ops ","-separated.
     device = torch.device(device_name)
     dtype = getattr(torch, dtype_name.removeprefix("torch."))
     if name != "auto":
@@ -217,15 +241,13 @@ def _resolve_names(name: str, device_name: str, dtype_name: str, channels: int) 
                 )
         return ",".join(name for _ in OP_NAMES)
     available = {b: BACKENDS[b].unavailable_reason(device) is None for b in BACKENDS}
-    chosen = []
-    for op, candidates in AUTO_ORDER.get(device.type, AUTO_ORDER_DEFAULT).items():
-        for candidate in candidates:
-            if available[candidate] and BACKENDS[candidate].op_unsupported_reason(op, device, dtype, channels) is None:
-                chosen.append(candidate)
-                break
-        else:
+    per_op = []
+    for op, order in AUTO_ORDER.get(device.type, AUTO_ORDER_DEFAULT).items():
+        runnable = [b for b in order if available[b] and BACKENDS[b].op_unsupported_reason(op, device, dtype, channels) is None]
+        if not runnable:
             raise BackendUnavailableError(f"no backend can run {op} for a {dtype} model on {device}")
-    return ",".join(chosen)
+        per_op.append("|".join(runnable))
+    return ",".join(per_op)
 
 
 def availability(device: torch.device) -> dict[str, str | None]:

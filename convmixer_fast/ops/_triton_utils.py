@@ -47,13 +47,14 @@ def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
     return custom
 
 
-def select_configs(configs: list[triton.Config]) -> list[triton.Config]:
-    """The autotune configs to try: all on a GPU, only the first under the interpreter.
-
-    Benchmarking configs in the interpreter would only multiply the test time; correctness does not
-    depend on the config (tests that want a specific config pass it explicitly).
-    """
-    return configs[:1] if is_interpreting() else configs
+def autotune(configs: list[triton.Config], key: list[str], **kwargs):
+    """``triton.autotune`` as every op uses it: all ``configs`` on a GPU, only the first under the
+    interpreter (benchmarking there would only multiply the test time; correctness does not depend
+    on the config, and tests that want a specific config pass it explicitly); results cached on
+    disk (``cache_results``, under TRITON_CACHE_DIR), so another process with the same kernel
+    source, Triton version and GPU does not tune again."""
+    selected = configs[:1] if is_interpreting() else configs
+    return triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
 
 
 def config_label(config: triton.Config) -> str:

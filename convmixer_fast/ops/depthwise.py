@@ -64,11 +64,11 @@ from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
     TRITON_DTYPE_NAMES,
+    autotune,
     config_label,
     device_guard,
     epilogue_custom_op,
     fused_epilogue,
-    select_configs,
 )
 
 __all__ = ["depthwise_block", "kernel_specs", "CONFIGS", "MAX_KERNEL_SIZE"]
@@ -112,8 +112,8 @@ def _prune_configs(configs, named_args, **kwargs):
     return [c for c in configs if _elements_per_thread(c) <= 4 and c.kwargs["TILE_W"] <= 8]
 
 
-@triton.autotune(
-    configs=select_configs(CONFIGS),
+@autotune(
+    CONFIGS,
     key=["C", "H", "W", "K"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )

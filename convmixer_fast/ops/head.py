@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from ._checks import head_outputs
-from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, config_label, device_guard, select_configs
+from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, autotune, config_label, device_guard
 
 __all__ = ["head", "kernel_specs", "POOL_CONFIGS", "CLASSIFIER_CONFIGS"]
 
@@ -53,7 +53,7 @@ CLASSIFIER_CONFIGS = [
 ]
 
 
-@triton.autotune(configs=select_configs(POOL_CONFIGS), key=["B", "HW", "C"])
+@autotune(POOL_CONFIGS, key=["B", "HW", "C"])
 @triton.jit
 def _head_pool_kernel(
     x_ptr,  # [B, HW, C] tokens, model dtype, contiguous
@@ -82,7 +82,7 @@ def _head_pool_kernel(
     tl.store(pooled_ptr + image.to(tl.int64) * C + channels, means, mask=channel_mask)
 
 
-@triton.autotune(configs=select_configs(CLASSIFIER_CONFIGS), key=["B", "N", "C"])
+@autotune(CLASSIFIER_CONFIGS, key=["B", "N", "C"])
 @triton.jit
 def _head_classifier_kernel(
     pooled_ptr,  # [B, C] fp32

@@ -25,12 +25,12 @@ from convmixer_fast.ops._triton_utils import (
     ACTIVATION_CODES,
     TRITON_DTYPE_NAMES,
     KernelSpec,
+    autotune,
     config_label,
     device_guard,
     epilogue_custom_op,
     fused_epilogue,
     is_interpreting,
-    select_configs,
 )
 from convmixer_fast.ops._checks import pointwise_outputs
 
@@ -257,7 +257,7 @@ def pointwise_kernel(
     )
 
 
-_pointwise_tuned = triton.autotune(configs=select_configs(CONFIGS), key=["M", "N", "K"])(
+_pointwise_tuned = autotune(CONFIGS, key=["M", "N", "K"])(
     triton.heuristics({"EVEN_K": even_k})(pointwise_kernel)
 )
 

@@ -20,10 +20,10 @@ from convmixer_fast.ops._triton_utils import (
     ACTIVATION_CODES,
     TRITON_DTYPE_NAMES,
     KernelSpec,
+    autotune,
     config_label,
     device_guard,
     epilogue_custom_op,
-    select_configs,
 )
 from convmixer_fast.ops._checks import stem_outputs
 from convmixer_fast.ops.pointwise import (
@@ -102,7 +102,7 @@ def stem_kernel(
     )
 
 
-_stem_tuned = triton.autotune(configs=select_configs(CONFIGS), key=["M", "N", "K"])(
+_stem_tuned = autotune(CONFIGS, key=["M", "N", "K"])(
     triton.heuristics({"EVEN_K": even_k})(stem_kernel)
 )
 

@@ -1,0 +1,199 @@
+"""``backend="auto"`` where several backends run an op: the one measured fastest, per shape.
+
+For an op with more than one candidate (the backends of ``AUTO_ORDER`` that are available on the
+device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its
+first call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its
+other positional arguments) it runs each candidate once on those very arguments (compilation, autotuning), times
+``TIMED_CALLS`` more calls of each, and from then on runs the fastest: the first candidate, in
+``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties do not flip between
+runs. The outputs of the measured calls land in the op's ``out`` and are overwritten by the chosen
+backend's call.
+
+Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
+``auto/`` (``_settings``): a later process on the same kind of GPU, with the same versions of
+convmixer_fast, torch and triton, reuses them without measuring; any version change starts afresh.
+``CONVMIXER_FAST_AUTO_MEASURE=0`` turns measuring off (the first candidate runs). An unmeasured
+signature during CUDA graph capture takes the first candidate (timing would synchronize the
+device); torch.compile never sees these ops (the model resolves without measuring while tracing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import tempfile
+import time
+import warnings
+from typing import Callable
+
+import torch
+
+from .. import _settings
+
+TIMED_CALLS = 5
+TIE_MARGIN = 0.03  # a candidate within 3% of the fastest counts as fast as it
+STORE_SCHEMA = 1
+
+Timer = Callable[[Callable[[], object], torch.device], float]  # (call, device) -> seconds per call
+
+
+def time_op(call: Callable[[], object], device: torch.device) -> float:
+    """Median seconds of ``TIMED_CALLS`` calls of ``call`` after one untimed call: CUDA events on a
+    GPU, ``time.perf_counter`` elsewhere."""
+    call()
+    if device.type == "cuda":
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(TIMED_CALLS)]
+        for begin, end in events:
+            begin.record()
+            call()
+            end.record()
+        torch.cuda.synchronize(device)
+        return statistics.median(begin.elapsed_time(end) / 1e3 for begin, end in events)
+    times = []
+    for _ in range(TIMED_CALLS):
+        begin = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - begin)
+    return statistics.median(times)
+
+
+def signature(op: str, args: tuple) -> str:
+    """The op and what of its positional arguments decides the kernels' speed, as a stable string
+    (the key on disk): tensors by shape, dtype and strides, other values by ``repr``. Keyword
+    arguments (``out``, the head's ``pooled`` workspace) follow from the inputs and are left out."""
+
+    def describe(value) -> str:
+        if isinstance(value, torch.Tensor):
+            shape = "x".join(map(str, value.shape))
+            strides = ",".join(map(str, value.stride()))
+            return f"{shape}:{str(value.dtype).removeprefix('torch.')}:{strides}"
+        return repr(value)
+
+    return f"{op}({';'.join(describe(a) for a in args)})"
+
+
+def device_identity(device: torch.device) -> dict:
+    """What must match for stored choices to apply: the device model and the software versions."""
+    from .. import __version__
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        name = f"{props.name} sm_{props.major}{props.minor}"
+    else:
+        name = device.type
+    return {"device": name, "convmixer_fast": __version__, "torch": torch.__version__, "triton": triton_version}
+
+
+class ChoiceStore:
+    """signature -> the chosen backend and every candidate's seconds, for one device identity;
+    loaded from and saved to ``path`` (JSON). A missing, unreadable or other-identity file gives an
+    empty store; saving re-reads the file and merges, so processes sharing it keep each other's
+    choices."""
+
+    def __init__(self, path: str, identity: dict):
+        self.path, self.identity = path, identity
+        self.choices: dict[str, dict] = self._read()
+
+    def _read(self) -> dict[str, dict]:
+        try:
+            with open(self.path) as file:
+                document = json.load(file)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        except (OSError, ValueError) as error:
+            warnings.warn(f"convmixer_fast: ignoring the unreadable auto-backend cache {self.path}: {error}")
+            return {}
+        if (not isinstance(document, dict) or document.get("schema") != STORE_SCHEMA
+                or document.get("identity") != self.identity or not isinstance(document.get("choices"), dict)):
+            return {}
+        return document["choices"]
+
+    def get(self, key: str) -> str | None:
+        entry = self.choices.get(key)
+        return entry.get("backend") if isinstance(entry, dict) else None
+
+    def put(self, key: str, backend: str, seconds: dict[str, float]) -> None:
+        self.choices[key] = {"backend": backend, "seconds": seconds}
+        merged = {**self._read(), **self.choices}
+        document = {"schema": STORE_SCHEMA, "identity": self.identity, "choices": merged}
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
+            with os.fdopen(handle, "w") as file:
+                json.dump(document, file, indent=1, sort_keys=True)
+            os.replace(temporary, self.path)  # atomic: readers see the old or the new file
+        except OSError as error:  # a read-only home must not break inference
+            warnings.warn(f"convmixer_fast: could not save the auto-backend cache {self.path}: {error}")
+
+
+_STORES: dict[str, ChoiceStore] = {}
+
+
+def store_for(device: torch.device) -> ChoiceStore:
+    """The process-wide store of ``device``'s kind (one file per device model under the cache dir)."""
+    identity = device_identity(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", identity["device"].lower()).strip("-")
+    path = os.path.join(_settings.cache_dir("auto"), f"{slug}.json")
+    store = _STORES.get(path)
+    if store is None or store.identity != identity:
+        store = _STORES[path] = ChoiceStore(path, identity)
+    return store
+
+
+class MeasuredOp:
+    """An op of ``BackendOps`` that runs, per signature, the fastest of ``candidates`` (backend
+    name -> entry, in ``AUTO_ORDER`` order); ``chosen`` holds what it picked for each argument signature."""
+
+    def __init__(self, op: str, candidates: dict[str, Callable], device: torch.device,
+                 store: ChoiceStore | None = None, timer: Timer | None = None):
+        if len(candidates) < 2:
+            raise ValueError(f"{op}: measuring needs at least two candidates, got {list(candidates)}")
+        self.op, self.candidates, self.device = op, candidates, device
+        self.timer = timer or time_op
+        self.store = store if store is not None else store_for(device)
+        self.chosen: dict[tuple, str] = {}  # argument key (shapes, strides, dtypes, values) -> backend
+
+    def __call__(self, *args, **kwargs):
+        # In memory the key is a tuple (cheaper than the string signature: this runs on every call).
+        key = tuple((a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
+        backend = self.chosen.get(key)
+        if backend is None:
+            backend = self._choose(args, kwargs)
+            if backend is None:  # capturing a CUDA graph: no timing now, the first candidate
+                return self.candidates[next(iter(self.candidates))](*args, **kwargs)
+            self.chosen[key] = backend
+        return self.candidates[backend](*args, **kwargs)
+
+    def _choose(self, args: tuple, kwargs: dict) -> str | None:
+        """The stored choice for the arguments' signature, else the fastest measured on them (and
+        stored); None where measuring is impossible now."""
+        name = signature(self.op, args)
+        backend = self.store.get(name)
+        if backend in self.candidates:  # (a choice of a backend that is no candidate here is measured anew)
+            return backend
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        seconds = {candidate: self.timer(lambda entry=entry: entry(*args, **kwargs), self.device)
+                   for candidate, entry in self.candidates.items()}
+        best = min(seconds.values())
+        backend = next(candidate for candidate, s in seconds.items() if s <= best * (1 + TIE_MARGIN))
+        self.store.put(name, backend, seconds)
+        return backend
+
+    @property
+    def label(self) -> str:
+        """What it ran: "cuda (measured)", "triton/cuda (measured per shape)", or, before any
+        call, "fastest of triton/cuda/eager"."""
+        picked = [name for name in self.candidates if name in self.chosen.values()]
+        if not picked:
+            return f"fastest of {'/'.join(self.candidates)}"
+        return f"{'/'.join(picked)} (measured{' per shape' if len(picked) > 1 else ''})"

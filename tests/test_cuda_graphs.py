@@ -1,0 +1,194 @@
+"""The model's automatic CUDA graphs: one capture per input signature, replayed after the first call.
+
+On CPU the bookkeeping runs with a stand-in capture (a "graph" whose replay reruns the forward into
+the static output): warm-up, capture, replay, copies out, the bound, invalidation, failures. On a GPU
+the real capture is checked against the uncaptured forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast import model as model_module
+from helpers import DEVICE, reference_model
+
+NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+
+
+class ReplayingForward:
+    """Stands in for a captured CUDA graph: ``replay`` recomputes the static logits."""
+
+    def __init__(self, model, image):
+        self.model, self.image = model, image
+        self.replays = 0
+
+    def replay(self):
+        self.replays += 1
+        self.logits.copy_(self.model._logits(self.image, preallocated=False))
+
+
+@pytest.fixture
+def stand_in_capture(monkeypatch):
+    """CPU models take the graph path, with ``_capture`` replaced by ``ReplayingForward``; returns
+    the list of captures made."""
+    captures = []
+
+    def capture(self, x):
+        image = x.clone()
+        graph = ReplayingForward(self, image)
+        graph.logits = self._logits(image, preallocated=False)
+        captures.append(graph)
+        return model_module._CapturedForward(graph, image, graph.logits)
+
+    monkeypatch.setattr(cf.ConvMixer, "_graphs_apply", lambda self, x: self.cuda_graphs)
+    monkeypatch.setattr(cf.ConvMixer, "_capture", capture)
+    return captures
+
+
+def small_model(**kwargs):
+    return cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="eager", **kwargs)
+
+
+def test_first_call_warms_up_second_captures_later_calls_replay(stand_in_capture):
+    model = small_model()
+    images = [torch.randn(2, 3, 8, 8) for _ in range(4)]
+    with torch.no_grad():
+        expected = [model._logits(x) for x in images]
+        outputs = [model(x) for x in images]
+    assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 3  # calls 2, 3 and 4
+    for output, reference in zip(outputs, expected):
+        torch.testing.assert_close(output, reference, rtol=0, atol=0)
+    static = stand_in_capture[0].logits
+    assert all(output.data_ptr() != static.data_ptr() for output in outputs)  # copies, never overwritten
+    assert not model._activation_buffers  # the captured shape's buffers were released
+
+
+def test_signature_includes_strides_and_dtype(stand_in_capture):
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        for variant in (x, x.contiguous(memory_format=torch.channels_last), x.double()):
+            model(variant), model(variant)
+    assert len(stand_in_capture) == 3
+
+
+def test_graphs_are_bounded_least_recent_dropped(stand_in_capture):
+    model = small_model()
+    with torch.no_grad():
+        for batch in range(1, model_module.MAX_CACHED_SHAPES + 3):
+            model(torch.randn(batch, 3, 8, 8))
+        assert len(model._graphs) == model_module.MAX_CACHED_SHAPES
+        assert (1, 3, 8, 8) not in {key[0] for key in model._graphs}
+
+
+def test_a_parameter_change_drops_the_graphs(stand_in_capture):
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model(x), model(x)
+        model.head.bias.add_(1.0)
+        assert model(x) is not None and not any(model._graphs.values())  # dropped, warm-up again
+        after = model(x)  # captured anew on the new parameters
+    torch.testing.assert_close(after, small_model_with(model)(x), rtol=0, atol=0)
+    assert len(stand_in_capture) == 2
+
+
+def small_model_with(model):
+    """An uncaptured copy of ``model`` (same parameters)."""
+    copy = small_model(cuda_graphs=False)
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def test_a_failed_capture_runs_uncaptured_and_is_not_retried(monkeypatch):
+    attempts = []
+
+    def failing_capture(self, x):
+        attempts.append(x.shape)
+        return model_module._UNCAPTURABLE
+
+    monkeypatch.setattr(cf.ConvMixer, "_graphs_apply", lambda self, x: self.cuda_graphs)
+    monkeypatch.setattr(cf.ConvMixer, "_capture", failing_capture)
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model._logits(x)
+        for _ in range(3):
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+    assert len(attempts) == 1
+
+
+def test_switched_off_never_captures(stand_in_capture):
+    model = small_model(cuda_graphs=False)
+    assert "cuda_graphs=False" in repr(model)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(2, 3, 8, 8))
+    assert not stand_in_capture and not model._graphs
+
+
+def test_cpu_models_take_no_graph_path():
+    model = small_model()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 8, 8)), model(torch.randn(1, 3, 8, 8))
+    assert not model._graphs
+
+
+# ------------------------------------------------------------------ real graphs
+@NEEDS_GPU
+@pytest.mark.parametrize("backend", ["auto", "triton", "cuda", "eager"])
+def test_captured_forward_equals_uncaptured(backend):
+    from convmixer_fast.backends import BACKENDS
+
+    if backend != "auto" and BACKENDS[backend].unavailable_reason(DEVICE) is not None:
+        pytest.skip(BACKENDS[backend].unavailable_reason(DEVICE))
+    reference = reference_model(64, 3, 5, 4, 10).to(DEVICE)
+    model = cf.ConvMixer.from_eager(reference, backend=backend).to(torch.bfloat16)
+    plain = cf.ConvMixer.from_eager(reference, backend=backend, cuda_graphs=False).to(torch.bfloat16)
+    images = [torch.randn(3, 3, 40, 36, device=DEVICE) for _ in range(4)]
+    with torch.inference_mode():
+        outputs = [model(x) for x in images]  # warm-up, capture + replay, replay, replay
+        kept = [output.clone() for output in outputs]
+        expected = [plain(x) for x in images]
+    assert isinstance(next(iter(model._graphs.values())), model_module._CapturedForward)
+    # Same kernels on the same inputs: bitwise equal (eager: cuDNN may pick another algorithm).
+    tolerance = dict(rtol=2e-2, atol=2e-2) if backend == "eager" else dict(rtol=0, atol=0)
+    for output, copy, reference_logits in zip(outputs, kept, expected):
+        assert torch.equal(output, copy)  # not overwritten by later replays
+        torch.testing.assert_close(output, reference_logits, **tolerance)
+
+
+@NEEDS_GPU
+def test_the_model_inside_a_callers_graph_is_recorded_not_captured_again():
+    model = cf.ConvMixer.from_eager(reference_model(32, 2, 3, 4, 5).to(DEVICE)).to(torch.float16)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE, dtype=torch.float16)
+    with torch.inference_mode():
+        expected = model(x)  # warm-up outside the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            model(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = model(x)
+        graph.replay()
+        torch.cuda.synchronize()
+    assert torch.equal(output, expected)
+
+
+@NEEDS_GPU
+def test_graphs_follow_modes_and_parameter_changes():
+    model = cf.ConvMixer.from_eager(reference_model(32, 2, 3, 4, 5).to(DEVICE)).to(torch.float16)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        model(x)
+    with torch.inference_mode():  # captured in inference mode ...
+        model(x)
+    with torch.no_grad():  # ... replayed outside it
+        before = model(x)
+        model.head.bias.add_(1.0)
+        after = model(x)
+    torch.testing.assert_close(after.float(), before.float() + 1.0, rtol=0, atol=2e-2)

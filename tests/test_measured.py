@@ -1,0 +1,201 @@
+"""``backend="auto"`` measuring its candidates per op and shape, and remembering them on disk
+(``convmixer_fast.backends.measured``). On CPU a twin of the eager backend gives "auto" a choice."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import convmixer_fast as cf
+from convmixer_fast import backends
+from convmixer_fast.backends import BACKENDS, OP_NAMES, Backend, measured, resolve_ops
+from convmixer_fast.backends.eager import OPS as EAGER_OPS
+from helpers import reference_model
+
+CPU = torch.device("cpu")
+IDENTITY = {"device": "test", "convmixer_fast": "0", "torch": "0", "triton": None}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache(tmp_path, monkeypatch):
+    """Every test measures into its own cache folder, with no choices carried in the process."""
+    monkeypatch.setenv("CONVMIXER_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("CONVMIXER_FAST_AUTO_MEASURE", raising=False)
+    monkeypatch.setattr(measured, "_STORES", {})
+
+
+class Recorder:
+    """Candidate entries that log which backend ran; a timer that says ``fastest`` is fastest."""
+
+    def __init__(self, fastest: str, seconds: dict[str, float] | None = None):
+        self.ran: list[str] = []
+        self.timed = 0
+        self.fastest, self.seconds = fastest, seconds
+
+    def entry(self, name: str):
+        def op(*args, **kwargs):
+            self.ran.append(name)
+            return name
+
+        return op
+
+    def timer(self, call, device):
+        self.timed += 1
+        before = len(self.ran)
+        call()
+        name = self.ran[before]
+        if self.seconds is not None:
+            return self.seconds[name]
+        return 1.0 if name == self.fastest else 2.0
+
+
+def measured_op(recorder: Recorder, store, names=("triton", "cuda", "eager")) -> measured.MeasuredOp:
+    return measured.MeasuredOp("pointwise", {n: recorder.entry(n) for n in names}, CPU, store=store,
+                               timer=recorder.timer)
+
+
+def test_signature_names_shapes_dtypes_strides_of_positional_arguments():
+    x = torch.empty(2, 3, 4, 5)
+    key = measured.signature("stem", (x, "gelu"))
+    assert key == "stem(2x3x4x5:float32:60,20,5,1;'gelu')"
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    assert measured.signature("stem", (channels_last, "gelu")) != key
+    assert measured.signature("stem", (x.half(), "gelu")) != key
+    assert measured.signature("stem", (x, "relu")) != key
+
+
+def test_picks_the_fastest_once_per_signature_and_stores_it(tmp_path):
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+    recorder = Recorder(fastest="cuda")
+    op = measured_op(recorder, store)
+    x = torch.zeros(4, 8)
+    assert op(x, "gelu", out=None) == "cuda"
+    assert recorder.timed == 3  # each candidate once
+    assert op(x, "gelu") == "cuda" and recorder.timed == 3  # remembered
+    assert op(torch.zeros(5, 8), "gelu") == "cuda" and recorder.timed == 6  # a new shape is measured
+    assert op.label == "cuda (measured)"
+    saved = json.loads((tmp_path / "choices.json").read_text())
+    assert saved["identity"] == IDENTITY
+    entry = saved["choices"][measured.signature("pointwise", (x, "gelu"))]
+    assert entry == {"backend": "cuda", "seconds": {"triton": 2.0, "cuda": 1.0, "eager": 2.0}}
+
+
+def test_a_near_tie_goes_to_the_earlier_candidate(tmp_path):
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+    seconds = {"triton": 1.02, "cuda": 1.0, "eager": 5.0}  # triton within TIE_MARGIN of the best
+    op = measured_op(Recorder("cuda", seconds), store)
+    assert op(torch.zeros(2)) == "triton"
+    seconds = {"triton": 1.2, "cuda": 1.0, "eager": 5.0}
+    op = measured_op(Recorder("cuda", seconds), store)
+    assert op(torch.zeros(3)) == "cuda"
+
+
+def test_another_process_reuses_the_file_without_measuring(tmp_path):
+    path = str(tmp_path / "choices.json")
+    measured_op(Recorder("eager"), measured.ChoiceStore(path, IDENTITY))(torch.zeros(3))
+    recorder = Recorder("triton")  # would pick triton if it measured
+    op = measured_op(recorder, measured.ChoiceStore(path, IDENTITY))
+    assert op(torch.zeros(3)) == "eager" and recorder.timed == 0
+
+
+def test_other_versions_or_a_missing_candidate_measure_anew(tmp_path):
+    path = str(tmp_path / "choices.json")
+    measured_op(Recorder("eager"), measured.ChoiceStore(path, IDENTITY))(torch.zeros(3))
+    recorder = Recorder("triton")
+    other = measured.ChoiceStore(path, {**IDENTITY, "torch": "1"})
+    assert other.choices == {}
+    assert measured_op(recorder, other)(torch.zeros(3)) == "triton" and recorder.timed == 3
+    recorder = Recorder("cuda")  # eager stored, but not a candidate here
+    assert measured_op(recorder, measured.ChoiceStore(path, IDENTITY), names=("triton", "cuda"))(torch.zeros(3)) == "cuda"
+
+
+def test_an_unreadable_file_warns_and_is_replaced(tmp_path):
+    path = tmp_path / "choices.json"
+    path.write_text("{not json")
+    with pytest.warns(UserWarning, match="unreadable auto-backend cache"):
+        store = measured.ChoiceStore(str(path), IDENTITY)
+    assert store.choices == {}
+    with pytest.warns(UserWarning, match="unreadable"):  # put() merges with the file: warns again
+        measured_op(Recorder("cuda"), store)(torch.zeros(2))
+    assert json.loads(path.read_text())["schema"] == measured.STORE_SCHEMA
+
+
+def test_an_unwritable_cache_warns_and_inference_goes_on(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    store = measured.ChoiceStore(str(blocker / "sub" / "choices.json"), IDENTITY)  # parent is a file
+    with pytest.warns(UserWarning, match="could not save"):
+        assert measured_op(Recorder("cuda"), store)(torch.zeros(2)) == "cuda"
+
+
+def test_needs_two_candidates():
+    with pytest.raises(ValueError, match="at least two candidates"):
+        measured.MeasuredOp("head", {"eager": EAGER_OPS.head}, CPU, store=object())
+
+
+def test_time_op_calls_once_untimed_then_times():
+    calls = []
+    seconds = measured.time_op(lambda: calls.append(1), CPU)
+    assert len(calls) == 1 + measured.TIMED_CALLS and seconds >= 0
+
+
+# ------------------------------------------------------------------ through the model
+@pytest.fixture
+def twin_backend(monkeypatch):
+    """A second CPU backend ("twin", the eager ops logging each call) that "auto" must choose between."""
+    ran = []
+
+    def logged(op):
+        def entry(*args, **kwargs):
+            ran.append(op)
+            return getattr(EAGER_OPS, op)(*args, **kwargs)
+
+        return entry
+
+    twin = Backend("twin", "eager ops, logged", lambda device: None,
+                   lambda: backends.BackendOps(*(logged(op) for op in OP_NAMES)), preallocates=True)
+    monkeypatch.setitem(BACKENDS, "twin", twin)
+    monkeypatch.setattr(backends, "AUTO_ORDER_DEFAULT", {op: ("eager", "twin") for op in OP_NAMES})
+    return ran
+
+
+def twin_is_faster_timer(ran):
+    def timer(call, device):
+        before = len(ran)
+        call()
+        return 1.0 if len(ran) > before else 2.0
+
+    return timer
+
+
+def test_model_auto_measures_per_op_and_gives_the_same_logits(twin_backend, monkeypatch, tmp_path):
+    monkeypatch.setattr(measured, "time_op", twin_is_faster_timer(twin_backend))
+    reference = reference_model(16, 2, 3, 2, 5)
+    model = cf.ConvMixer.from_eager(reference)
+    assert model.backend_label() == "fastest of eager/twin"
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        logits = model(x)
+        expected = cf.ConvMixer.from_eager(reference, backend="eager")(x)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    assert model.backend_label() == "twin (measured)"
+    twin_backend.clear()
+    with torch.no_grad():
+        model(x)
+    assert twin_backend == ["stem", "depthwise_block", "pointwise", "depthwise_block", "pointwise", "head"]
+    stored = list((tmp_path / "cache" / "auto").glob("*.json"))
+    assert [p.name for p in stored] == ["cpu.json"]
+    assert len(json.loads(stored[0].read_text())["choices"]) == 4  # one signature per op
+
+
+def test_measuring_can_be_switched_off(twin_backend, monkeypatch):
+    monkeypatch.setenv("CONVMIXER_FAST_AUTO_MEASURE", "0")
+    resolved = resolve_ops("auto", CPU, torch.float32, 16, measure=True)
+    assert resolved.label == "eager" and resolved.candidates == (("eager",),) * 4
+    monkeypatch.delenv("CONVMIXER_FAST_AUTO_MEASURE")
+    resolved = resolve_ops("auto", CPU, torch.float32, 16, measure=True)
+    assert resolved.candidates == (("eager", "twin"),) * 4
+    assert isinstance(resolved.ops.pointwise, measured.MeasuredOp)
+    assert resolve_ops("auto", CPU, torch.float32, 16).label == "eager"  # measure=False: the first
