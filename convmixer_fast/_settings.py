@@ -26,6 +26,10 @@ Runtime environment variables:
   CONVMIXER_FAST_AUTO_MEASURE=0    ``backend="auto"`` takes, per op, the first backend of
                                    ``AUTO_ORDER`` that runs it instead of timing the candidates on
                                    the first call with each new shape (deterministic choices).
+  CONVMIXER_FAST_TRITON_AUTOTUNE=0  Triton kernels run the first config of their autotune list
+                                   without benchmarking the others (the test suite sets it: results
+                                   do not depend on the config, compile time does; each config has
+                                   its own test). Read when the ops are first imported.
   TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;
                                    makes the ``triton`` backend available on CPU, for testing only.
                                    Must be set before ``triton`` is imported.
@@ -41,6 +45,7 @@ ENV_CUDA_ARCHS = "CONVMIXER_FAST_CUDA_ARCHS"
 ENV_CUTLASS_DIR = "CUTLASS_DIR"
 ENV_CACHE_DIR = "CONVMIXER_FAST_CACHE_DIR"
 ENV_AUTO_MEASURE = "CONVMIXER_FAST_AUTO_MEASURE"
+ENV_TRITON_AUTOTUNE = "CONVMIXER_FAST_TRITON_AUTOTUNE"
 CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
 
@@ -67,6 +72,11 @@ def cache_dir(*parts: str) -> str:
 def auto_measures() -> bool:
     """Whether ``backend="auto"`` times its candidates per op and shape (CONVMIXER_FAST_AUTO_MEASURE)."""
     return not _falsy(os.environ.get(ENV_AUTO_MEASURE))
+
+
+def triton_autotunes() -> bool:
+    """Whether Triton kernels benchmark their autotune configs (CONVMIXER_FAST_TRITON_AUTOTUNE)."""
+    return not _falsy(os.environ.get(ENV_TRITON_AUTOTUNE))
 
 
 def cuda_archs() -> list[str]:

@@ -1,5 +1,6 @@
 """Test set-up. Without a GPU, Triton kernels run on CPU tensors in Triton's interpreter: it must be
-switched on before anything imports triton, so it happens here, before test modules load."""
+switched on before anything imports triton, so it happens here, before test modules load; likewise
+the switch that keeps the Triton kernels to their first autotune config."""
 
 import os
 
@@ -7,6 +8,9 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# On a GPU the Triton kernels run their first autotune config: the results do not depend on it, the
+# compile time does (each config has its own test_every_config case).
+os.environ.setdefault("CONVMIXER_FAST_TRITON_AUTOTUNE", "0")
 
 
 import pytest  # noqa: E402

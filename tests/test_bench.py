@@ -207,6 +207,24 @@ def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
     assert entries["convmixer_fast-eager"]["status"] == "wrong" and "img_per_s" not in entries["convmixer_fast-eager"]
 
 
+def test_a_provider_wrong_only_after_its_first_call_is_caught():
+    # The state that gets timed (on a GPU: a CUDA graph replay) is checked, not just the first call.
+    workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["fp32"], 8)[0]
+    inputs = bench.InputCache().get(workload)
+    calls = []
+
+    def run():
+        calls.append(1)
+        return inputs.logits if len(calls) == 1 else inputs.logits + 1.0
+
+    provider = next(p for p in bench.all_providers() if p.name == "convmixer_fast-eager")
+    check = bench.check_logits(provider, bench.Prepared(run), workload, inputs)
+    assert len(calls) == bench.CHECKED_CALL and not check.ok
+    nan_once = iter([inputs.logits, inputs.logits * float("nan"), inputs.logits])
+    check = bench.check_logits(provider, bench.Prepared(lambda: next(nan_once)), workload, inputs)
+    assert not check.ok
+
+
 def test_plot_is_written_or_explained(tiny_run, tmp_path):
     from convmixer_fast.plot import PlotUnavailableError, plot_result
 

@@ -130,6 +130,23 @@ def test_an_unwritable_cache_warns_and_inference_goes_on(tmp_path):
         assert measured_op(Recorder("cuda"), store)(torch.zeros(2)) == "cuda"
 
 
+def test_a_candidate_that_raises_is_left_out_and_all_failing_raise(tmp_path):
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+    recorder = Recorder(fastest="triton")
+
+    def refuses(*args, **kwargs):
+        raise ValueError("cuda_pointwise: y must be 16-byte aligned")
+
+    op = measured.MeasuredOp("pointwise", {"triton": refuses, "cuda": recorder.entry("cuda")}, CPU, store=store,
+                             timer=recorder.timer)
+    assert op(torch.zeros(3)) == "cuda"
+    (entry,) = store.choices.values()
+    assert entry["seconds"] == {"cuda": 2.0} and "16-byte aligned" in entry["failed"]["triton"]
+    op = measured.MeasuredOp("pointwise", {"triton": refuses, "cuda": refuses}, CPU, store=store, timer=recorder.timer)
+    with pytest.raises(ValueError, match="16-byte aligned"):
+        op(torch.zeros(4))
+
+
 def test_needs_two_candidates():
     with pytest.raises(ValueError, match="at least two candidates"):
         measured.MeasuredOp("head", {"eager": EAGER_OPS.head}, CPU, store=object())

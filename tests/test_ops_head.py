@@ -8,6 +8,7 @@ import torch
 from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
+from convmixer_fast.ops import head as head_module  # noqa: E402
 from convmixer_fast.ops.head import (  # noqa: E402
     CLASSIFIER_CONFIGS,
     POOL_CONFIGS,
@@ -79,6 +80,38 @@ def test_entry_checks_arguments():
     x, weight, bias = make_inputs(2, 3, 3, 8, 5, torch.float16, seed=3)
     with pytest.raises(ValueError, match=r"head: bias must have shape \[5\]"):
         head(x, weight, bias[:4])
+
+
+# Each autotune config (the autotuner runs only the first in the tests), on a shape that spans
+# several channel, token, image and class blocks, none of them whole.
+CONFIG_SHAPE = (19, 11, 13, 150, 70)  # B, H, W, C, N
+
+
+@pytest.mark.parametrize("config", POOL_CONFIGS, ids=[str(i) for i in range(len(POOL_CONFIGS))])
+def test_every_pool_config(config):
+    import triton
+
+    B, H, W, C, N = CONFIG_SHAPE
+    x, _, _ = make_inputs(B, H, W, C, N, torch.float16, seed=3)
+    pooled = torch.full((B, C), float("nan"), device=DEVICE)
+    head_module._head_pool_kernel.fn[(B, triton.cdiv(C, config.kwargs["BLOCK_C"]))](
+        x, pooled, B, H * W, C, num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
+    torch.testing.assert_close(pooled, x.float().mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("config", CLASSIFIER_CONFIGS, ids=[str(i) for i in range(len(CLASSIFIER_CONFIGS))])
+def test_every_classifier_config(config):
+    import triton
+
+    B, H, W, C, N = CONFIG_SHAPE
+    x, weight, bias = make_inputs(B, H, W, C, N, torch.float16, seed=3)
+    pooled = x.float().mean(dim=(1, 2))
+    out = torch.full((B, N), float("nan"), device=DEVICE, dtype=torch.float16)
+    grid = (triton.cdiv(B, config.kwargs["BLOCK_B"]), triton.cdiv(N, config.kwargs["BLOCK_N"]))
+    head_module._head_classifier_kernel.fn[grid](
+        pooled, weight, bias, out, B, N, C, num_warps=config.num_warps, num_stages=config.num_stages,
+        **config.kwargs)
+    torch.testing.assert_close(out, head_reference(x, weight, bias), atol=2e-3, rtol=2e-3)
 
 
 def test_kernel_specs_cover_every_config():

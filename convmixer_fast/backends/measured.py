@@ -6,7 +6,8 @@ first call with a new *signature* (the op; its input tensors' shapes, dtypes and
 other positional arguments) it runs each candidate once on those very arguments (compilation, autotuning), times
 ``TIMED_CALLS`` more calls of each, and from then on runs the fastest: the first candidate, in
 ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties do not flip between
-runs. The outputs of the measured calls land in the op's ``out`` and are overwritten by the chosen
+runs. A candidate that raises on those arguments (one backend's argument checks, say) is left out
+of that choice, its error kept beside the times; if every candidate raises, the first error does. The outputs of the measured calls land in the op's ``out`` and are overwritten by the chosen
 backend's call.
 
 Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
@@ -121,8 +122,8 @@ class ChoiceStore:
         entry = self.choices.get(key)
         return entry.get("backend") if isinstance(entry, dict) else None
 
-    def put(self, key: str, backend: str, seconds: dict[str, float]) -> None:
-        self.choices[key] = {"backend": backend, "seconds": seconds}
+    def put(self, key: str, backend: str, seconds: dict[str, float], failures: dict[str, str] | None = None) -> None:
+        self.choices[key] = {"backend": backend, "seconds": seconds, **({"failed": failures} if failures else {})}
         merged = {**self._read(), **self.choices}
         document = {"schema": STORE_SCHEMA, "identity": self.identity, "choices": merged}
         try:
@@ -182,11 +183,18 @@ class MeasuredOp:
             return backend
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
-        seconds = {candidate: self.timer(lambda entry=entry: entry(*args, **kwargs), self.device)
-                   for candidate, entry in self.candidates.items()}
+        seconds: dict[str, float] = {}
+        failures: dict[str, Exception] = {}
+        for candidate, entry in self.candidates.items():
+            try:
+                seconds[candidate] = self.timer(lambda entry=entry: entry(*args, **kwargs), self.device)
+            except Exception as error:  # e.g. an argument check of one backend: the others may run
+                failures[candidate] = error
+        if not seconds:
+            raise next(iter(failures.values()))
         best = min(seconds.values())
         backend = next(candidate for candidate, s in seconds.items() if s <= best * (1 + TIE_MARGIN))
-        self.store.put(name, backend, seconds)
+        self.store.put(name, backend, seconds, {c: f"{type(e).__name__}: {e}"[:300] for c, e in failures.items()})
         return backend
 
     @property

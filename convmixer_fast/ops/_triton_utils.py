@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _settings
 from ._interpreter import is_interpreting  # noqa: F401  (re-exported for the op modules)
 
 # Codes of the activations inside kernels (a constexpr, so each is its own specialisation).
@@ -49,11 +50,12 @@ def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
 
 def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     """``triton.autotune`` as every op uses it: all ``configs`` on a GPU, only the first under the
-    interpreter (benchmarking there would only multiply the test time; correctness does not depend
-    on the config, and tests that want a specific config pass it explicitly); results cached on
-    disk (``cache_results``, under TRITON_CACHE_DIR), so another process with the same kernel
-    source, Triton version and GPU does not tune again."""
-    selected = configs[:1] if is_interpreting() else configs
+    interpreter or with CONVMIXER_FAST_TRITON_AUTOTUNE=0 (``_settings``; the tests: benchmarking
+    would only multiply their compile time, correctness does not depend on the config, and tests
+    that want a specific config pass it explicitly); results cached on disk (``cache_results``,
+    under TRITON_CACHE_DIR), so another process with the same kernel source, Triton version and GPU
+    does not tune again."""
+    selected = configs[:1] if is_interpreting() or not _settings.triton_autotunes() else configs
     return triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
 
 
