@@ -871,6 +871,32 @@ def format_workload(record: dict) -> str:
     return "\n".join(lines + notes)
 
 
+def markdown_workload(record: dict) -> str:
+    """One workload record as the Markdown table the README shows: a heading line, one row per
+    provider that ran, then the ones that did not with their status."""
+    peak = f", {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
+    lines = [f"**{record['label']}** ({record['gflop_per_image']:.4g} GFLOP/img{peak})", "",
+             "| provider | precision | img/s | ms/batch | TFLOP/s | %peak | "
+             + " | ".join(f"× {name}" for name in TABLE_BASELINES) + " |",
+             "|---|---|" + "---:|" * (4 + len(TABLE_BASELINES))]
+    others = []
+    for name, entry in record["providers"].items():
+        if entry["status"] != "ok":
+            others.append(f"`{name}` ({'WRONG' if entry['status'] == 'wrong' else entry['status']}: {entry['reason']})")
+            continue
+        fraction = entry.get("fraction_of_peak")
+        ratios = [("—" if baseline == name else
+                   f"{entry['ratios'][baseline]:.2f}×" if baseline in entry["ratios"] else "-")
+                  for baseline in TABLE_BASELINES]
+        detail = f" ({entry['detail']})" if entry.get("detail") else ""
+        cells = [f"`{name}`{detail}", entry["precision"], f"{entry['img_per_s']:,.1f}", f"{entry['ms_per_batch']:.3f}",
+                 f"{entry['tflops']:.2f}", f"{fraction * 100:.1f}" if fraction else "-", *ratios]
+        lines.append("| " + " | ".join(cells) + " |")
+    if others:
+        lines += ["", "Not timed: " + "; ".join(others) + "."]
+    return "\n".join(lines)
+
+
 def compare_results(current: dict, baseline: dict, max_regression: float,
                     baseline_name: str = "baseline") -> tuple[str, bool]:
     """(report, regressed): img/s change per (workload, provider) measured ok in both; regressed
@@ -986,6 +1012,19 @@ def cli_device(requested: str | None, command: str) -> str | None:
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench`` (arguments from ``__main__``): 0; 1 on a WRONG or failed
     provider or a regression beyond ``--max-regression``; 2 on bad arguments or files."""
+    if args.markdown:
+        try:
+            saved = load_result(args.markdown)
+        except (OSError, ValueError) as error:
+            print(f"bench: {error}", file=sys.stderr)
+            return 2
+        run = saved["runs"][-1]
+        versions = run["versions"]
+        print(f"{saved['device']['name']}; torch {versions['torch']}, triton {versions['triton']}, CUDA "
+              f"{versions['cuda']}; commit {(run['commit'] or 'unknown')[:10]}{' (dirty)' if run['dirty'] else ''}, "
+              f"{run['date']}\n")
+        print("\n\n".join(markdown_workload(record) for record in saved["workloads"]))
+        return 0
     device = cli_device(args.device, "bench")
     if device is None:
         return 2

@@ -225,6 +225,22 @@ def test_a_provider_wrong_only_after_its_first_call_is_caught():
     assert not check.ok
 
 
+def test_markdown_report_of_a_saved_result(tiny_run, tmp_path):
+    code, out = run_bench("--markdown", str(tiny_run[3]))
+    assert code == 0
+    lines = out.splitlines()
+    assert "torch" in lines[0] and "commit" in lines[0]
+    assert "| provider | precision | img/s | ms/batch | TFLOP/s | %peak | × eager-amp | × torch-compile | × gemm-floor |" in lines
+    entries = tiny_run[2]["workloads"][0]["providers"]
+    for name, entry in entries.items():
+        if entry["status"] == "ok":
+            (row,) = [line for line in lines if line.startswith(f"| `{name}`")]
+            assert f"{entry['img_per_s']:,.1f}" in row
+        else:
+            assert f"`{name}` ({entry['status']}: {entry['reason']})" in out
+    assert run_bench("--markdown", str(tmp_path / "missing.json"))[0] == 2
+
+
 def test_plot_is_written_or_explained(tiny_run, tmp_path):
     from convmixer_fast.plot import PlotUnavailableError, plot_result
 
