@@ -28,7 +28,7 @@ def stand_in_cuda(monkeypatch):
         op_unsupported_reason=no_pointwise_at_16,
     )
     monkeypatch.setitem(BACKENDS, "cuda", stand_in)
-    monkeypatch.setattr(backends, "AUTO_ORDER_DEFAULT", {op: ("cuda", "eager") for op in OP_NAMES})
+    monkeypatch.setattr(backends, "AUTO_ORDER_DEFAULT", {op: ("cuda",) for op in OP_NAMES})  # eager: the fallback
 
 
 def test_auto_chooses_per_op(stand_in_cuda):

@@ -272,7 +272,8 @@ def test_cli_on_a_gpu_runs_every_provider_but_compile(tmp_path):
     for name, entry in workload["providers"].items():
         assert entry["status"] in ("ok", "skipped"), (name, entry)
     assert workload["providers"]["convmixer_fast-auto-nograph"]["status"] == "ok"
-    assert "(measured" in workload["providers"]["convmixer_fast-auto"]["detail"]  # triton and eager at least
+    if BACKENDS["cuda"].unavailable_reason(torch.device("cuda")) is None:  # two candidates: measured
+        assert "(measured" in workload["providers"]["convmixer_fast-auto"]["detail"]
     assert workload["providers"]["gemm-floor"]["fraction_of_peak"] > 0
 
 

@@ -3,7 +3,7 @@
 A backend provides ``stem``, ``depthwise_block``, ``pointwise`` and ``head`` with the signatures of
 ``BackendOps`` below. For ``backend="auto"`` the *candidates* of each op are the backends of
 ``AUTO_ORDER`` that are available on the input's device and support that op for the model's dtype
-and width (``Backend.op_unsupported_reason``). Where an op has several, the model runs the one
+and width (``Backend.op_unsupported_reason``), or ``AUTO_FALLBACK`` (eager) where there are none. Where an op has several, the model runs the one
 measured fastest for each shape (``measured.py``); without measuring (``resolve_ops(measure=False)``:
 torch.compile tracing, ``CONVMIXER_FAST_AUTO_MEASURE=0``) the first. Naming a backend runs every op
 on it, and raises ``BackendUnavailableError`` with the reason when it cannot.
@@ -163,11 +163,14 @@ BACKENDS: dict[str, Backend] = {
     )
 }
 BACKEND_NAMES = ("auto", *BACKENDS)
-# Per device type, per op: the backends "auto" considers, in order of preference (the first one
-# runs where nothing is measured; ties in measurements go to the earlier one). On CPU only eager:
-# Triton runs there only in its interpreter, for tests.
-AUTO_ORDER = {"cuda": {op: ("triton", "cuda", "eager") for op in OP_NAMES}}
-AUTO_ORDER_DEFAULT = {op: ("eager",) for op in OP_NAMES}
+# Per device type, per op: the kernel backends "auto" considers, in order of preference (the first
+# one runs where nothing is measured; ties in measurements go to the earlier one). Where none of
+# them runs an op, AUTO_FALLBACK does: the reference ops in plain PyTorch, on every device, never
+# a contender for speed (fp32 math, and timing it at large batches would cost seconds and memory).
+# On CPU only the fallback: Triton runs there only in its interpreter, for tests.
+AUTO_ORDER = {"cuda": {op: ("triton", "cuda") for op in OP_NAMES}}
+AUTO_ORDER_DEFAULT: dict[str, tuple[str, ...]] = {op: () for op in OP_NAMES}
+AUTO_FALLBACK = "eager"
 
 
 class ResolvedOps(NamedTuple):
@@ -244,9 +247,7 @@ def _resolve_candidates(name: str, device_name: str, dtype_name: str, channels: 
     per_op = []
     for op, order in AUTO_ORDER.get(device.type, AUTO_ORDER_DEFAULT).items():
         runnable = [b for b in order if available[b] and BACKENDS[b].op_unsupported_reason(op, device, dtype, channels) is None]
-        if not runnable:
-            raise BackendUnavailableError(f"no backend can run {op} for a {dtype} model on {device}")
-        per_op.append("|".join(runnable))
+        per_op.append("|".join(runnable or [AUTO_FALLBACK]))
     return ",".join(per_op)
 
 
