@@ -3,12 +3,13 @@
 For an op with more than one candidate (the backends of ``AUTO_ORDER`` that are available on the
 device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its
 first call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its
-other positional arguments) it runs each candidate once on those very arguments (compilation, autotuning), times
-``TIMED_CALLS`` more calls of each, and from then on runs the fastest: the first candidate, in
-``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties do not flip between
-runs. A candidate that raises on those arguments (one backend's argument checks, say) is left out
-of that choice, its error kept beside the times; if every candidate raises, the first error does. The outputs of the measured calls land in the op's ``out`` and are overwritten by the chosen
-backend's call.
+other positional arguments) it runs each candidate once on those very arguments (compilation,
+autotuning), times ``TIMED_CALLS`` more calls of each, and from then on runs the fastest: the
+first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties
+do not flip between runs. A candidate that raises on those arguments (one backend's argument
+checks, say) is left out of that choice, its error kept beside the times; if every candidate
+raises, the first error does. The outputs of the measured calls land in the op's ``out`` and are
+overwritten by the chosen backend's call.
 
 Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
 ``auto/`` (``_settings``): a later process on the same kind of GPU, with the same versions of
