@@ -257,6 +257,7 @@ void cuda_head(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   const auto device = x.device();
   const int64_t batch = x.size(0), hw = x.size(1) * x.size(2), channels = x.size(3);
   check.expect(batch > 0 && hw > 0, "x must be non-empty");
+  check.expect(hw * channels < (int64_t{1} << 31), "one image must have fewer than 2**31 elements");
   check.dtype_is(weight, "weight", x.scalar_type());
   check.placed(weight, "weight", device);
   check.expect(weight.dim() == 2 && weight.size(1) == channels && weight.size(0) > 0,

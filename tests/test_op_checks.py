@@ -120,6 +120,20 @@ def test_given_outputs_are_returned():
     assert _checks.depthwise_block_outputs(**dict(DEPTHWISE, out=out)) is out
 
 
+@pytest.mark.parametrize("outputs_fn, base", [
+    (_checks.depthwise_block_outputs, dict(DEPTHWISE, weight=torch.empty(3, 3, 1, device="meta"),
+                                           **{k: torch.empty(1, device="meta") for k in ("bias", "scale", "shift")})),
+    (_checks.head_outputs, dict(HEAD, weight=torch.empty(5, 1, device="meta", dtype=F16),
+                                bias=torch.empty(5, device="meta"))),
+], ids=["depthwise_block", "head"])
+def test_an_image_of_2_31_elements_is_rejected(outputs_fn, base):
+    # The kernels index one image with 32-bit ints. Meta tensors: the check runs, nothing is allocated.
+    dtype = base["weight"].dtype
+    x = torch.empty(1, 46341, 46341, 1, device="meta", dtype=dtype)
+    with pytest.raises(ValueError, match=r"one image must have fewer than 2\*\*31 elements, got H\*W\*C = 2147488281"):
+        outputs_fn(**{**base, "x": x})
+
+
 @pytest.mark.parametrize("offset", [0, 7], ids=["same", "partial"])
 def test_depthwise_out_overlapping_x_rejected(offset):
     x = DEPTHWISE["x"]

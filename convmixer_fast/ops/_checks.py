@@ -142,6 +142,7 @@ def head_outputs(x, weight, bias, pooled, out) -> tuple[torch.Tensor, torch.Tens
     check.expect(x.dim() == 4, f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
     B, H, W, C = x.shape
     check.expect(B > 0 and H > 0 and W > 0, f"x must be non-empty, got shape {_shape(x.shape)}")
+    check.expect(H * W * C < 2**31, f"one image must have fewer than 2**31 elements, got H*W*C = {H * W * C}")
     check.tensor("weight", weight, dtype=x.dtype, device=x.device)
     check.expect(weight.dim() == 2 and weight.shape[1] == C and weight.shape[0] > 0,
                  f"weight must be [N, C] with C={C} and N >= 1, got shape {_shape(weight.shape)}")

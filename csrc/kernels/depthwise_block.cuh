@@ -64,6 +64,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "common.cuh"
 
@@ -173,7 +174,8 @@ __device__ __forceinline__ void stage_tile(float* __restrict__ dst, int pixels, 
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
       if (dst_offset[u] < 0) continue;
-      const T* values = reinterpret_cast<const T*>(&raw[u]);
+      T values[kVec];  // the loaded bits as T (memcpy: reading raw through a T* breaks strict aliasing)
+      memcpy(values, &raw[u], sizeof(values));
       if constexpr (kVec % 4 == 0) {
 #pragma unroll
         for (int q = 0; q < kVec / 4; ++q) {

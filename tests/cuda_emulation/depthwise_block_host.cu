@@ -2,7 +2,8 @@
 // machines without a GPU. tests/test_cuda_emulation.py builds and runs it; by hand, from the
 // repository root:
 //
-//   nvcc -std=c++17 -O2 -I csrc/kernels tests/cuda_emulation/depthwise_block_host.cu -o dw_host
+//   nvcc -std=c++17 -Xcompiler -fno-strict-aliasing -I csrc/kernels \
+//       tests/cuda_emulation/depthwise_block_host.cu -o dw_host
 //   ./dw_host                                  # the fixed case list below
 //   ./dw_host bf16,gelu,2,32,32,24,9 f32,relu,1,7,21,8,5,misaligned   # chosen cases
 //   ./dw_host --random 200 7                   # 200 random cases from seed 7
@@ -24,12 +25,13 @@
 //   - outputs start as a NaN bit pattern of their own, so an output no CTA wrote is reported as
 //     unwritten, not as a wrong value;
 //   - shared memory is NaN before each CTA, so reading a value that was never staged poisons the
-//     result; the tensors have NaN guard elements on both sides, so reads outside a tensor poison
-//     the result and writes outside the output are reported;
+//     result; the tensors have NaN guard elements on both sides, then inaccessible pages, so reads
+//     just outside a tensor poison the result, reads further out fault (reported), and writes
+//     outside the output are reported;
 //   - the grid runs twice, CTAs in increasing and in decreasing order, so an output written by two
 //     CTAs (overlapping right-anchored strips) must be right whichever CTA writes it last;
-//   - a __syncthreads() that some thread of the CTA never reaches (it returned) is reported and
-//     ends the run instead of hanging.
+//   - a __syncthreads() that some thread of the CTA never reaches (it returned, or waits at another
+//     one) is reported and ends the run instead of hanging.
 // What this cannot see: anything the host does not model (warp scheduling and divergence, the GPU
 // memory model, bank conflicts, alignment faults, register limits, performance).
 #include "emulation.h"
@@ -120,18 +122,19 @@ const char* const kFixedCases[] = {
 };
 
 // ---- one case ----------------------------------------------------------------------------------
-// The tensors of a case, random values between NaN guards.
+// The tensors of a case, random values between guards.
 template <typename T>
 struct CaseTensors {
-  GuardedBuffer<T> x, weight, out;
+  GuardedBuffer<T> x, weight;
+  OutputBuffer<T> out;
   GuardedBuffer<float> bias, scale, shift;
   CaseTensors(const Case& c, unsigned seed)
-      : x(elements(c), image_row(c), nan_of<T>(), c.misaligned),
-        weight(taps(c), static_cast<int64_t>(c.k) * c.channels, nan_of<T>(), c.misaligned),
-        out(output_buffer<T>(elements(c), image_row(c), c.misaligned)),
-        bias(c.channels, c.channels, NAN, false),
-        scale(c.channels, c.channels, NAN, false),
-        shift(c.channels, c.channels, NAN, false) {
+      : x("x", elements(c), image_row(c), nan_of<T>(), c.misaligned),
+        weight("weight", taps(c), static_cast<int64_t>(c.k) * c.channels, nan_of<T>(), c.misaligned),
+        out("out", elements(c), image_row(c), c.misaligned),
+        bias("bias", c.channels, c.channels, NAN, false),
+        scale("scale", c.channels, c.channels, NAN, false),
+        shift("shift", c.channels, c.channels, NAN, false) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
     for (int64_t i = 0; i < elements(c); ++i) x.data()[i] = round_to<T>(uniform(rng));
@@ -225,7 +228,7 @@ bool run_case(const Case& c, unsigned seed) {
     t.out.fill(unwritten<T>());
     const dim3 grid(static_cast<unsigned>(tiles_h * tiles_w * channel_blocks), static_cast<unsigned>(c.batch));
     launch(grid, dim3(Cfg::kThreads), reverse_order, [&params] { depthwise_block_kernel<T, kK, kAct>(params); });
-    check.compare("out", t.out, expected, reverse_order ? "decreasing" : "increasing", [&](int64_t i) {
+    check.compare(t.out, expected, reverse_order ? "decreasing" : "increasing", [&](int64_t i) {
       const int64_t pixel = i / C;
       return format("b=%lld h=%lld w=%lld c=%lld", static_cast<long long>(pixel / (int64_t{H} * W)),
                     static_cast<long long>(pixel / W % H), static_cast<long long>(pixel % W),
@@ -278,12 +281,7 @@ Case random_case(std::mt19937& rng) {
 
 int main(int argc, char** argv) {
   register_shared(smem, sizeof(smem), "depthwise smem");
-  Harness<Case> harness;
-  harness.case_syntax = "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned] (DTYPE f32|f16|bf16, ACT gelu|relu, 1 <= K <= 31)\n";
-  harness.fixed_cases.assign(std::begin(kFixedCases), std::end(kFixedCases));
-  harness.parse = parse_case;
-  harness.format = format_case;
-  harness.random_case = random_case;
-  harness.run = run_any_case;
-  return run_harness(argc, argv, harness);
+  return run_harness(argc, argv,
+                     "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned] (DTYPE f32|f16|bf16, ACT gelu|relu, 1 <= K <= 31)\n",
+                     kFixedCases, parse_case, format_case, random_case, run_any_case);
 }
