@@ -3,10 +3,11 @@
 A backend provides ``stem``, ``depthwise_block``, ``pointwise`` and ``head`` with the signatures of
 ``BackendOps`` below. For ``backend="auto"`` the *candidates* of each op are the backends of
 ``AUTO_ORDER`` that are available on the input's device and support that op for the model's dtype
-and width (``Backend.op_unsupported_reason``), or ``AUTO_FALLBACK`` (eager) where there are none. Where an op has several, the model runs the one
-measured fastest for each shape (``measured.py``); without measuring (``resolve_ops(measure=False)``:
-torch.compile tracing, ``CONVMIXER_FAST_AUTO_MEASURE=0``) the first. Naming a backend runs every op
-on it, and raises ``BackendUnavailableError`` with the reason when it cannot.
+and width (``Backend.op_unsupported_reason``), or ``AUTO_FALLBACK`` (eager) where there are none.
+Where an op has several, the model runs the one measured fastest for each shape (``measured.py``);
+without measuring (``resolve_ops(measure=False)``: torch.compile tracing,
+``CONVMIXER_FAST_AUTO_MEASURE=0``) the first. Naming a backend runs every op on it, and raises
+``BackendUnavailableError`` with the reason when it cannot.
 """
 
 from __future__ import annotations
