@@ -622,6 +622,12 @@ class Entry:
     wall_s: float = 0.0
 
 
+def error_summary(error: Exception) -> str:
+    """``"<type>: <first line of the message>"`` (at most 300 characters of it), for a result's reason."""
+    first_line = (str(error).strip().splitlines() or [""])[0][:300]
+    return f"{type(error).__name__}: {first_line}"
+
+
 def measure_provider(provider: Provider, workload: Workload, cache: InputCache, *, warmup: int,
                      max_repeats: int) -> Entry:
     """Build ``provider`` for ``workload``, then check and time it under inference mode (models are
@@ -644,9 +650,7 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
                              reason=f"max rel err {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
             timing = time_calls(prepared.run, device_type, warmup=warmup, max_repeats=max_repeats)
     except Exception as error:  # one failing provider is reported; the others still run
-        first_line = (str(error).strip().splitlines() or [""])[0][:300]
-        return Entry(provider, "error", precision, reason=f"{type(error).__name__}: {first_line}",
-                     wall_s=time.perf_counter() - start)
+        return Entry(provider, "error", precision, reason=error_summary(error), wall_s=time.perf_counter() - start)
     return Entry(provider, "ok", precision, timing=timing, compile_s=prepared.compile_s, detail=prepared.describe(),
                  check=check, wall_s=time.perf_counter() - start)
 

@@ -88,6 +88,15 @@ class _CapturedForward(NamedTuple):
 _UNCAPTURABLE = "uncapturable"  # a signature whose capture failed: it runs without a graph
 
 
+def _remember(cache: OrderedDict, key, value) -> None:
+    """Put ``key`` in the per-shape ``cache`` as its most recent entry, dropping the least recent
+    beyond ``MAX_CACHED_SHAPES``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > MAX_CACHED_SHAPES:
+        cache.popitem(last=False)
+
+
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
 
@@ -289,6 +298,10 @@ class ConvMixer(nn.Module):
         return self.head.weight.dtype
 
     # ------------------------------------------------------------------ forward
+    def _require_eval(self) -> None:
+        if self.training:
+            raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
+
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
             raise InputError(f"expected a torch.Tensor image batch, got {type(x).__name__}")
@@ -347,11 +360,8 @@ class ConvMixer(nn.Module):
             shape = key[:3] + (self.dim,)
             tokens = tuple(torch.empty(shape, dtype=self._param_dtype, device=self._param_device) for _ in range(2))
             pooled = torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
-            buffers = self._activation_buffers[key] = _Buffers(tokens, pooled)
-            if len(self._activation_buffers) > MAX_CACHED_SHAPES:
-                self._activation_buffers.popitem(last=False)
-        else:
-            self._activation_buffers.move_to_end(key)
+            buffers = _Buffers(tokens, pooled)
+        _remember(self._activation_buffers, key, buffers)
         return buffers
 
     def _tokens(self, image: torch.Tensor, fold_last_bn: bool, preallocated: bool = True):
@@ -359,8 +369,7 @@ class ConvMixer(nn.Module):
         tensor), plus what the head needs (prepared params, backend ops, pooling workspace).
         ``preallocated=False``: every activation freshly allocated (what a CUDA graph captures:
         its allocations then belong to the graph's private memory pool)."""
-        if self.training:
-            raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
+        self._require_eval()
         params = self._prepared_params()
         resolved = self._resolve_ops(image.device)
         ops = resolved.ops
@@ -399,14 +408,13 @@ class ConvMixer(nn.Module):
 
     def _graphed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""
-        if self.training:
-            raise InferenceOnlyError("convmixer_fast.ConvMixer is inference-only: call model.eval()")
+        self._require_eval()
         self._prepared_params()  # a parameter change drops the graphs before the lookup
         key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend,
                torch.backends.cuda.matmul.allow_tf32)
         if key not in self._graphs:  # first call: the warm-up
             logits = self._logits(x)
-            self._remember_graph(key, None)
+            _remember(self._graphs, key, None)
             return logits
         captured = self._graphs[key]
         self._graphs.move_to_end(key)
@@ -414,19 +422,13 @@ class ConvMixer(nn.Module):
             return self._logits(x)
         if captured is None:
             captured = self._capture(x)
-            self._remember_graph(key, captured)
+            _remember(self._graphs, key, captured)
             if captured is _UNCAPTURABLE:
                 return self._logits(x)
             self._activation_buffers.pop(self._buffer_key(x), None)  # the graph has its own
         captured.image.copy_(x)
         captured.graph.replay()
         return captured.logits.clone()
-
-    def _remember_graph(self, key: tuple, value) -> None:
-        self._graphs[key] = value
-        self._graphs.move_to_end(key)
-        while len(self._graphs) > MAX_CACHED_SHAPES:
-            self._graphs.popitem(last=False)
 
     def _capture(self, x: torch.Tensor) -> _CapturedForward | str:
         """``_logits`` on fresh allocations, warmed up on a side stream, then captured."""

@@ -228,11 +228,6 @@ class Rates:
                 "detail": self.detail}
 
 
-def _failure(error: Exception) -> str:
-    first_line = (str(error).strip().splitlines() or [""])[0][:300]
-    return f"{type(error).__name__}: {first_line}"
-
-
 def measure_fma_tflops(device: str, *, warmup: int, max_repeats: int) -> tuple[float, str]:
     """(TFLOP/s, description) of ``_fma_loop_kernel`` filling the GPU: ``FMA_PROGRAMS_PER_SM``
     programs per SM; its output is checked against ``fma_loop_expected`` first."""
@@ -290,7 +285,7 @@ def measure_rates(dtype: str, device: str, *, warmup: int, max_repeats: int) -> 
             with torch.inference_mode():
                 values[name], detail[name] = measure()
         except Exception as error:  # a failed yardstick leaves its floors unknown; the ops still run
-            values[name], detail[name] = None, f"failed: {_failure(error)}"
+            values[name], detail[name] = None, f"failed: {bench.error_summary(error)}"
         if on_gpu:
             torch.cuda.empty_cache()
     return Rates(values["fma"], values["gemm"], values["copy"], detail)
@@ -416,7 +411,7 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
                 return row
             timing = bench.time_calls(call, device_type, warmup=warmup, max_repeats=max_repeats)
     except Exception as error:  # one failing op is reported (its traceback in the JSON); the others still run
-        row.update(status="error", reason=_failure(error), traceback=traceback.format_exc()[-4000:])
+        row.update(status="error", reason=bench.error_summary(error), traceback=traceback.format_exc()[-4000:])
         return row
     row.update(status="ok", time_us=timing.median_s * 1e6, times_us=[t * 1e6 for t in timing.per_call_s],
                repeats=len(timing.per_call_s), calls_per_repeat=timing.calls_per_repeat)

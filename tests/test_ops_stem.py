@@ -9,6 +9,7 @@ from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa:
 skip_module_unless_triton_runs()
 
 from convmixer_fast.ops import stem as stem_op  # noqa: E402
+from convmixer_fast.ops._triton_utils import config_label  # noqa: E402
 from convmixer_fast.ops.reference import ACTIVATIONS, stem_reference  # noqa: E402
 
 
@@ -102,7 +103,7 @@ def test_allocates_output(kernel_backend):
     check(kernel_backend, image, weight, bias, scale, shift, "gelu")
 
 
-@pytest.mark.parametrize("config", stem_op.CONFIGS, ids=[stem_op.config_label(c) for c in stem_op.CONFIGS])
+@pytest.mark.parametrize("config", stem_op.CONFIGS, ids=[config_label(c) for c in stem_op.CONFIGS])
 def test_every_config(config):
     """Each autotune config on a shape spanning several tiles (K = 147 is masked)."""
     B, Cin, H, W, p, C = 2, 3, 70, 63, 7, 300

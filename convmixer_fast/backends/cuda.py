@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from .._extension import extension_status
-from ..ops._checks import depthwise_block_outputs, head_outputs, pointwise_outputs, stem_outputs
+from ..ops._checks import depthwise_block_outputs, epilogue_entry, head_outputs, pointwise_outputs, stem_outputs
 from . import BackendOps
 
 _status = extension_status()
@@ -20,26 +20,19 @@ if not _status.loaded:  # the backend's availability check says so first; this g
 _ops = torch.ops.convmixer_fast
 
 
-def stem(image, weight, bias, scale, shift, act, out=None):
-    """Patch embedding to ``[B, H//p, W//p, C]`` tokens; arguments as ``ops.stem.stem``."""
-    out = stem_outputs(image, weight, bias, scale, shift, act, out)
-    _ops.cuda_stem(image, weight, bias, scale, shift, act, out)
-    return out
-
-
-def depthwise_block(x, weight, bias, scale, shift, act, out=None):
-    """``x + scale * act(dwconv_k(x) + bias) + shift``; arguments as ``ops.depthwise.depthwise_block``."""
-    out = depthwise_block_outputs(x, weight, bias, scale, shift, act, out)
-    _ops.cuda_depthwise_block(x, weight, bias, scale, shift, act, out)
-    return out
-
-
-def pointwise(y, weight, bias, scale, shift, act, out=None):
-    """``scale * act(y @ weightᵀ + bias) + shift``; arguments as ``ops.pointwise.pointwise``
-    (float16 / bfloat16 with N and K multiples of 8: see ``pointwise_supported``)."""
-    out = pointwise_outputs(y, weight, bias, scale, shift, act, out)
-    _ops.cuda_pointwise(y, weight, bias, scale, shift, act, out)
-    return out
+stem = epilogue_entry(
+    "stem", stem_outputs, _ops.cuda_stem,
+    "Patch embedding to ``[B, H//p, W//p, C]`` tokens; arguments as ``ops.stem.stem``.",
+)
+depthwise_block = epilogue_entry(
+    "depthwise_block", depthwise_block_outputs, _ops.cuda_depthwise_block,
+    "``x + scale * act(dwconv_k(x) + bias) + shift``; arguments as ``ops.depthwise.depthwise_block``.",
+)
+pointwise = epilogue_entry(
+    "pointwise", pointwise_outputs, _ops.cuda_pointwise,
+    "``scale * act(x @ weightᵀ + bias) + shift``; arguments as ``ops.pointwise.pointwise`` (float16 / "
+    "bfloat16 with N and K multiples of 8: see ``pointwise_supported``).",
+)
 
 
 def head(x, weight, bias, pooled=None, out=None):

@@ -8,6 +8,8 @@ device, layout or value. Pure PyTorch (no Triton, no ``_C``), no device synchron
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from .reference import ACTIVATIONS
@@ -150,3 +152,18 @@ def head_outputs(x, weight, bias, pooled, out) -> tuple[torch.Tensor, torch.Tens
     check.tensor("bias", bias, shape=(N,), dtype=torch.float32, device=x.device)
     pooled = check.output("pooled", pooled, (B, C), torch.float32, x.device)
     return pooled, check.output("out", out, (B, N), x.dtype, x.device)
+
+
+def epilogue_entry(name: str, outputs: Callable, op: Callable, doc: str) -> Callable:
+    """A backend's entry ``name(x, weight, bias, scale, shift, act, out=None) -> out`` for a kernel
+    with the fused epilogue (stem, depthwise block, pointwise): ``outputs`` (``<op>_outputs``
+    above) checks the arguments and returns ``out`` or a fresh one, ``op`` writes it."""
+
+    def entry(x, weight, bias, scale, shift, act, out=None):
+        out = outputs(x, weight, bias, scale, shift, act, out)
+        op(x, weight, bias, scale, shift, act, out)
+        return out
+
+    entry.__name__ = entry.__qualname__ = name
+    entry.__doc__ = doc
+    return entry

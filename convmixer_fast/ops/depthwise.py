@@ -59,7 +59,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._checks import MAX_KERNEL_SIZE, check_depthwise_out_apart, depthwise_block_outputs
+from ._checks import MAX_KERNEL_SIZE, check_depthwise_out_apart, depthwise_block_outputs, epilogue_entry
 from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
@@ -229,15 +229,8 @@ triton_depthwise_block = epilogue_custom_op(
 )
 
 
-def depthwise_block(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
+depthwise_block = epilogue_entry(
+    "depthwise_block", depthwise_block_outputs, triton_depthwise_block,
     """``x + scale * act(dwconv_k(x) + bias) + shift`` on ``[B, H, W, C]`` tokens.
 
     ``weight`` is ``[k, k, C]`` (``1 <= k <= 31``) in the dtype of ``x``; ``bias``, ``scale`` and
@@ -245,10 +238,8 @@ def depthwise_block(
     dtype of ``x``, must not overlap ``x``) is allocated when None. All tensors must be contiguous
     and on one device. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong
     activation, shape, contiguity, device or an ``out`` that overlaps ``x`` (``ops._checks``).
-    """
-    out = depthwise_block_outputs(x, weight, bias, scale, shift, act, out)
-    triton_depthwise_block(x, weight, bias, scale, shift, act, out)
-    return out
+    """,
+)
 
 
 def kernel_specs() -> list[KernelSpec]:

@@ -32,7 +32,7 @@ from convmixer_fast.ops._triton_utils import (
     fused_epilogue,
     is_interpreting,
 )
-from convmixer_fast.ops._checks import pointwise_outputs
+from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,6 +204,50 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+def launch_gemm(tuned, kernel, args: tuple, meta: dict, M: int, N: int, K: int,
+                config: triton.Config | None) -> None:
+    """Launch a GEMM kernel of this tiling (one program per ``BLOCK_M x BLOCK_N`` output tile) on
+    ``args`` / ``meta``: through its autotuner ``tuned``, or at ``config`` (tests), with ``EVEN_K``
+    as the ``even_k`` heuristic sets it."""
+
+    def grid(kw):
+        return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
+
+    if config is None:
+        tuned[grid](*args, **meta)
+    else:
+        kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
+        kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
+
+
+def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, constexprs: dict, K: int,
+                      divisible_by_16: tuple[str, ...]) -> list[KernelSpec]:
+    """One ``KernelSpec`` of a GEMM kernel of this tiling per config, GELU, tf32 dots for fp32,
+    ``EVEN_K`` for the given ``K``."""
+    specs = []
+    for config in configs:
+        specs.append(
+            KernelSpec(
+                kernel=kernel.__name__,
+                fn=kernel,
+                signature=dict(signature),
+                constexprs={
+                    "ACTIVATION": ACTIVATION_CODES["gelu"],
+                    "DOT_PRECISION": "tf32",
+                    "DOT_IN_FP32": False,
+                    **constexprs,
+                    **config.kwargs,
+                    "EVEN_K": K % config.kwargs["BLOCK_K"] == 0,
+                },
+                num_warps=config.num_warps,
+                num_stages=config.num_stages,
+                config=config_label(config),
+                divisible_by_16=divisible_by_16,
+            )
+        )
+    return specs
+
+
 # --------------------------------------------------------------------------------------------
 # Pointwise kernel
 # --------------------------------------------------------------------------------------------
@@ -275,17 +319,8 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
         "DOT_IN_FP32": dot_in_fp32(y.dtype),
     }
 
-    def grid(kw):
-        return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
-
     with device_guard(y):
-        if config is None:
-            _pointwise_tuned[grid](*args, **meta)
-        else:
-            kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
-            pointwise_kernel[grid(kw)](
-                *args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages
-            )
+        launch_gemm(_pointwise_tuned, pointwise_kernel, args, meta, M, N, K, config)
 
 
 
@@ -294,26 +329,17 @@ triton_pointwise = epilogue_custom_op(
 )
 
 
-def pointwise(
-    y: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``scale * act(y @ weightᵀ + bias) + shift`` with one fused Triton GEMM.
+pointwise = epilogue_entry(
+    "pointwise", pointwise_outputs, triton_pointwise,
+    """``scale * act(x @ weightᵀ + bias) + shift`` with one fused Triton GEMM (x: the tokens ``y``).
 
-    y: ``[..., K]`` contiguous, fp32/fp16/bf16; weight: ``[N, K]`` contiguous, y's dtype;
+    x: ``[..., K]`` contiguous, fp32/fp16/bf16; weight: ``[N, K]`` contiguous, x's dtype;
     bias/scale/shift: fp32 ``[N]``; act: "gelu" or "relu"; out: optional ``[..., N]`` contiguous
-    tensor of y's dtype (allocated when None). Returns ``out``.
+    tensor of x's dtype (allocated when None). Returns ``out``.
     Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
     (``ops._checks``).
-    """
-    out = pointwise_outputs(y, weight, bias, scale, shift, act, out)
-    triton_pointwise(y, weight, bias, scale, shift, act, out)
-    return out
+    """,
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -332,25 +358,4 @@ def kernel_specs() -> list[KernelSpec]:
         "y_ptr": ty, "weight_ptr": ty, "bias_ptr": "*fp32", "scale_ptr": "*fp32", "shift_ptr": "*fp32",
         "out_ptr": ty, "M": "i32", "N": "i32", "K": "i32",
     }
-    specs = []
-    for config in CONFIGS:
-        constexprs = {
-            "ACTIVATION": ACTIVATION_CODES["gelu"],
-            "DOT_PRECISION": "tf32",
-            "DOT_IN_FP32": False,
-            **config.kwargs,
-            "EVEN_K": 1536 % config.kwargs["BLOCK_K"] == 0,
-        }
-        specs.append(
-            KernelSpec(
-                kernel="pointwise_kernel",
-                fn=pointwise_kernel,
-                signature=dict(signature),
-                constexprs=constexprs,
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
-                config=config_label(config),
-                divisible_by_16=("M", "N", "K"),
-            )
-        )
-    return specs
+    return gemm_kernel_specs(pointwise_kernel, CONFIGS, signature, {}, K=1536, divisible_by_16=("M", "N", "K"))

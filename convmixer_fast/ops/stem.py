@@ -21,18 +21,19 @@ from convmixer_fast.ops._triton_utils import (
     TRITON_DTYPE_NAMES,
     KernelSpec,
     autotune,
-    config_label,
     device_guard,
     epilogue_custom_op,
 )
-from convmixer_fast.ops._checks import stem_outputs
+from convmixer_fast.ops._checks import epilogue_entry, stem_outputs
 from convmixer_fast.ops.pointwise import (
     dot_in_fp32,
     dot_precision,
     epilogue_store,
     even_k,
+    gemm_kernel_specs,
     gemm_tile,
     grouped_tile_indices,
+    launch_gemm,
 )
 
 # Tuned for H100 (bf16, K = 3*7*7 = 147 or 3*14*14 = 588, N = 768..1536, M = B*32*32 or B*16*16).
@@ -123,15 +124,8 @@ def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config |
         "PATCH": patch,
     }
 
-    def grid(kw):
-        return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
-
     with device_guard(image):
-        if config is None:
-            _stem_tuned[grid](*args, **meta)
-        else:
-            kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
-            stem_kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
+        launch_gemm(_stem_tuned, stem_kernel, args, meta, M, N, K, config)
 
 
 triton_stem = epilogue_custom_op(
@@ -139,27 +133,19 @@ triton_stem = epilogue_custom_op(
 )
 
 
-def stem(
-    image: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    scale: torch.Tensor,
-    shift: torch.Tensor,
-    act: str,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Patch embedding ``[B, Cin, H, W]`` -> ``[B, H//p, W//p, C]`` tokens with one fused GEMM.
+stem = epilogue_entry(
+    "stem", stem_outputs, triton_stem,
+    """Patch embedding of the image ``x`` ``[B, Cin, H, W]`` -> ``[B, H//p, W//p, C]`` tokens with
+    one fused GEMM.
 
-    image: fp32/fp16/bf16, any strides (read in place; need not match the weight dtype);
+    x: fp32/fp16/bf16, any strides (read in place; need not match the weight dtype);
     weight: conv weight ``[C, Cin, p, p]`` contiguous, fp32/fp16/bf16 (the model dtype);
     bias/scale/shift: fp32 ``[C]``; act: "gelu" or "relu"; out: optional contiguous
     ``[B, H//p, W//p, C]`` tensor of the weight dtype (allocated when None). Returns ``out``.
     Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
     (``ops._checks``).
-    """
-    out = stem_outputs(image, weight, bias, scale, shift, act, out)
-    triton_stem(image, weight, bias, scale, shift, act, out)
-    return out
+    """,
+)
 
 
 def kernel_specs() -> list[KernelSpec]:
@@ -174,28 +160,6 @@ def kernel_specs() -> list[KernelSpec]:
         "shift_ptr": "*fp32", "out_ptr": ty, "M": "i32", "N": "i32", "K": "i32", "Hp": "i32", "Wp": "i32",
         "stride_ib": "i32", "stride_ic": "i32", "stride_ih": "i32",
     }
-    patch, K = 7, 3 * 7 * 7
-    specs = []
-    for config in CONFIGS:
-        constexprs = {
-            "stride_iw": 1,
-            "ACTIVATION": ACTIVATION_CODES["gelu"],
-            "DOT_PRECISION": "tf32",
-            "DOT_IN_FP32": False,
-            "PATCH": patch,
-            **config.kwargs,
-            "EVEN_K": K % config.kwargs["BLOCK_K"] == 0,
-        }
-        specs.append(
-            KernelSpec(
-                kernel="stem_kernel",
-                fn=stem_kernel,
-                signature=dict(signature),
-                constexprs=constexprs,
-                num_warps=config.num_warps,
-                num_stages=config.num_stages,
-                config=config_label(config),
-                divisible_by_16=("N",),
-            )
-        )
-    return specs
+    patch = 7
+    return gemm_kernel_specs(stem_kernel, CONFIGS, signature, {"stride_iw": 1, "PATCH": patch},
+                             K=3 * patch * patch, divisible_by_16=("N",))
