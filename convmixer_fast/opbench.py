@@ -374,14 +374,23 @@ def default_backends(device: str) -> list[str]:
     return [name for name, backend in BACKENDS.items() if backend.unavailable_reason(torch.device(device)) is None]
 
 
+def op_variants(backend: str, op: str, device: str) -> list[str]:
+    """The backend's other kernels of ``op`` (``Backend.load_variants``) where it runs on ``device``."""
+    if BACKENDS[backend].unavailable_reason(torch.device(device)) is not None:
+        return []
+    return list(BACKENDS[backend].load_variants().get(op, {}))
+
+
 def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, channels: int, tolerance: float,
-               warmup: int, max_repeats: int) -> dict:
-    """The outcome of one (op, backend): status, reason, the check and the timing (``time_us``,
-    ``times_us``, ``repeats``, ``calls_per_repeat``; ``traceback`` for an error). Wrong outputs and
-    exceptions are not timed."""
+               warmup: int, max_repeats: int, variant: str | None = None) -> dict:
+    """The outcome of one (op, backend), or of one of the backend's ``variant`` kernels of the op (row
+    backend "cuda:band"): status, reason, the check and the timing (``time_us``, ``times_us``,
+    ``repeats``, ``calls_per_repeat``; ``traceback`` for an error). Wrong outputs and exceptions are
+    not timed."""
     from .verify import errors
 
-    row = {"op": case.op, "backend": backend, "status": "skipped", "reason": None, "traceback": None,
+    label = backend if variant is None else f"{backend}:{variant}"
+    row = {"op": case.op, "backend": label, "variant": variant, "status": "skipped", "reason": None, "traceback": None,
            "max_rel_err": None, "tolerance": tolerance, "time_us": None, "times_us": None, "repeats": None,
            "calls_per_repeat": None}
     reason = backend_skip_reason(backend, case.op, device, dtype, channels)
@@ -390,7 +399,10 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
         return row
     device_type = torch.device(device).type
     try:
-        fn = getattr(BACKENDS[backend].load_ops(), case.op)
+        if variant is None:
+            fn = getattr(BACKENDS[backend].load_ops(), case.op)
+        else:
+            fn = BACKENDS[backend].load_variants()[case.op][variant]
         with torch.inference_mode():
             out = torch.full(case.out_shape, float("nan"), dtype=dtype, device=device)  # unwritten: NaN
             kwargs = {"out": out}
@@ -432,7 +444,7 @@ def complete_row(row: dict, config: dict, batch: int, image_size: int, dtype: st
 
 
 def forward_estimates(rows: list[dict], ops) -> dict:
-    """Per backend (and "floor", and "best": the fastest ok backend of each op): the per-op-sum time
+    """Per backend (and "floor", and "best": the fastest ok backend or variant of each op): the per-op-sum time
     of one forward in µs, each op weighted by ``calls_per_forward``; None (with ``missing``) unless
     every op has a figure."""
     def estimate(times: dict[str, float | None], counts: dict[str, int]) -> dict:
@@ -442,7 +454,7 @@ def forward_estimates(rows: list[dict], ops) -> dict:
 
     counts = {row["op"]: row["calls_per_forward"] for row in rows}
     result = {}
-    for backend in dict.fromkeys(row["backend"] for row in rows):
+    for backend in dict.fromkeys(row["backend"] for row in rows if row.get("variant") is None):
         result[backend] = estimate({r["op"]: r["time_us"] for r in rows if r["backend"] == backend}, counts)
     best = {}
     for row in rows:
@@ -470,13 +482,13 @@ def format_rates(rates: dict, dtype: str) -> str:
             + part(rates["copy_gb_per_s"], "GB/s", "copy", "copy"))
 
 
-TABLE_HEADER = (f"  {'op':<16} {'backend':<8} {'time us':>11} {'compute fl':>11} {'memory fl':>11} "
+TABLE_HEADER = (f"  {'op':<16} {'backend':<12} {'time us':>11} {'compute fl':>11} {'memory fl':>11} "
                 f"{'floor us':>11} {'floor/time':>10} {'TFLOP/s':>8} {'GB/s':>8}")
 
 
 def format_row(row: dict) -> str:
     """One table line: times in microseconds (compute / memory floor, their max), floor / time."""
-    start = f"  {row['op']:<16} {row['backend']:<8}"
+    start = f"  {row['op']:<16} {row['backend']:<12}"
     if row["status"] != "ok":
         label = "WRONG" if row["status"] == "wrong" else row["status"]
         return f"{start} {label}: {row['reason']}"
@@ -500,7 +512,7 @@ def format_forward(document: dict) -> str:
             text = f"{total / 1e3:>10,.3f} ms  {workload['batch'] / (total / 1e6):>12,.1f} img/s"
             if name == "best":
                 text += "  (" + ", ".join(f"{op}={b}" for op, b in estimate["backends"].items()) + ")"
-        lines.append(f"  {name:<8} {text}")
+        lines.append(f"  {name:<12} {text}")
     return "\n".join(lines)
 
 
@@ -591,12 +603,14 @@ def run_cli(args) -> int:
         print(TABLE_HEADER, flush=True)
         for op in ops:
             for backend in backends:
-                row = measure_op(cases[op], backend, dtype=dtype, device=device, channels=config["dim"],
-                                 tolerance=kernel_tolerance, warmup=warmup, max_repeats=max_repeats)
-                document["rows"].append(complete_row(row, config, batch, image_size, dtype_name, rates))
-                print(format_row(document["rows"][-1]), flush=True)
-                if on_gpu:
-                    torch.cuda.empty_cache()
+                for variant in (None, *op_variants(backend, op, device)):
+                    row = measure_op(cases[op], backend, dtype=dtype, device=device, channels=config["dim"],
+                                     tolerance=kernel_tolerance, warmup=warmup, max_repeats=max_repeats,
+                                     variant=variant)
+                    document["rows"].append(complete_row(row, config, batch, image_size, dtype_name, rates))
+                    print(format_row(document["rows"][-1]), flush=True)
+                    if on_gpu:
+                        torch.cuda.empty_cache()
             document["forward"] = forward_estimates(document["rows"], ops)
             save()
     run["complete"] = True

@@ -170,7 +170,7 @@ void cuda_stem(const at::Tensor& image, const at::Tensor& weight, const at::Tens
 
 void cuda_depthwise_block(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                           const at::Tensor& scale, const at::Tensor& shift, const std::string& act,
-                          const at::Tensor& out) {
+                          const at::Tensor& out, const std::string& algorithm) {
   const Checker check{"depthwise_block"};
   check.tokens(x, "x");
   const auto device = x.device();
@@ -188,13 +188,25 @@ void cuda_depthwise_block(const at::Tensor& x, const at::Tensor& weight, const a
   check.shape_is(out, "out", x.sizes());
   check.placed(out, "out", device);
   check.apart(out, "out", x, "x (the kernel reads the halo of x)");
+  check.expect(algorithm == "auto" || algorithm == "direct" || algorithm == "band",
+               "algorithm must be one of ('auto', 'direct', 'band'), got '" + algorithm + "'");
   check.runs_here(device);
 #ifdef CONVMIXER_FAST_WITH_CUDA
+  const int kernel_size = static_cast<int>(weight.size(0));
+  const DType dtype = kernel_dtype(x.scalar_type());
+  check.expect(algorithm != "band" || depthwise_band_supported(x.data_ptr(), weight.data_ptr(), out.data_ptr(),
+                                                                static_cast<int>(channels), kernel_size, dtype),
+               "algorithm 'band' needs float16/bfloat16 tokens, k <= 9, C a multiple of 8 and 16-byte aligned "
+               "x, weight and out; got " + dtype_name(x.scalar_type()) + ", k=" + std::to_string(kernel_size) +
+                   ", C=" + std::to_string(channels));
+  const DepthwiseAlgorithm kernel_algorithm = algorithm == "band"     ? DepthwiseAlgorithm::kBand
+                                              : algorithm == "direct" ? DepthwiseAlgorithm::kDirect
+                                                                      : DepthwiseAlgorithm::kAuto;
   const c10::cuda::CUDAGuard guard(device);
   check_launch(check.op, depthwise_block(x.data_ptr(), weight.data_ptr(), kernel_epilogue(bias, scale, shift, act),
                                          out.data_ptr(), batch, static_cast<int>(height), static_cast<int>(width),
-                                         static_cast<int>(channels), static_cast<int>(weight.size(0)),
-                                         kernel_dtype(x.scalar_type()), current_stream(device)));
+                                         static_cast<int>(channels), kernel_size, dtype, kernel_algorithm,
+                                         current_stream(device)));
 #endif
 }
 
@@ -292,7 +304,7 @@ TORCH_LIBRARY_FRAGMENT(convmixer_fast, m) {
   m.def("cuda_stem(Tensor image, Tensor weight, Tensor bias, Tensor scale, Tensor shift, str act, "
         "Tensor(a!) out) -> ()");
   m.def("cuda_depthwise_block(Tensor x, Tensor weight, Tensor bias, Tensor scale, Tensor shift, str act, "
-        "Tensor(a!) out) -> ()");
+        "Tensor(a!) out, str algorithm=\"auto\") -> ()");
   m.def("cuda_pointwise(Tensor y, Tensor weight, Tensor bias, Tensor scale, Tensor shift, str act, "
         "Tensor(a!) out) -> ()");
   m.def("cuda_head(Tensor x, Tensor weight, Tensor bias, Tensor(a!) pooled, Tensor(b!) out) -> ()");

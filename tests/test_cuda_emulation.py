@@ -19,6 +19,16 @@ What passing proves, per kernel (on the shapes of each harness's list):
     right-anchored strips, whichever CTA writes last), zero padding, staging, channel tails and
     epilogue, for every compile-time k and the runtime-k path, the 16-byte and the element-wise
     load/store paths, fp32 / fp16 / bf16, GELU / ReLU, images smaller than the kernel, batch > 1.
+  - depthwise band (depthwise_band.cuh, the same harness, cases marked "band"): the tensor-core
+    band (Toeplitz) form end to end against the same fp64 reference and tolerance -- the halo and
+    tap staging into transposed shared-memory planes (zero padding, channels past C, H and W not
+    multiples of the 16 / 32 tiles, images smaller than the kernel, batch > 1), the band matrix B
+    each lane builds in registers and the ldmatrix row addresses of A, against the PTX ISA's
+    per-lane fragment layouts of ldmatrix .m8n8.x4 and mma .m16n8k16 (modelled in emulation.h:
+    every lane at the same call, each ldmatrix row 16-byte aligned and inside shared memory), the
+    in-place epilogue (after __syncwarp) and the 16-byte stores, on every k in 1..9 (odd and even),
+    all four tile shapes, f16 / bf16, GELU / ReLU, with the launch arguments from the launcher's own
+    helpers (band_params, band_blocks_per_image, band_smem_bytes, band_supported).
   - head (head.cu): the pool's 16-byte and element-wise loads and its fixed-order shared-memory
     reduction, the classifier's clamped loads, butterfly reduction (__shfl_xor_sync reached by all
     32 lanes) and lane -> (image, class) stores, at batch / class / channel counts that leave
@@ -33,15 +43,17 @@ What passing proves, per kernel (on the shapes of each harness's list):
 
 What it does not prove: anything the host does not model -- warp scheduling and divergence costs,
 the GPU memory model (every write is visible at once; races are only found when the host threads
-happen to interleave badly), the real WMMA / tensor-core per-lane layout and accumulation order
-(the tolerance covers any fp32 order), alignment faults of vector accesses, bank conflicts,
-register pressure, occupancy, grid-size limits, the launchers' <<<>>> calls themselves (the
-harnesses mirror them), performance. Those need a GPU (the op tests with the cuda backend).
+happen to interleave badly), the real WMMA per-lane layout (unspecified; only the band kernel's
+ldmatrix / mma layouts are modelled, as the PTX ISA documents them), the tensor cores' own
+accumulation order and rounding (the emulation sums in fp64; the tolerance covers any fp32 order),
+alignment faults of vector accesses (ldmatrix's are checked), bank conflicts, register pressure,
+occupancy, grid-size limits, the launchers' <<<>>> calls themselves (the harnesses mirror them or
+use the launchers' helpers), performance. Those need a GPU (the op tests with the cuda backend).
 
 Needs nvcc (the CUDA headers and host compilation), from $CUDA_HOME/bin, PATH or
 /usr/local/cuda/bin; skipped without it. Host code is built at gcc's default -O0 (fast to compile;
 the harnesses add -fno-strict-aliasing since the kernels pun types through reinterpret_cast, which
-host gcc miscompiles at -O2). About 10 s per harness on 2 cores, compile included.
+host gcc miscompiles at -O2). About 10 to 20 s per harness on 2 cores, compile included.
 """
 
 import os

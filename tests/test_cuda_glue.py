@@ -32,7 +32,7 @@ def stem_args():
 
 def depthwise_args():
     x = torch.randn(1, 4, 5, 6, dtype=F16)
-    return [x, torch.randn(3, 3, 6, dtype=F16), *_epilogue(6), "relu", torch.empty_like(x)]
+    return [x, torch.randn(3, 3, 6, dtype=F16), *_epilogue(6), "relu", torch.empty_like(x), "auto"]
 
 
 def pointwise_args():
@@ -70,6 +70,8 @@ CASES = [
     ("depthwise_block", 2, lambda a: a[2][:5], ValueError, r"bias must have shape \[6\], got \[5\]"),
     ("depthwise_block", 5, lambda a: "silu", ValueError, r"act must be one of \('gelu', 'relu'\), got 'silu'"),
     ("depthwise_block", 6, lambda a: a[0], ValueError, "out must not overlap x"),
+    ("depthwise_block", 7, lambda a: "winograd", ValueError,
+     r"algorithm must be one of \('auto', 'direct', 'band'\), got 'winograd'"),
     ("pointwise", 1, lambda a: a[1][:, :8].contiguous(), ValueError, r"weight must be \[N, K\] with K=16"),
     ("pointwise", 6, lambda a: torch.empty(2, 3, 9, dtype=F16), ValueError, r"out must have shape \[2, 3, 8\]"),
     ("pointwise", 0, lambda a: torch.randn(97, dtype=F16)[1:].view(2, 3, 16), ValueError,

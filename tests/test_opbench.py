@@ -3,6 +3,7 @@ FLOP counts, the FMA-rate kernel's predicted output, the command end to end on a
 result JSON, skipped backends and a WRONG op."""
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -15,13 +16,13 @@ import torch
 
 from convmixer_fast import bench, opbench
 from convmixer_fast.__main__ import main
-from convmixer_fast.backends import OP_NAMES, eager
+from convmixer_fast.backends import BACKENDS, OP_NAMES, eager
 from convmixer_fast.configs import MODEL_CONFIGS
 
 # dim 8, depth 2, k 3, p 2, 5 classes, 3 input channels: at 8x8 images, 4x4 tokens.
 SMALL = dict(dim=8, depth=2, kernel_size=3, patch_size=2, n_classes=5)
 TINY = ["--device", "cpu", "--model", "convmixer_cifar10", "--batch", "1", "--repeats", "2", "--warmup", "1"]
-ROW_KEYS = {"op", "backend", "status", "reason", "traceback", "max_rel_err", "tolerance", "time_us", "times_us",
+ROW_KEYS = {"op", "backend", "variant", "status", "reason", "traceback", "max_rel_err", "tolerance", "time_us", "times_us",
             "repeats", "calls_per_repeat", "calls_per_forward", "flops", "bytes", "compute_rate", "compute_floor_us",
             "memory_floor_us", "floor_us", "tflops", "gb_per_s", "floor_fraction"}
 
@@ -184,6 +185,30 @@ def test_every_op_has_a_row_per_backend_with_floors(tiny_run):
     assert forward["eager"]["per_op_sum_us"] == pytest.approx(
         sum(r["time_us"] * r["calls_per_forward"] for r in eager_rows))
     assert forward["triton"]["per_op_sum_us"] is None and forward["floor"]["per_op_sum_us"] > 0
+
+
+def test_variants_of_an_op_get_rows_of_their_own(monkeypatch, tmp_path):
+    """A backend's other kernels of an op (``Backend.load_variants``, the cuda depthwise algorithms)
+    are checked and timed one by one as "backend:variant" rows; they count for "best", not as a
+    backend's forward."""
+    def refusing(x, weight, bias, scale, shift, act, out=None):
+        raise ValueError("algorithm 'refusing' needs something else")
+
+    variants = {"depthwise_block": {"twin": eager.OPS.depthwise_block, "refusing": refusing}}
+    monkeypatch.setitem(BACKENDS, "eager", dataclasses.replace(BACKENDS["eager"], load_variants=lambda: variants))
+    path = tmp_path / "ops.json"
+    code, out = run_bench_ops(*TINY, "--backends", "eager", "--ops", "depthwise_block", "pointwise",
+                              "--json", str(path))
+    assert code == 1 and "depthwise_block on eager:refusing: error" in out
+    rows = {(row["op"], row["backend"]): row for row in json.loads(path.read_text())["rows"]}
+    assert set(rows) == {("depthwise_block", "eager"), ("depthwise_block", "eager:twin"),
+                         ("depthwise_block", "eager:refusing"), ("pointwise", "eager")}
+    twin = rows["depthwise_block", "eager:twin"]
+    assert twin["variant"] == "twin" and twin["status"] == "ok" and twin["time_us"] > 0
+    assert rows["depthwise_block", "eager"]["variant"] is None
+    assert "algorithm 'refusing' needs" in rows["depthwise_block", "eager:refusing"]["reason"]
+    forward = json.loads(path.read_text())["forward"]
+    assert set(forward) == {"eager", "best", "floor"}
 
 
 def test_a_wrong_op_is_reported_and_not_timed(monkeypatch, tmp_path):

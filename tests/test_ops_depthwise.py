@@ -1,5 +1,5 @@
 """The fused depthwise block of every kernel backend (triton: ``ops/depthwise.py``, cuda:
-``csrc/kernels/depthwise_block*``) against the fp32 reference.
+``csrc/kernels/depthwise_{block,band}*``, each of its two algorithms) against the fp32 reference.
 
 Runs on a GPU, or on the CPU under ``TRITON_INTERPRET=1``; skipped otherwise. Shapes are small and
 deliberately odd (not multiples of any tile; kernels larger than the map, so the halo is mostly
@@ -151,3 +151,52 @@ def test_prune_configs():
         kept = dw._prune_configs(dw.CONFIGS, {**args, "C": C}, K=k)
         assert kept and kept[0] is dw.CONFIGS[0] and len(kept) < len(dw.CONFIGS)
         assert all(dw._elements_per_thread(c) <= 4 and c.kwargs["TILE_W"] <= 8 for c in kept)
+
+
+# The cuda backend's two depthwise kernels (backends/cuda.py DEPTHWISE_ALGORITHMS), each on its own:
+# the band kernel's tiles are 16 or 32 rows / columns (picked per image size), its channel blocks 16.
+# (B, H, W, C, k): the model shapes, every band k (1..9, odd and even), maps that are not multiples
+# of a tile, narrower or shorter than 16, smaller than the kernel; C a multiple of 8 (the band
+# kernel's requirement), with a last channel block half past C.
+ALGORITHM_CASES = [
+    (2, 32, 32, 1536, 9), (3, 16, 16, 1024, 9), (1, 33, 17, 24, 7), (2, 17, 47, 40, 5), (1, 9, 40, 8, 3),
+    (1, 5, 7, 16, 1), (2, 20, 35, 32, 2), (1, 31, 31, 56, 4), (1, 3, 50, 8, 6), (1, 47, 3, 24, 8),
+    (1, 2, 2, 16, 9),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuda kernels need a GPU")
+@pytest.mark.parametrize("algorithm", ["direct", "band"])
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:])
+@pytest.mark.parametrize("B, H, W, C, k", ALGORITHM_CASES)
+def test_cuda_algorithms(B, H, W, C, k, dtype, atol, rtol, algorithm):
+    from convmixer_fast.backends import BACKENDS
+
+    reason = BACKENDS["cuda"].unavailable_reason(DEVICE)
+    if reason is not None:
+        pytest.skip(f"cuda backend: {reason}")
+    entry = BACKENDS["cuda"].load_variants()["depthwise_block"][algorithm]
+    act = "gelu" if (H + k) % 2 else "relu"
+    x, weight, bias, scale, shift = make_inputs(B, H, W, C, k, dtype, seed=H * 100 + k)
+    out = nan_like(x)
+    entry(x, weight, bias, scale, shift, act, out=out)
+    check(out, x, weight, bias, scale, shift, act, atol, rtol)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the cuda kernels need a GPU")
+@pytest.mark.parametrize("change, what", [
+    (lambda a: [t.float() if t.dtype == torch.bfloat16 else t for t in a], "torch.float32"),
+    (lambda a: [a[0], torch.zeros(11, 11, 16, dtype=torch.bfloat16, device=DEVICE), *a[2:]], "k=11"),
+    (lambda a: [a[0][..., :12].contiguous(), a[1][..., :12].contiguous(), *(t[:12] for t in a[2:])], "C=12"),
+])
+def test_band_refuses_what_it_cannot_run(change, what):
+    from convmixer_fast.backends import BACKENDS
+
+    if BACKENDS["cuda"].unavailable_reason(DEVICE) is not None:
+        pytest.skip("cuda backend unavailable")
+    args = change(make_inputs(1, 8, 8, 16, 3, torch.bfloat16))
+    band = BACKENDS["cuda"].load_variants()["depthwise_block"]["band"]
+    with pytest.raises(ValueError, match=f"algorithm 'band' needs float16/bfloat16 tokens.*{what}"):
+        band(*args, "gelu")
+    direct = BACKENDS["cuda"].load_variants()["depthwise_block"]["direct"]
+    check(direct(*args, "gelu"), *args, "gelu", 1e-2 if what != "torch.float32" else 1e-4, 3e-2)

@@ -52,6 +52,10 @@ def _supports_every_op(op: str, device: torch.device, dtype: torch.dtype, channe
     return None
 
 
+def _no_variants() -> dict[str, dict[str, Callable]]:
+    return {}
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
@@ -64,6 +68,9 @@ class Backend:
     op_unsupported_reason: Callable[[str, torch.device, torch.dtype, int], str | None] = field(
         default=_supports_every_op
     )
+    # op -> {variant: entry}: other kernels of an op that the backend chooses between itself, each
+    # with the op's signature, for ``bench-ops`` to time one by one (imports the backend's module).
+    load_variants: Callable[[], dict[str, dict[str, Callable]]] = field(default=_no_variants)
 
 
 def _eager_unavailable_reason(device: torch.device) -> str | None:
@@ -97,6 +104,12 @@ def _load_cuda_ops() -> BackendOps:
     from . import cuda
 
     return cuda.OPS
+
+
+def _load_cuda_variants() -> dict[str, dict[str, Callable]]:
+    from . import cuda
+
+    return cuda.VARIANTS
 
 
 def _cuda_unavailable_reason(device: torch.device) -> str | None:
@@ -153,6 +166,7 @@ BACKENDS: dict[str, Backend] = {
             _load_cuda_ops,
             preallocates=True,
             op_unsupported_reason=_cuda_op_unsupported_reason,
+            load_variants=_load_cuda_variants,
         ),
         Backend(
             "eager",

@@ -7,6 +7,8 @@ checks of ``ops._checks`` and allocate outputs like the triton entries. Imported
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .._extension import extension_status
@@ -26,7 +28,8 @@ stem = epilogue_entry(
 )
 depthwise_block = epilogue_entry(
     "depthwise_block", depthwise_block_outputs, _ops.cuda_depthwise_block,
-    "``x + scale * act(dwconv_k(x) + bias) + shift``; arguments as ``ops.depthwise.depthwise_block``.",
+    "``x + scale * act(dwconv_k(x) + bias) + shift``; arguments as ``ops.depthwise.depthwise_block``. "
+    "Runs the tensor-core band kernel where it applies, else the direct one (``DEPTHWISE_ALGORITHMS``).",
 )
 pointwise = epilogue_entry(
     "pointwise", pointwise_outputs, _ops.cuda_pointwise,
@@ -49,3 +52,19 @@ def pointwise_supported(dtype: torch.dtype, channels: int, capability: tuple[int
 
 
 OPS = BackendOps(stem, depthwise_block, pointwise, head)
+
+# The depthwise kernels the op chooses between (its ``algorithm`` argument, csrc/kernels/kernels.h):
+# "direct" (fp32 FMAs; every dtype and k) and "band" (the band matrix on tensor cores; float16 /
+# bfloat16, k <= 9, C a multiple of 8, 16-byte aligned tensors). ``depthwise_block`` above passes
+# "auto": band where it applies. ``VARIANTS`` has one entry per algorithm, for ``bench-ops`` to time
+# each on its own until the measurements settle which one stays (benchmarks/NOTES.md).
+DEPTHWISE_ALGORITHMS = ("direct", "band")
+VARIANTS = {
+    "depthwise_block": {
+        algorithm: epilogue_entry(
+            "depthwise_block", depthwise_block_outputs, functools.partial(_ops.cuda_depthwise_block, algorithm=algorithm),
+            f"``depthwise_block`` with the {algorithm!r} kernel (raises ValueError where it does not apply).",
+        )
+        for algorithm in DEPTHWISE_ALGORITHMS
+    }
+}

@@ -424,6 +424,46 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<unsigne
 
 inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
+// The kernel arguments of a problem for tiles `tile_w` columns wide and `block_c` channels deep.
+template <typename T>
+Params<T> make_params(const Problem& pr, int tile_w, int block_c, bool vector_io) {
+  Params<T> p;
+  p.x = static_cast<const T*>(pr.x);
+  p.weight = static_cast<const T*>(pr.weight);
+  p.bias = pr.epilogue.bias;
+  p.scale = pr.epilogue.scale;
+  p.shift = pr.epilogue.shift;
+  p.out = static_cast<T*>(pr.out);
+  p.height = pr.height;
+  p.width = pr.width;
+  p.channels = pr.channels;
+  p.kernel_size = pr.kernel_size;
+  p.tiles_w = static_cast<int>(ceil_div(pr.width, tile_w));
+  p.channel_blocks = static_cast<int>(ceil_div(pr.channels, block_c));
+  p.vector_io = vector_io;
+  return p;
+}
+
+// Launches `kernel` (of either depthwise algorithm) on grid (blocks_per_image, images), the images
+// in chunks of kMaxGridY, each chunk's x / out advanced to its first image (image_elements *
+// sizeof(T) is a multiple of 16 wherever 16-byte accesses are used: C is then a multiple of 8).
+template <typename T, typename Kernel>
+cudaError_t launch_per_images(Kernel kernel, const Params<T>& p, const Problem& pr, int64_t blocks_per_image,
+                              int threads, size_t smem, cudaStream_t stream) {
+  const int64_t image_elements = static_cast<int64_t>(pr.height) * pr.width * pr.channels;
+  for (int64_t b0 = 0; b0 < pr.batch; b0 += kMaxGridY) {
+    const int64_t images = pr.batch - b0 < kMaxGridY ? pr.batch - b0 : kMaxGridY;
+    Params<T> chunk = p;
+    chunk.x = p.x + b0 * image_elements;
+    chunk.out = p.out + b0 * image_elements;
+    const dim3 grid(static_cast<unsigned>(blocks_per_image), static_cast<unsigned>(images));
+    kernel<<<grid, threads, smem, stream>>>(chunk);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
+}
+
 // Launches the kernel for a compile-time k (kK) or the runtime-k path (kK == 0).
 template <typename T, int kK, Activation kAct>
 cudaError_t launch_kernel(const Problem& pr, cudaStream_t stream) {
@@ -439,36 +479,13 @@ cudaError_t launch_kernel(const Problem& pr, cudaStream_t stream) {
   auto kernel = depthwise_block_kernel<T, kK, kAct>;
   static std::atomic<unsigned long long> smem_allowed{0};  // devices with the attribute set
   const size_t max_smem = smem_bytes(make_geometry<kK>(kMaxKernelSize));
-  cudaError_t err = allow_shared_memory(kernel, max_smem, smem_allowed);
+  const cudaError_t err = allow_shared_memory(kernel, max_smem, smem_allowed);
   if (err != cudaSuccess) return err;
 
-  Params<T> p;
-  p.x = static_cast<const T*>(pr.x);
-  p.weight = static_cast<const T*>(pr.weight);
-  p.bias = pr.epilogue.bias;
-  p.scale = pr.epilogue.scale;
-  p.shift = pr.epilogue.shift;
-  p.out = static_cast<T*>(pr.out);
-  p.height = pr.height;
-  p.width = pr.width;
-  p.channels = pr.channels;
-  p.kernel_size = g.k;
-  p.tiles_w = static_cast<int>(tiles_w);
-  p.channel_blocks = static_cast<int>(channel_blocks);
-  p.vector_io = pr.channels % vector_width<T>() == 0 && aligned16(pr.x) && aligned16(pr.weight) &&
-                aligned16(pr.out);
-  const int64_t image_elements = static_cast<int64_t>(pr.height) * pr.width * pr.channels;
-  for (int64_t b0 = 0; b0 < pr.batch; b0 += kMaxGridY) {
-    const int64_t images = pr.batch - b0 < kMaxGridY ? pr.batch - b0 : kMaxGridY;
-    Params<T> chunk = p;  // image_elements * sizeof(T) is a multiple of 16 on the vector path
-    chunk.x = p.x + b0 * image_elements;
-    chunk.out = p.out + b0 * image_elements;
-    const dim3 grid(static_cast<unsigned>(blocks_per_image), static_cast<unsigned>(images));
-    kernel<<<grid, Cfg::kThreads, smem, stream>>>(chunk);
-    err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  const bool vector_io = pr.channels % vector_width<T>() == 0 && aligned16(pr.x) && aligned16(pr.weight) &&
+                         aligned16(pr.out);
+  const Params<T> p = make_params<T>(pr, Cfg::kStripW, Cfg::kBlockC, vector_io);
+  return launch_per_images(kernel, p, pr, blocks_per_image, Cfg::kThreads, smem, stream);
 }
 
 // All kernels of one dtype: dispatches on the activation and the kernel size. Instantiated in

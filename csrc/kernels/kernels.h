@@ -40,13 +40,26 @@ cudaError_t stem(const void* image, DType image_dtype, const int64_t image_strid
                  const void* weight, Epilogue epilogue, void* out, int64_t batch, int in_channels,
                  int height, int width, int channels, int patch, DType dtype, cudaStream_t stream);
 
+// Which kernel depthwise_block() runs:
+//   kDirect: depthwise_block.cuh, fp32 FMAs on a shared-memory halo; every dtype and k;
+//   kBand:   depthwise_band.cuh, the band (Toeplitz) matrix form on tensor cores; only where
+//            depthwise_band_supported() (else depthwise_block() returns cudaErrorInvalidValue);
+//   kAuto:   kBand where it is supported, else kDirect.
+enum class DepthwiseAlgorithm : int { kAuto = 0, kDirect = 1, kBand = 2 };
+
 // Depthwise block: out = x + epi(dwconv_k(x)), "same" zero padding (odd k: k/2 each side; even k:
 // (k-1)/2 before, k/2 after), stride 1.
 //   x, out: [B, H, W, C] contiguous, dtype, not overlapping; weight: [k, k, C] contiguous, dtype.
-//   Supports 1 <= kernel_size <= 31, any B, H, W, C.
+//   Supports 1 <= kernel_size <= 31, any B, H, W, C (kBand: see depthwise_band_supported).
 cudaError_t depthwise_block(const void* x, const void* weight, Epilogue epilogue, void* out,
                             int64_t batch, int height, int width, int channels, int kernel_size,
-                            DType dtype, cudaStream_t stream);
+                            DType dtype, DepthwiseAlgorithm algorithm, cudaStream_t stream);
+
+// Whether the kBand kernel runs these arguments: float16 / bfloat16, kernel_size <= 9, channels a
+// multiple of 8, x / weight / out 16-byte aligned (on a device of compute capability >= 8.0, which
+// the caller ensures). No CUDA call.
+bool depthwise_band_supported(const void* x, const void* weight, const void* out, int channels,
+                              int kernel_size, DType dtype);
 
 // Pointwise GEMM: out[m, n] = epi(sum_k y[m, k] * weight[n, k]).
 //   y: [M, K], weight: [N, K], out: [M, N], all contiguous, dtype.

@@ -1,27 +1,37 @@
-// Host emulation test of the depthwise-block CUDA kernel (csrc/kernels/depthwise_block.cuh), for
-// machines without a GPU. tests/test_cuda_emulation.py builds and runs it; by hand, from the
-// repository root:
+// Host emulation test of the depthwise-block CUDA kernels, for machines without a GPU: the direct
+// kernel (csrc/kernels/depthwise_block.cuh) and the band kernel on tensor cores
+// (csrc/kernels/depthwise_band.cuh). tests/test_cuda_emulation.py builds and runs it; by hand, from
+// the repository root:
 //
 //   nvcc -std=c++17 -Xcompiler -fno-strict-aliasing -I csrc/kernels \
 //       tests/cuda_emulation/depthwise_block_host.cu -o dw_host
 //   ./dw_host                                  # the fixed case list below
 //   ./dw_host bf16,gelu,2,32,32,24,9 f32,relu,1,7,21,8,5,misaligned   # chosen cases
+//   ./dw_host f16,relu,1,17,33,16,9,band       # a case on the band kernel
 //   ./dw_host --random 200 7                   # 200 random cases from seed 7
 //
-// A case is DTYPE,ACT,B,H,W,C,K[,misaligned]: DTYPE f32 | f16 | bf16, ACT gelu | relu, NHWC tokens
-// [B, H, W, C], a K x K kernel; "misaligned" offsets every tensor pointer by one element (which
-// forces the element-wise path). Prints one line per case and a summary; exits 1 if any case fails,
-// 2 on a bad command line.
+// A case is DTYPE,ACT,B,H,W,C,K[,misaligned][,band]: DTYPE f32 | f16 | bf16, ACT gelu | relu, NHWC
+// tokens [B, H, W, C], a K x K kernel; "misaligned" offsets every tensor pointer by one element
+// (which forces the direct kernel's element-wise path); "band" runs the band kernel, which takes
+// only what band_supported() accepts (f16 / bf16, K <= 9, C % 8 == 0, aligned pointers: other band
+// cases are refused as bad cases). Prints one line per case and a summary; exits 1 if any case
+// fails, 2 on a bad command line.
 //
-// How it works: emulation.h (the CUDA execution model on the host) compiles the real kernel header
-// as host code and runs each CTA's threads as std::threads. The kernel's `extern __shared__` array
-// is an array of this file, poisoned (NaN) before each CTA. The launch arguments mirror
-// launch_kernel in the header (tile counts, Params, the vector-path condition). Checks:
+// How it works: emulation.h (the CUDA execution model on the host) compiles the real kernel headers
+// as host code and runs each CTA's threads as std::threads; the band kernel's ldmatrix / mma.sync
+// are emulation.h's warp collectives with the PTX ISA's per-lane fragment layouts. The kernels'
+// `extern __shared__` array is an array of this file, poisoned (NaN) before each CTA. The direct
+// kernel's launch arguments mirror launch_kernel in its header (tile counts, Params, the
+// vector-path condition); the band kernel's come from its launcher's helpers (band_params,
+// band_blocks_per_image, band_smem_bytes, band_supported), and only its tile choice by image size
+// (launch_depthwise_band) is mirrored here. Checks:
 //   - every output against an fp64 reference on the same (rounded) inputs, within a tolerance per
 //     dtype: one unit in the last place of the output dtype at |y| (the single rounding at the
 //     store), plus 1e-6 * (1 + |y|) for the fp32 epilogue, plus 1.2e-7 * k * sum|x * w| * |scale|
 //     * 1.2 for the fp32 accumulation (about 2 units of fp32 roundoff per kernel row; the last
-//     factor covers the GELU slope);
+//     factor covers the GELU slope). The band kernel gets the same bound: its fp32 sums (one mma
+//     per kernel row) run in another order, and the extra products of its band matrix are exact
+//     zeros;
 //   - outputs start as a NaN bit pattern of their own, so an output no CTA wrote is reported as
 //     unwritten, not as a wrong value;
 //   - shared memory is NaN before each CTA, so reading a value that was never staged poisons the
@@ -31,24 +41,28 @@
 //   - the grid runs twice, CTAs in increasing and in decreasing order, so an output written by two
 //     CTAs (overlapping right-anchored strips) must be right whichever CTA writes it last;
 //   - a __syncthreads() that some thread of the CTA never reaches (it returned, or waits at another
-//     one) is reported and ends the run instead of hanging.
-// What this cannot see: anything the host does not model (warp scheduling and divergence, the GPU
-// memory model, bank conflicts, alignment faults, register limits, performance).
+//     one), or a warp collective (__syncwarp, ldmatrix, mma) that some lane of the warp never
+//     reaches, is reported and ends the run instead of hanging; so is an ldmatrix row address that
+//     is not 16-byte aligned or not in shared memory.
+// What this cannot see: anything the host does not model (warp scheduling and divergence costs, the
+// GPU memory model, bank conflicts, alignment faults of other accesses, the tensor cores' own
+// rounding, register limits, performance).
 #include "emulation.h"
 
-// The kernel's only shared memory is `extern __shared__ float4 smem[]`, defined below: the shared
+// The kernels' only shared memory is `extern __shared__ float4 smem[]`, defined below: the shared
 // qualifier must vanish (emulation.h's `static` would not parse after `extern`).
 #undef __shared__
 #define __shared__
 
-#include "depthwise_block.cuh"
+#include "depthwise_band.cuh"  // the band kernel; it includes depthwise_block.cuh
 
 using namespace convmixer_fast;
 using namespace convmixer_fast::depthwise_detail;
 using namespace emulation;
 
-// The kernel's `extern __shared__ float4 smem[]`: twice what the largest CTA needs (99,936 bytes at
-// runtime k = 31), so a read past a CTA's own allocation finds NaN too.
+// The kernels' `extern __shared__ float4 smem[]`: twice what the largest CTA needs (99,936 bytes at
+// runtime k = 31; the band kernel's at most 53,792), so a read past a CTA's own allocation finds NaN
+// too.
 constexpr size_t kSharedMemoryBytes = 200 * 1024;
 namespace convmixer_fast::depthwise_detail {
 float4 smem[kSharedMemoryBytes / sizeof(float4)];
@@ -60,19 +74,43 @@ struct Case {
   Activation act;
   int batch, height, width, channels, k;
   bool misaligned;
+  bool band;  // the band kernel (depthwise_band.cuh) instead of the direct one
 };
 
 std::string format_case(const Case& c) {
-  return format("%s,%s,%d,%d,%d,%d,%d%s", dtype_text(c.dtype), activation_text(c.act), c.batch,
-                c.height, c.width, c.channels, c.k, c.misaligned ? ",misaligned" : "");
+  return format("%s,%s,%d,%d,%d,%d,%d%s%s", dtype_text(c.dtype), activation_text(c.act), c.batch,
+                c.height, c.width, c.channels, c.k, c.misaligned ? ",misaligned" : "", c.band ? ",band" : "");
 }
 
-// Parses DTYPE,ACT,B,H,W,C,K[,misaligned]; false if malformed or out of the kernel's range.
+DType model_dtype(DTypeName dtype) {
+  switch (dtype) {
+    case DTypeName::kF16: return DType::kFloat16;
+    case DTypeName::kBF16: return DType::kBFloat16;
+    default: return DType::kFloat32;
+  }
+}
+
+// The case as the launchers' Problem (no tensors: pointers null; band_supported then judges only
+// dtype, k and C).
+Problem problem_of(const Case& c) {
+  return Problem{nullptr, nullptr, Epilogue{}, nullptr, c.batch, c.height, c.width, c.channels, c.k};
+}
+
+// Parses DTYPE,ACT,B,H,W,C,K[,misaligned][,band]; false if malformed or out of the kernel's range.
 bool parse_case(const std::vector<std::string>& f, Case& c) {
-  c.misaligned = f.size() == 8 && f[7] == "misaligned";
-  return (f.size() == 7 || c.misaligned) && parse_dtype(f[0], c.dtype) && parse_activation(f[1], c.act) &&
-         parse_int(f[2], 1, c.batch) && parse_int(f[3], 1, c.height) && parse_int(f[4], 1, c.width) &&
-         parse_int(f[5], 1, c.channels) && parse_int(f[6], 1, c.k) && c.k <= kMaxKernelSize;
+  size_t n = f.size();
+  c.band = n >= 8 && f[n - 1] == "band";
+  n -= c.band ? 1 : 0;
+  c.misaligned = n == 8 && f[7] == "misaligned";
+  const bool ok = (n == 7 || c.misaligned) && parse_dtype(f[0], c.dtype) && parse_activation(f[1], c.act) &&
+                  parse_int(f[2], 1, c.batch) && parse_int(f[3], 1, c.height) && parse_int(f[4], 1, c.width) &&
+                  parse_int(f[5], 1, c.channels) && parse_int(f[6], 1, c.k) && c.k <= kMaxKernelSize;
+  if (ok && c.band && (c.misaligned || !band_supported(problem_of(c), model_dtype(c.dtype)))) {
+    std::printf("the band kernel runs only f16 / bf16, K <= %d, C %% 8 == 0, 16-byte aligned pointers "
+                "(band_supported); not this case:\n", kMaxBandKernelSize);
+    return false;
+  }
+  return ok;
 }
 
 // The fixed list: small shapes (every CUDA thread is a std::thread) that reach every code path.
@@ -119,6 +157,28 @@ const char* const kFixedCases[] = {
     "f32,gelu,1,20,25,4,18",
     "f16,gelu,1,2,10,8,29",
     "f16,gelu,1,2,11,8,29",
+    // Band kernel (tensor cores: ldmatrix + mma). The model shapes, k = 9: 32 x 32 and 16 x 16
+    // images (one tile each), C = 24 (the second channel block half past C), 16 and 32.
+    "bf16,gelu,1,32,32,24,9,band",
+    "f16,relu,1,32,32,16,9,band",
+    "bf16,relu,1,16,16,32,9,band",
+    "f16,gelu,2,16,16,24,9,band",
+    // Every k in 1..9, odd and even (even: one more padding column after than before), on each
+    // tile shape, H and W not multiples of 16 or 32 (tiles past the image, several tiles a side).
+    "f16,gelu,1,17,9,8,1,band",
+    "bf16,relu,1,5,7,8,2,band",
+    "bf16,gelu,1,33,17,8,3,band",
+    "f16,relu,1,17,33,8,4,band",
+    "bf16,gelu,1,47,12,8,5,band",
+    "f16,gelu,1,12,47,16,6,band",
+    "bf16,relu,1,20,20,8,7,band",
+    "f16,relu,1,9,18,8,8,band",
+    "bf16,gelu,1,17,47,8,9,band",
+    // Images smaller than the kernel, batch > 1.
+    "bf16,gelu,1,2,2,8,9,band",
+    "f16,relu,1,5,7,16,9,band",
+    "bf16,relu,1,3,1,8,8,band",
+    "bf16,relu,3,7,9,8,5,band",
 };
 
 // ---- one case ----------------------------------------------------------------------------------
@@ -188,7 +248,26 @@ Expected reference(const Case& c, const CaseTensors<T>& t) {
   return expected;
 }
 
-// Runs one case (both block orders) and prints its line, then details of what went wrong.
+// Runs the grid in both CTA orders (run_grid(reverse_order) launches it once) and checks the outputs
+// after each.
+template <typename T, typename RunGrid>
+void run_both_orders(const Case& c, CaseTensors<T>& t, const Expected& expected, OutputCheck& check,
+                     RunGrid&& run_grid) {
+  const int H = c.height, W = c.width, C = c.channels;
+  for (const bool reverse_order : {false, true}) {
+    t.out.fill(unwritten<T>());
+    run_grid(reverse_order);
+    check.compare(t.out, expected, reverse_order ? "decreasing" : "increasing", [&](int64_t i) {
+      const int64_t pixel = i / C;
+      return format("b=%lld h=%lld w=%lld c=%lld", static_cast<long long>(pixel / (int64_t{H} * W)),
+                    static_cast<long long>(pixel / W % H), static_cast<long long>(pixel % W),
+                    static_cast<long long>(i % C));
+    });
+  }
+}
+
+// Runs one case on the direct kernel (both block orders) and prints its line, then details of what
+// went wrong.
 template <typename T, int kK, Activation kAct>
 bool run_case(const Case& c, unsigned seed) {
   using Cfg = TileConfig<kK>;
@@ -224,27 +303,52 @@ bool run_case(const Case& c, unsigned seed) {
   OutputCheck check;
   if (params.vector_io != (C % vector_width<T>() == 0 && !c.misaligned))
     check.problem("  harness: buffers not 16-byte aligned as intended\n", nullptr);
-  for (const bool reverse_order : {false, true}) {
-    t.out.fill(unwritten<T>());
-    const dim3 grid(static_cast<unsigned>(tiles_h * tiles_w * channel_blocks), static_cast<unsigned>(c.batch));
+  const dim3 grid(static_cast<unsigned>(tiles_h * tiles_w * channel_blocks), static_cast<unsigned>(c.batch));
+  run_both_orders(c, t, expected, check, [&](bool reverse_order) {
     launch(grid, dim3(Cfg::kThreads), reverse_order, [&params] { depthwise_block_kernel<T, kK, kAct>(params); });
-    check.compare(t.out, expected, reverse_order ? "decreasing" : "increasing", [&](int64_t i) {
-      const int64_t pixel = i / C;
-      return format("b=%lld h=%lld w=%lld c=%lld", static_cast<long long>(pixel / (int64_t{H} * W)),
-                    static_cast<long long>(pixel / W % H), static_cast<long long>(pixel % W),
-                    static_cast<long long>(i % C));
-    });
-  }
+  });
   return check.print(format_case(c), format("%-14s %-15s", Cfg::kGeneric ? "runtime k" : "compile-time k",
                                             params.vector_io ? "16-byte io" : "element-wise io"));
 }
 
-// Dispatches a case to its kernel instantiation, as launch_depthwise_block does.
+// Runs one case on the band kernel with tile Cfg: Params, grid and shared memory from the band
+// launcher's helpers (band_params, band_blocks_per_image, band_smem_bytes).
+template <typename T, typename Cfg, Activation kAct>
+bool run_band_case(const Case& c, unsigned seed) {
+  static_assert(band_smem_bytes<Cfg, T>() <= kSharedMemoryBytes, "the emulation's smem is too small");
+  CaseTensors<T> t(c, seed);
+  const Expected expected = reference<T>(c, t);
+  Problem problem = problem_of(c);
+  problem.x = t.x.data();
+  problem.weight = t.weight.data();
+  problem.out = t.out.data();
+  problem.epilogue = Epilogue{t.bias.data(), t.scale.data(), t.shift.data(), c.act};
+
+  OutputCheck check;
+  if (!band_supported(problem, model_dtype(c.dtype)))
+    check.problem("  harness: band_supported refuses the case's buffers\n", nullptr);
+  const Params<T> params = band_params<T, Cfg>(problem);
+  const dim3 grid(static_cast<unsigned>(band_blocks_per_image<Cfg>(problem)), static_cast<unsigned>(c.batch));
+  run_both_orders(c, t, expected, check, [&](bool reverse_order) {
+    launch(grid, dim3(Cfg::kThreads), reverse_order, [&params] { band_kernel<T, Cfg, kAct>(params); });
+  });
+  return check.print(format_case(c), format("band %2d x %-5d %-15s", Cfg::kTileH, Cfg::kTileW, "16-byte io"));
+}
+
+// Dispatches a case to its kernel instantiation, as depthwise_block() does: the direct kernel by k
+// (launch_depthwise_block), or the band kernel by image size (with_band_tile).
 bool run_any_case(const Case& c, unsigned seed) {
   return with_dtype(c.dtype, [&](auto dtype) {
     using T = decltype(dtype);
     return with_activation(c.act, [&](auto act) {
       constexpr Activation kAct = decltype(act)::value;
+      if constexpr (sizeof(T) == 2) {
+        if (c.band) {
+          return with_band_tile(c.height, c.width, [&](auto tile) {
+            return run_band_case<T, decltype(tile), kAct>(c, seed);
+          });
+        }
+      }
       switch (c.k) {
         case 3: return run_case<T, 3, kAct>(c, seed);
         case 5: return run_case<T, 5, kAct>(c, seed);
@@ -256,12 +360,15 @@ bool run_any_case(const Case& c, unsigned seed) {
   });
 }
 
-// A random case: any k in 1..31, shapes up to 40 x 50 with W often near a multiple of 16.
+// A random case: shapes up to 40 x 50 with W often near a multiple of 16. A quarter are band cases
+// (f16 / bf16, k in 1..9, C a multiple of 8, aligned); the others take any dtype, k in 1..31 and C,
+// and run on the band kernel half of the time where it applies.
 Case random_case(std::mt19937& rng) {
   Case c;
-  c.dtype = static_cast<DTypeName>(rng() % 3);
+  const bool band = rng() % 4 == 0;
+  c.dtype = band ? (rng() % 2 ? DTypeName::kF16 : DTypeName::kBF16) : static_cast<DTypeName>(rng() % 3);
   c.act = rng() % 2 ? Activation::kRelu : Activation::kGelu;
-  c.k = 1 + static_cast<int>(rng() % kMaxKernelSize);
+  c.k = 1 + static_cast<int>(rng() % (band ? kMaxBandKernelSize : kMaxKernelSize));
   c.batch = 1 + static_cast<int>(rng() % 2);
   c.height = 1 + static_cast<int>(rng() % 40);
   if (rng() % 3 == 0) {  // 15 .. 49, next to a multiple of 16
@@ -270,18 +377,20 @@ Case random_case(std::mt19937& rng) {
   } else {
     c.width = 1 + static_cast<int>(rng() % 50);
   }
-  if (rng() % 3 == 0) {  // a multiple of 8
+  if (band || rng() % 3 == 0) {  // a multiple of 8
     c.channels = 8 * (1 + static_cast<int>(rng() % 5));
   } else {
     c.channels = 1 + static_cast<int>(rng() % 40);
   }
-  c.misaligned = rng() % 8 == 0;
+  c.misaligned = !band && rng() % 8 == 0;
+  c.band = band || (!c.misaligned && band_supported(problem_of(c), model_dtype(c.dtype)) && rng() % 2 == 0);
   return c;
 }
 
 int main(int argc, char** argv) {
   register_shared(smem, sizeof(smem), "depthwise smem");
   return run_harness(argc, argv,
-                     "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned] (DTYPE f32|f16|bf16, ACT gelu|relu, 1 <= K <= 31)\n",
+                     "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned][,band] (DTYPE f32|f16|bf16, ACT gelu|relu, "
+                     "1 <= K <= 31;\n      band: the band kernel, f16|bf16, K <= 9, C % 8 == 0, not misaligned)\n",
                      kFixedCases, parse_case, format_case, random_case, run_any_case);
 }

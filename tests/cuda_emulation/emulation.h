@@ -16,6 +16,14 @@
 //     result. A harness names its kernels (register_static_shared), whose statics are then found
 //     in the executable's symbol table; a kernel's `extern __shared__` array is defined by its
 //     harness and registered with register_shared();
+//   - the tensor-core instructions of csrc/kernels/mma.cuh, ldmatrix_x4 (ldmatrix .m8n8.x4.b16) and
+//     mma_m16n8k16<T> (mma.sync .m16n8k16.row.col.f32, T = f16 / bf16), are defined here (mma.cuh
+//     only declares them on the host) as collectives of the warp's 32 lanes with the exact per-lane
+//     fragment layouts of the PTX ISA: every lane must reach the same call instruction (and, for
+//     mma, with the same T); ldmatrix fails unless each lane's row address is 16-byte aligned and
+//     its 16 bytes lie in a registered shared array; mma computes each output as an fp64 sum of the
+//     accumulator and the 16 (exact) products, rounded to fp32 -- one valid order, since the
+//     hardware's summation order and internal precision are unspecified;
 //   - a barrier or collective that can no longer complete (a thread of it returned, threads wait at
 //     different barriers, lanes of a warp at different calls) is a hang or undefined behaviour on a
 //     GPU: it prints FAIL with the place and ends the program (exit code 1), instead of hanging.
@@ -24,7 +32,8 @@
 // one warp pair up, and does not wait for exited lanes; here both are failures (none of our
 // kernels relies on them). Warps whose masks split the warp into groups that sync independently are
 // not supported (reported as divergence). Not modelled at all: warp scheduling, the GPU memory
-// model (every write is visible at once), alignment faults, bank conflicts, registers, timing.
+// model (every write is visible at once), alignment faults (but ldmatrix's are checked), bank
+// conflicts, registers, timing, the tensor cores' rounding and their handling of subnormals.
 //
 // The second half holds what the harnesses share to check a kernel: dtype facts, guarded buffers
 // (NaN guards, then inaccessible pages), output comparison against an fp64 reference with a
@@ -92,11 +101,22 @@ std::string format(const char* pattern, Args... args) {
   std::_Exit(1);
 }
 
-struct Site {  // where a barrier or collective is called
+// "function+0xoffset" of a code address of this program (defined with the symbol table reader).
+inline std::string describe_code_address(const void* address);
+
+// Where a barrier or collective is called: a source line (the macros below), or, for the tensor-core
+// functions that kernels call by name (ldmatrix_x4, mma_m16n8k16), the call instruction itself (its
+// return address): the same instruction, as .aligned requires.
+struct Site {
   const char* file;
   int line;
-  bool operator==(const Site& o) const { return line == o.line && std::strcmp(file, o.file) == 0; }
+  const void* caller = nullptr;
+  bool operator==(const Site& o) const {
+    if (caller != nullptr || o.caller != nullptr) return caller == o.caller;
+    return line == o.line && std::strcmp(file, o.file) == 0;
+  }
   std::string text() const {
+    if (caller != nullptr) return "the call from " + describe_code_address(caller);
     const char* slash = std::strrchr(file, '/');
     return format("%s:%d", slash ? slash + 1 : file, line);
   }
@@ -319,10 +339,10 @@ struct SharedArray {
   std::string name;
 };
 
-// The function-local static objects of functions in namespace convmixer_fast, from the symbol table
-// of /proc/self/exe, at their loaded addresses, with demangled names ("convmixer_fast::head_detail::
-// head_pool_kernel<float, 4>(float const*, float*, int, int)::partial").
-inline std::vector<SharedArray> find_function_statics() {
+// Calls visit(symbol, mangled name, loaded address) for each symbol in the symbol table of
+// /proc/self/exe.
+template <typename Visit>
+void for_each_symbol(Visit&& visit) {
   std::ifstream file("/proc/self/exe", std::ios::binary);
   const std::vector<char> image((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   if (image.size() < sizeof(Elf64_Ehdr)) fail("cannot read /proc/self/exe");
@@ -335,26 +355,44 @@ inline std::vector<SharedArray> find_function_statics() {
         return 1;
       },
       &load_bias);
-  std::vector<SharedArray> statics;
   for (int s = 0; s < header->e_shnum; ++s) {
     if (sections[s].sh_type != SHT_SYMTAB) continue;
     const char* names = image.data() + sections[sections[s].sh_link].sh_offset;
     const auto* symbols = reinterpret_cast<const Elf64_Sym*>(image.data() + sections[s].sh_offset);
-    for (size_t i = 0; i < sections[s].sh_size / sizeof(Elf64_Sym); ++i) {
-      const Elf64_Sym& symbol = symbols[i];
-      const char* mangled = names + symbol.st_name;
-      if (ELF64_ST_TYPE(symbol.st_info) != STT_OBJECT || symbol.st_size == 0 ||
-          std::strncmp(mangled, "_ZZN14convmixer_fast", 20) != 0)
-        continue;
-      int status = 0;
-      std::unique_ptr<char, void (*)(void*)> demangled(
-          abi::__cxa_demangle(mangled, nullptr, nullptr, &status), std::free);
-      if (status == 0)
-        statics.push_back({reinterpret_cast<unsigned char*>(load_bias + symbol.st_value),
-                           static_cast<size_t>(symbol.st_size), demangled.get()});
-    }
+    for (size_t i = 0; i < sections[s].sh_size / sizeof(Elf64_Sym); ++i)
+      visit(symbols[i], names + symbols[i].st_name, load_bias + symbols[i].st_value);
   }
+}
+
+inline std::string demangle(const char* mangled) {
+  int status = 0;
+  std::unique_ptr<char, void (*)(void*)> demangled(abi::__cxa_demangle(mangled, nullptr, nullptr, &status),
+                                                   std::free);
+  return status == 0 ? std::string(demangled.get()) : std::string(mangled);
+}
+
+// The function-local static objects of functions in namespace convmixer_fast, at their loaded
+// addresses, with demangled names ("convmixer_fast::head_detail::head_pool_kernel<float, 4>(float
+// const*, float*, int, int)::partial").
+inline std::vector<SharedArray> find_function_statics() {
+  std::vector<SharedArray> statics;
+  for_each_symbol([&](const Elf64_Sym& symbol, const char* mangled, uintptr_t address) {
+    if (ELF64_ST_TYPE(symbol.st_info) == STT_OBJECT && symbol.st_size != 0 &&
+        std::strncmp(mangled, "_ZZN14convmixer_fast", 20) == 0)
+      statics.push_back({reinterpret_cast<unsigned char*>(address), static_cast<size_t>(symbol.st_size),
+                         demangle(mangled)});
+  });
   return statics;
+}
+
+inline std::string describe_code_address(const void* code) {
+  const auto address = reinterpret_cast<uintptr_t>(code);
+  std::string text = format("code address %p", code);
+  for_each_symbol([&](const Elf64_Sym& symbol, const char* mangled, uintptr_t begin) {
+    if (ELF64_ST_TYPE(symbol.st_info) == STT_FUNC && begin <= address && address < begin + symbol.st_size)
+      text = demangle(mangled) + format("+0x%zx", static_cast<size_t>(address - begin));
+  });
+  return text;
 }
 
 inline std::vector<SharedArray>& shared_arrays() {  // what poison_shared_memory() fills
@@ -418,6 +456,109 @@ void launch(dim3 grid, dim3 block, bool reverse_order, Body&& body) {
     for (std::thread& worker : workers) worker.join();
   }
 }
+
+// ---- tensor-core instructions (csrc/kernels/mma.cuh declares them on the host) -----------------------
+// A shared array registered above that holds [address, address + bytes), or nullptr.
+inline const SharedArray* shared_array_holding(const void* address, size_t bytes) {
+  const auto* begin = static_cast<const unsigned char*>(address);
+  for (const SharedArray& array : shared_arrays())
+    if (begin >= array.data && begin + bytes <= array.data + array.bytes) return &array;
+  return nullptr;
+}
+
+// Element `half` (0: low 16 bits, 1: high) of a fragment register holding two T.
+template <typename T>
+double fragment_element(uint32_t reg, int half) {
+  return static_cast<float>(bit_cast<T>(static_cast<uint16_t>(reg >> (16 * half))));
+}
+
+}  // namespace emulation
+
+// PTX ldmatrix / mma.sync with the per-lane layouts of the PTX ISA (quoted in mma.cuh), as warp
+// collectives of all 32 lanes: each lane leaves its operands, the last to arrive computes for the
+// warp. Both are noinline: the call instruction (return address) is the collective's site. Host pass
+// only: nvcc's device pass of a harness compiles mma.cuh's own (inline PTX) definitions, never used.
+#if !defined(__CUDA_ARCH__)
+namespace convmixer_fast {
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the row address of row l % 8 of matrix l / 8
+// (16 bytes, 16-byte aligned, inside a registered shared array, else FAIL); lane l receives in
+// fragment[i] row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of matrix i (the lower column in the
+// low 16 bits). Shared memory is read once all 32 lanes have arrived.
+__attribute__((noinline)) inline void ldmatrix_x4(uint32_t (&fragment)[4], const void* row) {
+  const emulation::Site site{"", 0, __builtin_return_address(0)};
+  struct Slot {
+    uint32_t* fragment;
+    const unsigned char* row;
+  } mine{fragment, static_cast<const unsigned char*>(row)};
+  emulation::cta.warp_collective("ldmatrix_x4", site, 0xffffffffu, &mine, [&](void** payload, unsigned) {
+    for (int lane = 0; lane < 32; ++lane) {
+      const unsigned char* address = static_cast<const Slot*>(payload[lane])->row;
+      const char* problem = reinterpret_cast<uintptr_t>(address) % 16 != 0 ? "is not 16-byte aligned"
+                            : emulation::shared_array_holding(address, 16) == nullptr
+                                ? "is not 16 bytes inside a shared array"
+                                : nullptr;
+      if (problem != nullptr)
+        emulation::fail(emulation::format("ldmatrix_x4 at %s: lane %d's row address %p %s",
+                                          site.text().c_str(), lane, static_cast<const void*>(address), problem));
+    }
+    uint32_t loaded[32][4];
+    for (int lane = 0; lane < 32; ++lane)
+      for (int matrix = 0; matrix < 4; ++matrix) {
+        const unsigned char* row_start = static_cast<const Slot*>(payload[8 * matrix + lane / 4])->row;
+        std::memcpy(&loaded[lane][matrix], row_start + 4 * (lane % 4), 4);
+      }
+    for (int lane = 0; lane < 32; ++lane)
+      std::memcpy(static_cast<Slot*>(payload[lane])->fragment, loaded[lane], sizeof(loaded[lane]));
+  });
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32: acc += A B, with g = lane / 4, t = lane % 4,
+//   A [16, 16]: a[0] = (row g, cols 2t, 2t+1), a[1] = (row g+8, cols 2t, 2t+1),
+//               a[2] = (row g, cols 2t+8, 2t+9), a[3] = (row g+8, cols 2t+8, 2t+9);
+//   B [16, 8]:  b[0] = (rows 2t, 2t+1, col g), b[1] = (rows 2t+8, 2t+9, col g);
+//   acc [16, 8]: acc[0], acc[1] = (row g, cols 2t, 2t+1), acc[2], acc[3] = (row g+8, same).
+// Each output is the fp64 sum of acc and its 16 products (each exact), rounded to fp32: one valid
+// order (the hardware's order and internal precision are unspecified). All lanes must use the same T.
+template <typename T>
+__attribute__((noinline)) void mma_m16n8k16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit operands");
+  const emulation::Site site{"", 0, __builtin_return_address(0)};
+  struct Slot {
+    float* acc;
+    const uint32_t* a;
+    const uint32_t* b;
+  } mine{acc, a, b};
+  const char* what = std::is_same_v<T, __half> ? "mma_m16n8k16<__half>" : "mma_m16n8k16<__nv_bfloat16>";
+  emulation::cta.warp_collective(what, site, 0xffffffffu, &mine, [&](void** payload, unsigned) {
+    double A[16][16], B[16][8], D[16][8];
+    for (int lane = 0; lane < 32; ++lane) {
+      const Slot& slot = *static_cast<const Slot*>(payload[lane]);
+      const int g = lane / 4, t = lane % 4;
+      for (int i = 0; i < 4; ++i) {
+        for (int half = 0; half < 2; ++half)
+          A[g + 8 * (i % 2)][2 * t + 8 * (i / 2) + half] = emulation::fragment_element<T>(slot.a[i], half);
+        D[g + 8 * (i / 2)][2 * t + i % 2] = slot.acc[i];
+      }
+      for (int i = 0; i < 2; ++i)
+        for (int half = 0; half < 2; ++half)
+          B[2 * t + 8 * i + half][g] = emulation::fragment_element<T>(slot.b[i], half);
+    }
+    for (int row = 0; row < 16; ++row)
+      for (int col = 0; col < 8; ++col)
+        for (int k = 0; k < 16; ++k) D[row][col] += A[row][k] * B[k][col];
+    for (int lane = 0; lane < 32; ++lane) {
+      const int g = lane / 4, t = lane % 4;
+      for (int i = 0; i < 4; ++i)
+        static_cast<Slot*>(payload[lane])->acc[i] = static_cast<float>(D[g + 8 * (i / 2)][2 * t + i % 2]);
+    }
+  });
+}
+
+}  // namespace convmixer_fast
+#endif  // !defined(__CUDA_ARCH__)
+
+namespace emulation {
 
 
 // ==== checking a kernel ==============================================================================

@@ -1,0 +1,291 @@
+// The depthwise block of DESIGN.md §2 on tensor cores: the band (Toeplitz) matrix form.
+//
+//   out[b, h, w, c] = x[b, h, w, c] + scale[c] * act(bias[c] + sum_{i, j} xpad[b, h + i, w + j, c]
+//                                                                   * weight[i, j, c]) + shift[c]
+//
+// for fp16 / bf16 tokens and k <= 9 (depthwise_block.cuh has the general kernel and the notation).
+// For one channel and kernel row i, the output rows are a matrix product: with X_i the input rows
+// shifted by i (columns w0 - pad ... ) and T_i the band matrix of the taps of row i,
+//   out[h, w0 + 8 n + q] += sum_p X_i[h, 8 n + p] * T_i[p, q],   T_i[p, q] = weight[i, p - q] if
+//                                                                0 <= p - q < k, else 0,
+// one mma.m16n8k16 per 16 output rows x 8 output columns x kernel row: A = 16 rows x 16 input columns
+// (the 8 + k - 1 <= 16 columns that reach those 8 outputs, the rest multiplied by T's zeros),
+// B = T_i [16, 8], the same for every column group, built once per channel in registers (each lane
+// holds 4 of its elements per kernel row: taps p - q, mma.cuh's B layout). The tensor core does 16
+// multiply-adds per output per kernel row where the direct form needs k: 1.78x the direct FLOPs at
+// k = 9, at tensor-core rather than fp32-FMA rates. Operands are the model's 16-bit values, exact;
+// products and sums are fp32 (the tensor core's accumulation), the epilogue fp32, one rounding at
+// the store, as in the direct kernel (the order of the sums differs).
+//
+// One CTA = kTileH x kTileW output pixels (16 or 32 each, picked per image size) x kBlockC = 16
+// channels of one image, 8 warps:
+//   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
+//      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
+//      (16-byte global loads of 8 channels of a pixel; zeros outside the image), and the taps
+//      [k * k, kBlockC]. The plane pitch (kTileW + 8 elements) is an odd multiple of 16 bytes, so
+//      the 8 rows of an ldmatrix land in distinct bank groups.
+//   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
+//      one ldmatrix.x4 (A straight from the plane: rows r + i, columns 8 n ... 8 n + 15) and one mma.
+//   3. Epilogue: each lane turns its accumulators into out values (the residual read from the
+//      plane's centre) and writes them back into the plane in place (the warp alone reads its
+//      channels' planes, and all its reads are done), then the CTA stores the tile 16 bytes per
+//      pixel and 8 channels, skipping pixels outside the image and channels >= C.
+// Padding taps are multiplied by staged zeros (an mma covers 16 rows; rows cannot be skipped).
+// Inputs outside an output's k x k window but inside its A tile are multiplied by T's zeros: an
+// infinite input there gives NaN where the direct kernel would not (finite inputs are exact).
+//
+// Requirements (band_supported): f16 / bf16, k <= 9, C % 8 == 0, x / weight / out 16-byte aligned
+// (depthwise_block.cu runs the direct kernel otherwise), sm_80+ (ldmatrix, bf16 mma).
+// Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the taps: 53,792 bytes at
+// 32 x 32, 21,024 bytes at 16 x 16; with 80 registers per thread (sm_90a, 32 x 32) 3 CTAs, 24 warps,
+// fit an H100 SM.
+#pragma once
+
+#include "depthwise_block.cuh"
+#include "mma.cuh"
+
+namespace convmixer_fast {
+namespace depthwise_detail {
+
+constexpr int kMaxBandKernelSize = 9;  // 8 output columns + k - 1 inputs fit the mma's K = 16
+
+// Tile of kTileH x kTileW outputs (each 16 or 32) x kBlockC channels.
+template <int kTileH_, int kTileW_>
+struct BandConfig {
+  static constexpr int kTileH = kTileH_;
+  static constexpr int kTileW = kTileW_;
+  static constexpr int kBlockC = 16;
+  static constexpr int kWarps = 8;
+  static constexpr int kThreads = 32 * kWarps;
+  static constexpr int kRowBlocks = kTileH / 16;  // mma M = 16
+  static constexpr int kColGroups = kTileW / 8;   // mma N = 8
+  static constexpr int kHaloH = kTileH + kMaxBandKernelSize - 1;
+  static constexpr int kPitch = kTileW + 8;  // columns per plane row: 8 n + 15 < kPitch
+  static constexpr int kPlane = kHaloH * kPitch;
+  static constexpr int kChannelsPerWarp = kBlockC / kWarps;
+  static_assert(kTileH % 16 == 0 && kTileW % 8 == 0, "whole mma tiles");
+  static_assert((kPitch / 8) % 2 == 1, "an odd number of 16-byte units per plane row");
+  static_assert(kBlockC % kWarps == 0, "whole channels per warp");
+};
+
+template <typename Cfg, typename T>
+constexpr size_t band_smem_bytes() {
+  return sizeof(T) * (static_cast<size_t>(Cfg::kBlockC) * Cfg::kPlane +
+                      static_cast<size_t>(kMaxBandKernelSize) * kMaxBandKernelSize * Cfg::kBlockC);
+}
+
+// The band kernel's launch: its Params (tiles_w and channel_blocks count BandConfig tiles; its
+// loads and stores are always 16-byte vectors) and its grid (blocks per image; y = images, launched
+// in chunks of kMaxGridY).
+template <typename T, typename Cfg>
+Params<T> band_params(const Problem& pr) {
+  return make_params<T>(pr, Cfg::kTileW, Cfg::kBlockC, true);
+}
+
+template <typename Cfg>
+int64_t band_blocks_per_image(const Problem& pr) {
+  return ceil_div(pr.height, Cfg::kTileH) * ceil_div(pr.width, Cfg::kTileW) *
+         ceil_div(pr.channels, Cfg::kBlockC);
+}
+
+// Two 16-bit values as one fragment register, `low` in the low half.
+template <typename T>
+__device__ __forceinline__ uint32_t pack_pair(T low, T high) {
+  uint16_t bits[2];
+  memcpy(&bits[0], &low, sizeof(T));
+  memcpy(&bits[1], &high, sizeof(T));
+  return static_cast<uint32_t>(bits[0]) | (static_cast<uint32_t>(bits[1]) << 16);
+}
+
+template <typename T, typename Cfg, Activation kAct>
+__global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) {
+  static_assert(sizeof(T) == 2, "16-bit tokens");
+  constexpr int kVec = 8;  // channels per 16-byte vector
+  constexpr int kVecsPerPixel = Cfg::kBlockC / kVec;
+  extern __shared__ float4 smem[];
+  T* s_planes = reinterpret_cast<T*>(smem);               // [kBlockC, kHaloH, kPitch]
+  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [k * k, kBlockC]
+
+  const int H = p.height, W = p.width, C = p.channels, k = p.kernel_size;
+  const int pad = (k - 1) / 2;
+  const int channel_block = static_cast<int>(blockIdx.x) % p.channel_blocks;
+  const int tile = static_cast<int>(blockIdx.x) / p.channel_blocks;
+  const int h0 = (tile / p.tiles_w) * Cfg::kTileH;
+  const int w0 = (tile % p.tiles_w) * Cfg::kTileW;
+  const int c0 = channel_block * Cfg::kBlockC;
+  const int64_t image_offset = static_cast<int64_t>(blockIdx.y) * H * W * C;
+  const T* x_image = p.x + image_offset;
+  T* out_image = p.out + image_offset;
+
+  // ---- 1. staging: halo planes and taps ----------------------------------------------------------
+  const int halo_rows = Cfg::kTileH + k - 1;
+  const int halo_vectors = halo_rows * Cfg::kPitch * kVecsPerPixel;
+  constexpr int kBatch = 4;  // loads in flight per thread
+  for (int base = 0; base < halo_vectors; base += Cfg::kThreads * kBatch) {
+    uint4 raw[kBatch];
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {  // index = (halo pixel, vector), vectors fastest
+      const int index = base + u * Cfg::kThreads + static_cast<int>(threadIdx.x);
+      const int pixel = index / kVecsPerPixel;
+      const int ih = h0 - pad + pixel / Cfg::kPitch;
+      const int iw = w0 - pad + pixel % Cfg::kPitch;
+      const int c = c0 + (index % kVecsPerPixel) * kVec;
+      const bool inside = index < halo_vectors && ih >= 0 && ih < H && iw >= 0 && iw < W && c < C;
+      raw[u] = inside ? *reinterpret_cast<const uint4*>(x_image + (static_cast<int64_t>(ih) * W + iw) * C + c)
+                      : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const int index = base + u * Cfg::kThreads + static_cast<int>(threadIdx.x);
+      if (index >= halo_vectors) break;
+      T values[kVec];  // (memcpy: reading the raw bits through a T* breaks strict aliasing)
+      memcpy(values, &raw[u], sizeof(values));
+      const int pixel = index / kVecsPerPixel;  // = halo row * kPitch + halo column
+      T* dst = s_planes + (index % kVecsPerPixel) * kVec * Cfg::kPlane + pixel;
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) dst[e * Cfg::kPlane] = values[e];
+    }
+  }
+  for (int index = static_cast<int>(threadIdx.x); index < k * k * kVecsPerPixel; index += Cfg::kThreads) {
+    const int tap = index / kVecsPerPixel;  // i * k + j
+    const int c = c0 + (index % kVecsPerPixel) * kVec;
+    const uint4 raw = c < C ? *reinterpret_cast<const uint4*>(p.weight + static_cast<int64_t>(tap) * C + c)
+                            : make_uint4(0, 0, 0, 0);
+    memcpy(s_taps + tap * Cfg::kBlockC + (index % kVecsPerPixel) * kVec, &raw, sizeof(raw));
+  }
+  __syncthreads();
+
+  // ---- 2. math: per channel, kernel row, 16-row block and 8-column group one mma ------------------
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int warp = static_cast<int>(threadIdx.x) / 32;
+  const int g = lane / 4, t = lane % 4;  // mma.cuh's lane roles
+#pragma unroll 1
+  for (int cw = 0; cw < Cfg::kChannelsPerWarp; ++cw) {
+    const int ch = warp + cw * Cfg::kWarps;  // channel in the block
+    T* plane = s_planes + ch * Cfg::kPlane;
+
+    // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g.
+    uint32_t band[kMaxBandKernelSize][2];
+    const auto tap = [&](int i, int j) -> T {
+      return (j >= 0 && j < k) ? s_taps[(i * k + j) * Cfg::kBlockC + ch] : from_float<T>(0.0f);
+    };
+#pragma unroll
+    for (int i = 0; i < kMaxBandKernelSize; ++i) {
+      if (i < k) {
+        band[i][0] = pack_pair(tap(i, 2 * t - g), tap(i, 2 * t + 1 - g));
+        band[i][1] = pack_pair(tap(i, 2 * t + 8 - g), tap(i, 2 * t + 9 - g));
+      }
+    }
+
+    float acc[Cfg::kRowBlocks][Cfg::kColGroups][4];  // [16-row block, 8-column group, mma C]
+#pragma unroll
+    for (int rb = 0; rb < Cfg::kRowBlocks; ++rb)
+#pragma unroll
+      for (int n = 0; n < Cfg::kColGroups; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[rb][n][e] = 0.0f;
+
+    // Lane l's ldmatrix row: A row l % 16, columns 8 (l / 16) ... of the 16 x 16 A tile.
+    const T* a_lane = plane + (lane % 16) * Cfg::kPitch + (lane / 16) * 8;
+#pragma unroll
+    for (int i = 0; i < kMaxBandKernelSize; ++i) {
+      if (i < k) {
+#pragma unroll
+        for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
+#pragma unroll
+          for (int n = 0; n < Cfg::kColGroups; ++n) {
+            uint32_t a[4];  // A: plane rows 16 rb + i ..., columns 8 n ... 8 n + 15
+            ldmatrix_x4(a, a_lane + (16 * rb + i) * Cfg::kPitch + 8 * n);
+            mma_m16n8k16<T>(acc[rb][n], a, band[i]);
+          }
+        }
+      }
+    }
+    __syncwarp();  // every lane's ldmatrix reads of `plane` are done before it is overwritten
+
+    // ---- 3a. epilogue into the plane: output (r, w) of the tile is plane (r + pad, w + pad) -------
+    const int c = c0 + ch;
+    const bool live = c < C;
+    const float bias = live ? p.bias[c] : 0.0f;
+    const float scale = live ? p.scale[c] : 0.0f;
+    const float shift = live ? p.shift[c] : 0.0f;
+#pragma unroll
+    for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
+#pragma unroll
+      for (int n = 0; n < Cfg::kColGroups; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = 16 * rb + g + (e / 2) * 8;
+          const int w = 8 * n + 2 * t + e % 2;
+          T& cell = plane[(r + pad) * Cfg::kPitch + w + pad];
+          cell = from_float<T>(to_float(cell) + apply_epilogue<kAct>(acc[rb][n][e], bias, scale, shift));
+        }
+      }
+    }
+  }
+  __syncthreads();
+
+  // ---- 3b. store: 16 bytes (8 channels) per pixel and vector ----------------------------------------
+  constexpr int kOutVectors = Cfg::kTileH * Cfg::kTileW * kVecsPerPixel;
+  for (int index = static_cast<int>(threadIdx.x); index < kOutVectors; index += Cfg::kThreads) {
+    const int pixel = index / kVecsPerPixel;
+    const int r = pixel / Cfg::kTileW, w = pixel % Cfg::kTileW;
+    const int vec = index % kVecsPerPixel;
+    const int c = c0 + vec * kVec;
+    if (h0 + r >= H || w0 + w >= W || c >= C) continue;
+    T values[kVec];
+    const T* src = s_planes + vec * kVec * Cfg::kPlane + (r + pad) * Cfg::kPitch + w + pad;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) values[e] = src[e * Cfg::kPlane];
+    uint4 raw;
+    memcpy(&raw, values, sizeof(raw));
+    *reinterpret_cast<uint4*>(out_image + (static_cast<int64_t>(h0 + r) * W + w0 + w) * C + c) = raw;
+  }
+}
+
+// Whether band_kernel runs a problem (a device of compute capability 8.0 or more assumed).
+inline bool band_supported(const Problem& pr, DType dtype) {
+  return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && pr.kernel_size <= kMaxBandKernelSize &&
+         pr.channels % 8 == 0 && aligned16(pr.x) && aligned16(pr.weight) && aligned16(pr.out);
+}
+
+template <typename T, typename Cfg, Activation kAct>
+cudaError_t launch_band_tile(const Problem& pr, cudaStream_t stream) {
+  const int64_t blocks_per_image = band_blocks_per_image<Cfg>(pr);
+  if (blocks_per_image > INT_MAX) return cudaErrorInvalidValue;
+  auto kernel = band_kernel<T, Cfg, kAct>;
+  constexpr size_t smem = band_smem_bytes<Cfg, T>();
+  static std::atomic<unsigned long long> smem_allowed{0};
+  const cudaError_t err = allow_shared_memory(kernel, smem, smem_allowed);
+  if (err != cudaSuccess) return err;
+  return launch_per_images(kernel, band_params<T, Cfg>(pr), pr, blocks_per_image, Cfg::kThreads, smem, stream);
+}
+
+// Calls f(Cfg{}) with the tile of an image of height x width: 16 rows / columns where the image has
+// at most 16, else 32.
+template <typename F>
+auto with_band_tile(int height, int width, F&& f) {
+  const bool short_image = height <= 16, narrow_image = width <= 16;
+  if (short_image && narrow_image) return f(BandConfig<16, 16>{});
+  if (short_image) return f(BandConfig<16, 32>{});
+  if (narrow_image) return f(BandConfig<32, 16>{});
+  return f(BandConfig<32, 32>{});
+}
+
+// The band kernels of one 16-bit dtype: the tile per image size and the activation. Instantiated in
+// depthwise_band_{f16,bf16}.cu.
+template <typename T>
+cudaError_t launch_depthwise_band(const Problem& pr, cudaStream_t stream) {
+  return dispatch_activation(pr.epilogue.act, [&](auto act) -> cudaError_t {
+    constexpr Activation kAct = decltype(act)::value;
+    return with_band_tile(pr.height, pr.width, [&](auto tile) -> cudaError_t {
+      return launch_band_tile<T, decltype(tile), kAct>(pr, stream);
+    });
+  });
+}
+
+extern template cudaError_t launch_depthwise_band<__half>(const Problem&, cudaStream_t);
+extern template cudaError_t launch_depthwise_band<__nv_bfloat16>(const Problem&, cudaStream_t);
+
+}  // namespace depthwise_detail
+}  // namespace convmixer_fast
