@@ -21,15 +21,17 @@
 // channels of one image, 8 warps:
 //   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
-//      (16-byte global loads of 8 channels of a pixel; zeros outside the image), and the taps
-//      [k * k, kBlockC]. The plane pitch (kTileW + 8 elements) is an odd multiple of 16 bytes, so
-//      the 8 rows of an ldmatrix land in distinct bank groups.
+//      (16-byte global loads of 8 channels of a pixel, each thread one column and vector walking down
+//      the rows; zeros outside the image), and the taps [k * k, kBlockC]. The plane pitch
+//      (kTileW + 8 elements) is an odd multiple of 16 bytes, so the 8 rows of an ldmatrix land in
+//      distinct bank groups.
 //   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
 //      one ldmatrix.x4 (A straight from the plane: rows r + i, columns 8 n ... 8 n + 15) and one mma.
 //   3. Epilogue: each lane turns its accumulators into out values (the residual read from the
 //      plane's centre) and writes them back into the plane in place (the warp alone reads its
 //      channels' planes, and all its reads are done), then the CTA stores the tile 16 bytes per
-//      pixel and 8 channels, skipping pixels outside the image and channels >= C.
+//      pixel and 8 channels (again a column and vector per thread, down the rows), skipping pixels
+//      outside the image and channels >= C.
 // Padding taps are multiplied by staged zeros (an mma covers 16 rows; rows cannot be skipped).
 // Inputs outside an output's k x k window but inside its A tile are multiplied by T's zeros: an
 // infinite input there gives NaN where the direct kernel would not (finite inputs are exact).
@@ -118,32 +120,43 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   T* out_image = p.out + image_offset;
 
   // ---- 1. staging: halo planes and taps ----------------------------------------------------------
+  // Each thread keeps one (halo column, 8-channel vector) of a halo row and walks down the rows,
+  // kRowsPerPass apart: its column, channel and plane offsets are fixed, no index is divided.
+  constexpr int kRowVectors = Cfg::kPitch * kVecsPerPixel;     // 16-byte vectors per halo row
+  constexpr int kRowsPerPass = Cfg::kThreads / kRowVectors;    // (the last threads may idle)
+  constexpr int kBatch = 4;                                    // loads in flight per thread
+  static_assert(kRowsPerPass >= 1, "a pass covers a halo row");
   const int halo_rows = Cfg::kTileH + k - 1;
-  const int halo_vectors = halo_rows * Cfg::kPitch * kVecsPerPixel;
-  constexpr int kBatch = 4;  // loads in flight per thread
-  for (int base = 0; base < halo_vectors; base += Cfg::kThreads * kBatch) {
-    uint4 raw[kBatch];
+  {
+    const int slot = static_cast<int>(threadIdx.x) % kRowVectors;
+    const int first_row = static_cast<int>(threadIdx.x) / kRowVectors;
+    const int halo_col = slot / kVecsPerPixel, vec = slot % kVecsPerPixel;
+    const int iw = w0 - pad + halo_col, c = c0 + vec * kVec;
+    const bool column_inside = first_row < kRowsPerPass && iw >= 0 && iw < W && c < C;
+    T* dst = s_planes + vec * kVec * Cfg::kPlane + halo_col;  // + halo row * kPitch
+    const int row_end = first_row < kRowsPerPass ? halo_rows : 0;
+    const int64_t row_step = static_cast<int64_t>(W) * C;  // elements from one image row to the next
+    // Element offset of (image row h0 - pad + row0, column iw, channel c); negative above the image.
+    int64_t offset = (static_cast<int64_t>(h0 - pad + first_row) * W + iw) * C + c;
+    for (int row0 = first_row; row0 < row_end; row0 += kRowsPerPass * kBatch) {
+      uint4 raw[kBatch];
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {  // index = (halo pixel, vector), vectors fastest
-      const int index = base + u * Cfg::kThreads + static_cast<int>(threadIdx.x);
-      const int pixel = index / kVecsPerPixel;
-      const int ih = h0 - pad + pixel / Cfg::kPitch;
-      const int iw = w0 - pad + pixel % Cfg::kPitch;
-      const int c = c0 + (index % kVecsPerPixel) * kVec;
-      const bool inside = index < halo_vectors && ih >= 0 && ih < H && iw >= 0 && iw < W && c < C;
-      raw[u] = inside ? *reinterpret_cast<const uint4*>(x_image + (static_cast<int64_t>(ih) * W + iw) * C + c)
-                      : make_uint4(0, 0, 0, 0);
-    }
+      for (int u = 0; u < kBatch; ++u) {
+        const int ih = h0 - pad + row0 + u * kRowsPerPass;
+        const bool inside = column_inside && row0 + u * kRowsPerPass < halo_rows && ih >= 0 && ih < H;
+        raw[u] = inside ? *reinterpret_cast<const uint4*>(x_image + offset + u * kRowsPerPass * row_step)
+                        : make_uint4(0, 0, 0, 0);
+      }
+      offset += kRowsPerPass * kBatch * row_step;
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const int index = base + u * Cfg::kThreads + static_cast<int>(threadIdx.x);
-      if (index >= halo_vectors) break;
-      T values[kVec];  // (memcpy: reading the raw bits through a T* breaks strict aliasing)
-      memcpy(values, &raw[u], sizeof(values));
-      const int pixel = index / kVecsPerPixel;  // = halo row * kPitch + halo column
-      T* dst = s_planes + (index % kVecsPerPixel) * kVec * Cfg::kPlane + pixel;
+      for (int u = 0; u < kBatch; ++u) {
+        const int row = row0 + u * kRowsPerPass;
+        if (row >= halo_rows) break;
+        T values[kVec];  // (memcpy: reading the raw bits through a T* breaks strict aliasing)
+        memcpy(values, &raw[u], sizeof(values));
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) dst[e * Cfg::kPlane] = values[e];
+        for (int e = 0; e < kVec; ++e) dst[e * Cfg::kPlane + row * Cfg::kPitch] = values[e];
+      }
     }
   }
   for (int index = static_cast<int>(threadIdx.x); index < k * k * kVecsPerPixel; index += Cfg::kThreads) {
@@ -226,20 +239,25 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   __syncthreads();
 
   // ---- 3b. store: 16 bytes (8 channels) per pixel and vector ----------------------------------------
-  constexpr int kOutVectors = Cfg::kTileH * Cfg::kTileW * kVecsPerPixel;
-  for (int index = static_cast<int>(threadIdx.x); index < kOutVectors; index += Cfg::kThreads) {
-    const int pixel = index / kVecsPerPixel;
-    const int r = pixel / Cfg::kTileW, w = pixel % Cfg::kTileW;
-    const int vec = index % kVecsPerPixel;
-    const int c = c0 + vec * kVec;
-    if (h0 + r >= H || w0 + w >= W || c >= C) continue;
+  // As the staging: each thread one (output column, vector) of a row, walking down the rows.
+  constexpr int kOutRowVectors = Cfg::kTileW * kVecsPerPixel;
+  constexpr int kOutRowsPerPass = Cfg::kThreads / kOutRowVectors;
+  static_assert(Cfg::kThreads % kOutRowVectors == 0, "every thread stores");
+  const int slot = static_cast<int>(threadIdx.x) % kOutRowVectors;
+  const int w = slot / kVecsPerPixel, vec = slot % kVecsPerPixel;
+  const int c = c0 + vec * kVec;
+  if (w0 + w >= W || c >= C) return;
+  const int rows = min(Cfg::kTileH, H - h0);
+  const T* src = s_planes + vec * kVec * Cfg::kPlane + pad * Cfg::kPitch + w + pad;  // + r * kPitch
+  T* dst = out_image + (static_cast<int64_t>(h0) * W + w0 + w) * C + c;                // + r * W * C
+#pragma unroll 1  // (unrolled, its gathers outgrow the math's registers and spill)
+  for (int r = static_cast<int>(threadIdx.x) / kOutRowVectors; r < rows; r += kOutRowsPerPass) {
     T values[kVec];
-    const T* src = s_planes + vec * kVec * Cfg::kPlane + (r + pad) * Cfg::kPitch + w + pad;
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) values[e] = src[e * Cfg::kPlane];
+    for (int e = 0; e < kVec; ++e) values[e] = src[e * Cfg::kPlane + r * Cfg::kPitch];
     uint4 raw;
     memcpy(&raw, values, sizeof(raw));
-    *reinterpret_cast<uint4*>(out_image + (static_cast<int64_t>(h0 + r) * W + w0 + w) * C + c) = raw;
+    *reinterpret_cast<uint4*>(dst + static_cast<int64_t>(r) * W * C) = raw;
   }
 }
 
