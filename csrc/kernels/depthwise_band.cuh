@@ -22,7 +22,8 @@
 //   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
 //      (16-byte global loads of 8 channels of a pixel, each thread one column and vector walking down
-//      the rows; zeros outside the image), and the taps [k * k, kBlockC]. The plane pitch
+//      the rows; zeros outside the image), and the taps, one zero-padded row per channel and kernel
+//      row, so that a lane reads its 4 elements of each B without tests. The plane pitch
 //      (kTileW + 8 elements) is an odd multiple of 16 bytes, so the 8 rows of an ldmatrix land in
 //      distinct bank groups.
 //   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
@@ -38,9 +39,9 @@
 //
 // Requirements (band_supported): f16 / bf16, k <= 9, C % 8 == 0, x / weight / out 16-byte aligned
 // (depthwise_block.cu runs the direct kernel otherwise), sm_80+ (ldmatrix, bf16 mma).
-// Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the taps: 53,792 bytes at
-// 32 x 32, 21,024 bytes at 16 x 16; with 80 registers per thread (sm_90a, 32 x 32) 3 CTAs, 24 warps,
-// fit an H100 SM.
+// Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the zero-padded taps: 58,112
+// bytes at 32 x 32, 25,344 bytes at 16 x 16; with 80 registers per thread (sm_90a, 32 x 32) 3 CTAs,
+// 24 warps, fit an H100 SM.
 #pragma once
 
 #include "depthwise_block.cuh"
@@ -50,6 +51,10 @@ namespace convmixer_fast {
 namespace depthwise_detail {
 
 constexpr int kMaxBandKernelSize = 9;  // 8 output columns + k - 1 inputs fit the mma's K = 16
+// The taps of one kernel row as a lane reads them for its B fragment: tap j = p - q for p in
+// [0, 16), q in [0, 8) lies in [-7, 15]; it is stored at j + kTapOffset of a zero-padded row.
+constexpr int kTapOffset = 7;
+constexpr int kTapPitch = 24;  // >= 16 + kTapOffset
 
 // Tile of kTileH x kTileW outputs (each 16 or 32) x kBlockC channels.
 template <int kTileH_, int kTileW_>
@@ -73,7 +78,7 @@ struct BandConfig {
 template <typename Cfg, typename T>
 constexpr size_t band_smem_bytes() {
   return sizeof(T) * (static_cast<size_t>(Cfg::kBlockC) * Cfg::kPlane +
-                      static_cast<size_t>(kMaxBandKernelSize) * kMaxBandKernelSize * Cfg::kBlockC);
+                      static_cast<size_t>(Cfg::kBlockC) * kMaxBandKernelSize * kTapPitch);
 }
 
 // The band kernel's launch: its Params (tiles_w and channel_blocks count BandConfig tiles; its
@@ -106,7 +111,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   constexpr int kVecsPerPixel = Cfg::kBlockC / kVec;
   extern __shared__ float4 smem[];
   T* s_planes = reinterpret_cast<T*>(smem);               // [kBlockC, kHaloH, kPitch]
-  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [k * k, kBlockC]
+  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, k, kTapPitch], zero-padded
 
   const int H = p.height, W = p.width, C = p.channels, k = p.kernel_size;
   const int pad = (k - 1) / 2;
@@ -120,6 +125,13 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   T* out_image = p.out + image_offset;
 
   // ---- 1. staging: halo planes and taps ----------------------------------------------------------
+  constexpr int kTapVectors = static_cast<int>(Cfg::kBlockC * kMaxBandKernelSize * kTapPitch * sizeof(T) / 16);
+  static_assert(Cfg::kBlockC * kMaxBandKernelSize * kTapPitch * sizeof(T) % 16 == 0 &&
+                    Cfg::kBlockC * Cfg::kPlane * sizeof(T) % 16 == 0, "s_taps is whole, aligned vectors");
+  for (int index = static_cast<int>(threadIdx.x); index < kTapVectors; index += Cfg::kThreads) {
+    reinterpret_cast<uint4*>(s_taps)[index] = make_uint4(0, 0, 0, 0);
+  }
+  __syncthreads();  // the zeros land before the taps do
   // Each thread keeps one (halo column, 8-channel vector) of a halo row and walks down the rows,
   // kRowsPerPass apart: its column, channel and plane offsets are fixed, no index is divided.
   constexpr int kRowVectors = Cfg::kPitch * kVecsPerPixel;     // 16-byte vectors per halo row
@@ -159,12 +171,18 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
       }
     }
   }
+  // Taps: 16-byte loads of 8 channels of tap (i, j), scattered to s_taps[channel, i, j + kTapOffset]
+  // (the rest of s_taps was zeroed before the barrier at the start).
   for (int index = static_cast<int>(threadIdx.x); index < k * k * kVecsPerPixel; index += Cfg::kThreads) {
     const int tap = index / kVecsPerPixel;  // i * k + j
-    const int c = c0 + (index % kVecsPerPixel) * kVec;
+    const int vec = index % kVecsPerPixel, c = c0 + vec * kVec;
     const uint4 raw = c < C ? *reinterpret_cast<const uint4*>(p.weight + static_cast<int64_t>(tap) * C + c)
                             : make_uint4(0, 0, 0, 0);
-    memcpy(s_taps + tap * Cfg::kBlockC + (index % kVecsPerPixel) * kVec, &raw, sizeof(raw));
+    T values[kVec];
+    memcpy(values, &raw, sizeof(values));
+    T* dst = s_taps + (vec * kVec * kMaxBandKernelSize + tap / k) * kTapPitch + tap % k + kTapOffset;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) dst[e * kMaxBandKernelSize * kTapPitch] = values[e];
   }
   __syncthreads();
 
@@ -177,16 +195,16 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     const int ch = warp + cw * Cfg::kWarps;  // channel in the block
     T* plane = s_planes + ch * Cfg::kPlane;
 
-    // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g.
+    // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g
+    // (the zero padding of s_taps supplies the taps outside [0, k)).
     uint32_t band[kMaxBandKernelSize][2];
-    const auto tap = [&](int i, int j) -> T {
-      return (j >= 0 && j < k) ? s_taps[(i * k + j) * Cfg::kBlockC + ch] : from_float<T>(0.0f);
-    };
+    const T* lane_taps = s_taps + ch * kMaxBandKernelSize * kTapPitch + 2 * t - g + kTapOffset;
 #pragma unroll
     for (int i = 0; i < kMaxBandKernelSize; ++i) {
       if (i < k) {
-        band[i][0] = pack_pair(tap(i, 2 * t - g), tap(i, 2 * t + 1 - g));
-        band[i][1] = pack_pair(tap(i, 2 * t + 8 - g), tap(i, 2 * t + 9 - g));
+        const T* row = lane_taps + i * kTapPitch;
+        band[i][0] = pack_pair(row[0], row[1]);
+        band[i][1] = pack_pair(row[8], row[9]);
       }
     }
 
