@@ -110,6 +110,16 @@ def test_fake_implementations(op):
         assert fn(*args) is None
 
 
+def test_depthwise_algorithm_defaults_to_auto():
+    """The backend's entry passes no algorithm: the schema's default ("auto") runs the checks and the
+    fake alike."""
+    args = depthwise_args()[:-1]
+    with pytest.raises(ValueError, match="depthwise_block: the cuda backend runs on CUDA tensors, got cpu"):
+        ops.cuda_depthwise_block(*args)
+    with FakeTensorMode(allow_non_fake_inputs=False) as mode:
+        assert ops.cuda_depthwise_block(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]) is None
+
+
 def test_gemm_support_rule_without_cuda_kernels():
     if status.with_cuda:
         pytest.skip("this _C has its CUDA kernels")
