@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   constexpr int kVecsPerPixel = Cfg::kBlockC / kVec;
   extern __shared__ float4 smem[];
   T* s_planes = reinterpret_cast<T*>(smem);               // [kBlockC, kHaloH, kPitch]
-  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, k, kTapPitch], zero-padded
+  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, 9, kTapPitch], zero-padded
 
   const int H = p.height, W = p.width, C = p.channels, k = p.kernel_size;
   const int pad = (k - 1) / 2;
