@@ -65,6 +65,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -488,19 +489,28 @@ cudaError_t launch_kernel(const Problem& pr, cudaStream_t stream) {
   return launch_per_images(kernel, p, pr, blocks_per_image, Cfg::kThreads, smem, stream);
 }
 
+// Calls f(std::integral_constant<int, kK>{}) with the compile-time kernel size of k (3, 5, 7, 9),
+// or kK = 0 (the runtime-k path) for any other k.
+template <typename F>
+auto with_compile_time_k(int k, F&& f) {
+  switch (k) {
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 9: return f(std::integral_constant<int, 9>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
+}
+
 // All kernels of one dtype: dispatches on the activation and the kernel size. Instantiated in
 // depthwise_block_{f32,f16,bf16}.cu.
 template <typename T>
 cudaError_t launch_depthwise_block(const Problem& pr, cudaStream_t stream) {
   return dispatch_activation(pr.epilogue.act, [&](auto act) -> cudaError_t {
     constexpr Activation kAct = decltype(act)::value;
-    switch (pr.kernel_size) {
-      case 3: return launch_kernel<T, 3, kAct>(pr, stream);
-      case 5: return launch_kernel<T, 5, kAct>(pr, stream);
-      case 7: return launch_kernel<T, 7, kAct>(pr, stream);
-      case 9: return launch_kernel<T, 9, kAct>(pr, stream);
-      default: return launch_kernel<T, 0, kAct>(pr, stream);
-    }
+    return with_compile_time_k(pr.kernel_size, [&](auto kk) -> cudaError_t {
+      return launch_kernel<T, decltype(kk)::value, kAct>(pr, stream);
+    });
   });
 }
 

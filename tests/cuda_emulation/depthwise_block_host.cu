@@ -336,7 +336,7 @@ bool run_band_case(const Case& c, unsigned seed) {
 }
 
 // Dispatches a case to its kernel instantiation, as depthwise_block() does: the direct kernel by k
-// (launch_depthwise_block), or the band kernel by image size (with_band_tile).
+// (with_compile_time_k), or the band kernel by image size (with_band_tile).
 bool run_any_case(const Case& c, unsigned seed) {
   return with_dtype(c.dtype, [&](auto dtype) {
     using T = decltype(dtype);
@@ -349,13 +349,7 @@ bool run_any_case(const Case& c, unsigned seed) {
           });
         }
       }
-      switch (c.k) {
-        case 3: return run_case<T, 3, kAct>(c, seed);
-        case 5: return run_case<T, 5, kAct>(c, seed);
-        case 7: return run_case<T, 7, kAct>(c, seed);
-        case 9: return run_case<T, 9, kAct>(c, seed);
-        default: return run_case<T, 0, kAct>(c, seed);
-      }
+      return with_compile_time_k(c.k, [&](auto kk) { return run_case<T, decltype(kk)::value, kAct>(c, seed); });
     });
   });
 }
