@@ -9,7 +9,7 @@ the result is rounded once at the store. Reference: ``reference.pointwise_refere
 fp32 inputs use TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` is True (exact fp32
 otherwise), like ``torch.matmul``.
 
-The tile helpers (``grouped_tile_indices``, ``gemm_tile``, ``epilogue_store``) are shared with the
+The tile helpers (``grouped_output_tile``, ``gemm_tile``, ``epilogue_store``) are shared with the
 stem kernel (``stem.py``), whose A operand is the patchified image instead of a token matrix.
 """
 
@@ -41,8 +41,10 @@ from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
 
 
 @triton.jit
-def grouped_tile_indices(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """Program id -> (tile row, tile column) of the [M, N] output, in grouped order.
+def grouped_output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile of the [M, N] output, in grouped order: (``offs_m`` [BLOCK_M], its
+    unclamped rows for the store; ``n_start``, its first column; ``rows`` [BLOCK_M] and ``cols``
+    [BLOCK_N], rows and columns wrapped into range for the loads, which then need no mask).
 
     GROUP_M consecutive row tiles sweep the column tiles together, so programs running at the same
     time share their A rows and weight columns in L2 instead of streaming the whole weight per row.
@@ -56,7 +58,9 @@ def grouped_tile_indices(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GRO
     group_rows = tl.minimum(num_tiles_m - first_tile_m, GROUP_M)  # the last group may be short
     tile_m = first_tile_m + (pid % tiles_per_group) % group_rows
     tile_n = (pid % tiles_per_group) // group_rows
-    return tile_m, tile_n
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
+    return offs_m, tile_n * BLOCK_N, offs_m % M, offs_n % N
 
 
 @triton.jit
@@ -204,20 +208,27 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def launch_gemm(tuned, kernel, args: tuple, meta: dict, M: int, N: int, K: int,
-                config: triton.Config | None) -> None:
+def launch_gemm(tuned, kernel, args: tuple, act: str, dtype: torch.dtype, M: int, N: int, K: int,
+                config: triton.Config | None, **constexprs) -> None:
     """Launch a GEMM kernel of this tiling (one program per ``BLOCK_M x BLOCK_N`` output tile) on
-    ``args`` / ``meta``: through its autotuner ``tuned``, or at ``config`` (tests), with ``EVEN_K``
-    as the ``even_k`` heuristic sets it."""
+    ``args`` (the first one a tensor on the launch device), the epilogue's ``act`` and the operand
+    ``dtype``'s dot settings, and the kernel's own ``constexprs``: through its autotuner ``tuned``,
+    or at ``config`` (tests), with ``EVEN_K`` as the ``even_k`` heuristic sets it. An empty output
+    launches nothing."""
+    if M == 0 or N == 0:
+        return
+    meta = {"ACTIVATION": ACTIVATION_CODES[act], "DOT_PRECISION": dot_precision(dtype),
+            "DOT_IN_FP32": dot_in_fp32(dtype), **constexprs}
 
     def grid(kw):
         return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
 
-    if config is None:
-        tuned[grid](*args, **meta)
-    else:
-        kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
-        kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
+    with device_guard(args[0]):
+        if config is None:
+            tuned[grid](*args, **meta)
+        else:
+            kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
+            kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
 
 
 def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, constexprs: dict, K: int,
@@ -285,18 +296,13 @@ def pointwise_kernel(
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    tile_m, tile_n = grouped_tile_indices(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
-    # Rows / channels past the edge are wrapped for the loads (no mask) and masked at the store.
-    rows = offs_m % M
-    cols = offs_n % N
+    offs_m, n_start, rows, cols = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     acc = gemm_tile(
         y_ptr, rows.to(tl.int64) * K, weight_ptr, cols, K, 1, 0, 0,
         0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, DOT_IN_FP32,
     )  # [BLOCK_M, BLOCK_N] fp32
     epilogue_store(
-        acc, offs_m, tile_n * BLOCK_N, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
+        acc, offs_m, n_start, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
         ACTIVATION, BLOCK_M, BLOCK_N,
     )
 
@@ -310,17 +316,8 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
     """Launch on already validated tensors; ``config`` forces one config (tests), else autotune."""
     N, K = weight.shape
     M = math.prod(y.shape[:-1])
-    if M == 0 or N == 0:
-        return
-    args = (y, weight, bias, scale, shift, out, M, N, K)
-    meta = {
-        "ACTIVATION": ACTIVATION_CODES[act],
-        "DOT_PRECISION": dot_precision(y.dtype),
-        "DOT_IN_FP32": dot_in_fp32(y.dtype),
-    }
-
-    with device_guard(y):
-        launch_gemm(_pointwise_tuned, pointwise_kernel, args, meta, M, N, K, config)
+    launch_gemm(_pointwise_tuned, pointwise_kernel, (y, weight, bias, scale, shift, out, M, N, K), act, y.dtype,
+                M, N, K, config)
 
 
 

@@ -17,22 +17,18 @@ import triton
 import triton.language as tl
 
 from convmixer_fast.ops._triton_utils import (
-    ACTIVATION_CODES,
     TRITON_DTYPE_NAMES,
     KernelSpec,
     autotune,
-    device_guard,
     epilogue_custom_op,
 )
 from convmixer_fast.ops._checks import epilogue_entry, stem_outputs
 from convmixer_fast.ops.pointwise import (
-    dot_in_fp32,
-    dot_precision,
     epilogue_store,
     even_k,
     gemm_kernel_specs,
     gemm_tile,
-    grouped_tile_indices,
+    grouped_output_tile,
     launch_gemm,
 )
 
@@ -77,12 +73,7 @@ def stem_kernel(
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
-    tile_m, tile_n = grouped_tile_indices(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M] token index
-    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N] output channel
-    # Rows / channels past the edge are wrapped for the loads (no mask) and masked at the store.
-    rows = offs_m % M
-    cols = offs_n % N
+    offs_m, n_start, rows, cols = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)  # rows: tokens
     # token m -> (b, hp, wp) -> element offset of the patch's top-left pixel of channel 0
     batch = rows // (Hp * Wp)
     patch_in_image = rows % (Hp * Wp)
@@ -98,7 +89,7 @@ def stem_kernel(
         PATCH, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, DOT_IN_FP32,
     )  # [BLOCK_M, BLOCK_N] fp32
     epilogue_store(
-        acc, offs_m, tile_n * BLOCK_N, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
+        acc, offs_m, n_start, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
         ACTIVATION, BLOCK_M, BLOCK_N,
     )
 
@@ -114,18 +105,8 @@ def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config |
     N, _, patch, _ = weight.shape
     Hp, Wp = H // patch, W // patch
     M, K = B * Hp * Wp, Cin * patch * patch
-    if M == 0 or N == 0:
-        return
     args = (image, weight, bias, scale, shift, out, M, N, K, Hp, Wp, *image.stride())
-    meta = {
-        "ACTIVATION": ACTIVATION_CODES[act],
-        "DOT_PRECISION": dot_precision(weight.dtype),
-        "DOT_IN_FP32": dot_in_fp32(weight.dtype),
-        "PATCH": patch,
-    }
-
-    with device_guard(image):
-        launch_gemm(_stem_tuned, stem_kernel, args, meta, M, N, K, config)
+    launch_gemm(_stem_tuned, stem_kernel, args, act, weight.dtype, M, N, K, config, PATCH=patch)
 
 
 triton_stem = epilogue_custom_op(
