@@ -16,6 +16,7 @@ import triton.language as tl
 
 from .. import _settings
 from ._interpreter import is_interpreting  # noqa: F401  (re-exported for the op modules)
+from .gelu import GELU_LOG2_PHI_COEFFICIENTS
 
 # Codes of the activations inside kernels (a constexpr, so each is its own specialisation).
 ACTIVATION_CODES = {"gelu": 0, "relu": 1}
@@ -65,11 +66,24 @@ def config_label(config: triton.Config) -> str:
     return f"{kwargs},w={config.num_warps},s={config.num_stages}"
 
 
+_GELU_LOG2_PHI_COEFFICIENTS = tl.constexpr(GELU_LOG2_PHI_COEFFICIENTS)
+
+
+@triton.jit
+def gelu(z):
+    """GELU of fp32 ``z``, the exact (erf) form in 11 instructions; ops/gelu.py has the method."""
+    t = tl.abs(z)
+    log2_q = tl.full(t.shape, _GELU_LOG2_PHI_COEFFICIENTS[8], tl.float32)
+    for i in tl.static_range(7, -1, -1):
+        log2_q = tl.fma(log2_q, t, _GELU_LOG2_PHI_COEFFICIENTS[i])
+    return tl.fma(-t, tl.math.exp2(log2_q), tl.maximum(z, 0.0))  # z (1 - q) for z >= 0, z q below
+
+
 @triton.jit
 def apply_activation(z, ACTIVATION: tl.constexpr):
-    """Exact (erf) GELU for ACTIVATION == 0, ReLU for ACTIVATION == 1; fp32 in and out."""
+    """Exact (erf) GELU (``gelu``) for ACTIVATION == 0, ReLU for ACTIVATION == 1; fp32 in and out."""
     if ACTIVATION == 0:
-        z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        z = gelu(z)
     else:
         z = tl.maximum(z, 0.0)
     return z

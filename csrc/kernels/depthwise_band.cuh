@@ -21,18 +21,19 @@
 // channels of one image, 8 warps:
 //   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
-//      (16-byte global loads of 8 channels of a pixel, each thread one column and vector walking down
-//      the rows; zeros outside the image), and the taps, one zero-padded row per channel and kernel
-//      row, so that a lane reads its 4 elements of each B without tests. The plane pitch
-//      (kTileW + 8 elements) is an odd multiple of 16 bytes, so the 8 rows of an ldmatrix land in
-//      distinct bank groups.
+//      (16-byte global loads of 8 channels of two neighbouring pixels, stored as 8 4-byte pairs;
+//      each thread one column pair and vector walking down the rows; zeros outside the image), and
+//      the taps, one zero-padded row per channel and kernel row, so that a lane reads its 4
+//      elements of each B without tests. The plane pitch (kTileW + 8 elements) is an odd multiple
+//      of 16 bytes, so the 8 rows of an ldmatrix land in distinct bank groups.
 //   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
 //      one ldmatrix.x4 (A straight from the plane: rows r + i, columns 8 n ... 8 n + 15) and one mma.
-//   3. Epilogue: each lane turns its accumulators into out values (the residual read from the
-//      plane's centre) and writes them back into the plane in place (the warp alone reads its
-//      channels' planes, and all its reads are done), then the CTA stores the tile 16 bytes per
-//      pixel and 8 channels (again a column and vector per thread, down the rows), skipping pixels
-//      outside the image and channels >= C.
+//   3. Epilogue: each lane turns its accumulators (which start at the bias) into out values (the
+//      residual read from the plane's centre; two neighbouring columns as one 4-byte word where pad
+//      is even) and writes them back into the plane in place (the warp alone reads its channels'
+//      planes, and all its reads are done), then the CTA stores the tile 16 bytes per pixel and 8
+//      channels (again a column and vector per thread, down the rows), skipping pixels outside the
+//      image and channels >= C.
 // Padding taps are multiplied by staged zeros (an mma covers 16 rows; rows cannot be skipped).
 // Inputs outside an output's k x k window but inside its A tile are multiplied by T's zeros: an
 // infinite input there gives NaN where the direct kernel would not (finite inputs are exact).
@@ -132,42 +133,54 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     reinterpret_cast<uint4*>(s_taps)[index] = make_uint4(0, 0, 0, 0);
   }
   __syncthreads();  // the zeros land before the taps do
-  // Each thread keeps one (halo column, 8-channel vector) of a halo row and walks down the rows,
-  // kRowsPerPass apart: its column, channel and plane offsets are fixed, no index is divided.
-  constexpr int kRowVectors = Cfg::kPitch * kVecsPerPixel;     // 16-byte vectors per halo row
-  constexpr int kRowsPerPass = Cfg::kThreads / kRowVectors;    // (the last threads may idle)
-  constexpr int kBatch = 4;                                    // loads in flight per thread
-  static_assert(kRowsPerPass >= 1, "a pass covers a halo row");
+  // Each thread keeps one (pair of halo columns, 8-channel vector) of a halo row and walks down
+  // the rows, kRowsPerPass apart: its columns, channel and plane offsets are fixed, no index is
+  // divided. Two 16-byte loads (8 channels of 2 neighbouring pixels) become 8 4-byte stores, one
+  // per channel plane (the pair's first plane column is even: 4-byte aligned).
+  constexpr int kRowSlots = Cfg::kPitch / 2 * kVecsPerPixel;  // (column pair, vector)s per halo row
+  constexpr int kRowsPerPass = Cfg::kThreads / kRowSlots;     // (the last threads may idle)
+  constexpr int kBatch = 2;                                   // pixel pairs in flight per thread
+  static_assert(Cfg::kPitch % 2 == 0 && kRowsPerPass >= 1, "whole column pairs; a pass covers a row");
   const int halo_rows = Cfg::kTileH + k - 1;
   {
-    const int slot = static_cast<int>(threadIdx.x) % kRowVectors;
-    const int first_row = static_cast<int>(threadIdx.x) / kRowVectors;
-    const int halo_col = slot / kVecsPerPixel, vec = slot % kVecsPerPixel;
-    const int iw = w0 - pad + halo_col, c = c0 + vec * kVec;
-    const bool column_inside = first_row < kRowsPerPass && iw >= 0 && iw < W && c < C;
-    T* dst = s_planes + vec * kVec * Cfg::kPlane + halo_col;  // + halo row * kPitch
-    const int row_end = first_row < kRowsPerPass ? halo_rows : 0;
+    const int slot = static_cast<int>(threadIdx.x) % kRowSlots;
+    const int first_row = static_cast<int>(threadIdx.x) / kRowSlots;
+    const int halo_col = 2 * (slot / kVecsPerPixel), vec = slot % kVecsPerPixel;
+    const int iw = w0 - pad + halo_col, c = c0 + vec * kVec;  // the pair's image columns: iw, iw + 1
+    const bool thread_works = first_row < kRowsPerPass && c < C;
+    const bool column_inside[2] = {thread_works && iw >= 0 && iw < W,
+                                   thread_works && iw + 1 >= 0 && iw + 1 < W};
+    // [plane, row, column pair] from this thread's first plane and pair
+    uint32_t* dst = reinterpret_cast<uint32_t*>(s_planes + vec * kVec * Cfg::kPlane + halo_col);
+    const int row_end = thread_works ? halo_rows : 0;
     const int64_t row_step = static_cast<int64_t>(W) * C;  // elements from one image row to the next
     // Element offset of (image row h0 - pad + row0, column iw, channel c); negative above the image.
     int64_t offset = (static_cast<int64_t>(h0 - pad + first_row) * W + iw) * C + c;
     for (int row0 = first_row; row0 < row_end; row0 += kRowsPerPass * kBatch) {
-      uint4 raw[kBatch];
+      uint4 raw[kBatch][2];  // [row, column of the pair]
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int ih = h0 - pad + row0 + u * kRowsPerPass;
-        const bool inside = column_inside && row0 + u * kRowsPerPass < halo_rows && ih >= 0 && ih < H;
-        raw[u] = inside ? *reinterpret_cast<const uint4*>(x_image + offset + u * kRowsPerPass * row_step)
-                        : make_uint4(0, 0, 0, 0);
+        const bool row_inside = row0 + u * kRowsPerPass < halo_rows && ih >= 0 && ih < H;
+#pragma unroll
+        for (int col = 0; col < 2; ++col) {
+          const T* src = x_image + offset + u * kRowsPerPass * row_step + col * C;
+          raw[u][col] = row_inside && column_inside[col] ? *reinterpret_cast<const uint4*>(src)
+                                                         : make_uint4(0, 0, 0, 0);
+        }
       }
       offset += kRowsPerPass * kBatch * row_step;
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) {
         const int row = row0 + u * kRowsPerPass;
         if (row >= halo_rows) break;
-        T values[kVec];  // (memcpy: reading the raw bits through a T* breaks strict aliasing)
-        memcpy(values, &raw[u], sizeof(values));
+        T left[kVec], right[kVec];  // (memcpy: reading the raw bits through a T* breaks strict aliasing)
+        memcpy(left, &raw[u][0], sizeof(left));
+        memcpy(right, &raw[u][1], sizeof(right));
 #pragma unroll
-        for (int e = 0; e < kVec; ++e) dst[e * Cfg::kPlane + row * Cfg::kPitch] = values[e];
+        for (int e = 0; e < kVec; ++e) {
+          dst[e * (Cfg::kPlane / 2) + row * (Cfg::kPitch / 2)] = pack_pair(left[e], right[e]);
+        }
       }
     }
   }
@@ -208,13 +221,17 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
       }
     }
 
+    // The accumulators start at the bias: the epilogue then needs no add of its own.
+    const int c = c0 + ch;
+    const bool live = c < C;
+    const float bias = live ? p.bias[c] : 0.0f;
     float acc[Cfg::kRowBlocks][Cfg::kColGroups][4];  // [16-row block, 8-column group, mma C]
 #pragma unroll
     for (int rb = 0; rb < Cfg::kRowBlocks; ++rb)
 #pragma unroll
       for (int n = 0; n < Cfg::kColGroups; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[rb][n][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) acc[rb][n][e] = bias;
 
     // Lane l's ldmatrix row: A row l % 16, columns 8 (l / 16) ... of the 16 x 16 A tile.
     const T* a_lane = plane + (lane % 16) * Cfg::kPitch + (lane / 16) * 8;
@@ -235,23 +252,36 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     __syncwarp();  // every lane's ldmatrix reads of `plane` are done before it is overwritten
 
     // ---- 3a. epilogue into the plane: output (r, w) of the tile is plane (r + pad, w + pad) -------
-    const int c = c0 + ch;
-    const bool live = c < C;
-    const float bias = live ? p.bias[c] : 0.0f;
+    // A lane's accumulators e = 2 h, 2 h + 1 are the outputs (16 rb + g + 8 h, 8 n + 2 t + {0, 1}):
+    // one 4-byte word of the plane where pad is even (k = 1, 5, 9), two 16-bit cells where not.
     const float scale = live ? p.scale[c] : 0.0f;
     const float shift = live ? p.shift[c] : 0.0f;
+    auto epilogue_into_plane = [&](auto word_aligned) {
 #pragma unroll
-    for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
+      for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
 #pragma unroll
-      for (int n = 0; n < Cfg::kColGroups; ++n) {
+        for (int n = 0; n < Cfg::kColGroups; ++n) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = 16 * rb + g + (e / 2) * 8;
-          const int w = 8 * n + 2 * t + e % 2;
-          T& cell = plane[(r + pad) * Cfg::kPitch + w + pad];
-          cell = from_float<T>(to_float(cell) + apply_epilogue<kAct>(acc[rb][n][e], bias, scale, shift));
+          for (int h = 0; h < 2; ++h) {
+            T* cells = plane + (16 * rb + g + 8 * h + pad) * Cfg::kPitch + 8 * n + 2 * t + pad;
+            const float y0 = fmaf(scale, activate<kAct>(acc[rb][n][2 * h]), shift);
+            const float y1 = fmaf(scale, activate<kAct>(acc[rb][n][2 * h + 1]), shift);
+            if constexpr (decltype(word_aligned)::value) {
+              uint32_t& word = *reinterpret_cast<uint32_t*>(cells);
+              const float2 residual = to_float2<T>(word);
+              word = from_float2<T>(residual.x + y0, residual.y + y1);
+            } else {
+              cells[0] = from_float<T>(to_float(cells[0]) + y0);
+              cells[1] = from_float<T>(to_float(cells[1]) + y1);
+            }
+          }
         }
       }
+    };
+    if (pad % 2 == 0) {
+      epilogue_into_plane(std::true_type{});
+    } else {
+      epilogue_into_plane(std::false_type{});
     }
   }
   __syncthreads();

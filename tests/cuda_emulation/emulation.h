@@ -766,7 +766,7 @@ inline double fp32_sum_error(double depth, double sum_abs) { return 1.2e-7 * dep
 
 // Tolerance of y = round_T(scale * act(acc + bias) + shift [+ residual]) with the epilogue in fp32
 // and an accumulator `acc_error` away from exact: one unit of T at |y| (the single rounding at the
-// store), 1e-6 * (1 + |y|) for the fp32 epilogue (erff, fmaf), and the accumulator error through
+// store), 1e-6 * (1 + |y|) for the fp32 epilogue (GELU, fmaf), and the accumulator error through
 // scale and the activation (slope <= 1.13 for GELU, covered by 1.2).
 template <typename T>
 double epilogue_tolerance(double y, double acc_error, double scale) {
