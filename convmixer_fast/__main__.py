@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     ops.add_argument("--warmup", type=int, help="untimed calls before timing (default: 3)")
     ops.add_argument("--seed", type=int, default=0)
     ops.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
-                     "benchmarks/results/ops-<gpu>-<date>.json; none on CPU)")
+                     "benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json; none on CPU)")
     ops.set_defaults(run=_bench_ops)
 
     args = parser.parse_args(argv)

@@ -39,7 +39,8 @@ the batch, divided by ``depth`` for one block's depthwise / pointwise op.
 Output: a table, one row per (op, backend), times in microseconds ("us"): time, both floors, the floor, floor / time (how close the
 op is to its floor), achieved TFLOP/s and GB/s; a header with the three measured rates; and per
 backend the per-op-sum estimate of one forward (stem once, depthwise and pointwise ``depth`` times,
-head once). JSON (``--json``; on a GPU by default ``benchmarks/results/ops-<gpu>-<date>.json``)::
+head once). JSON (``--json``; on a GPU by default
+``benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json``)::
 
     {"schema": 1, "device": bench.device_info, "run": bench.run_info,
      "workload": {...}, "rates": {...}, "rows": [row...], "forward": {...}}
@@ -534,9 +535,10 @@ def headline(document: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------- command line
-def default_result_path(device_name: str, date: str) -> Path:
-    """``benchmarks/results/ops-<gpu-slug>-<YYYY-MM-DD>.json`` (relative to the current directory)."""
-    return bench.RESULTS_DIR / f"ops-{bench.gpu_slug(device_name)}-{date}.json"
+def default_result_path(device_name: str, model: str, batch: int, date: str) -> Path:
+    """``benchmarks/results/ops-<gpu-slug>-<model>-b<batch>-<YYYY-MM-DD>.json`` (relative to the
+    current directory): one file per workload, so runs of other models or batches keep theirs."""
+    return bench.RESULTS_DIR / f"ops-{bench.gpu_slug(device_name)}-{model}-b{batch}-{date}.json"
 
 
 def run_cli(args) -> int:
@@ -567,7 +569,8 @@ def run_cli(args) -> int:
                                   "measure_seconds": bench.MEASURE_SECONDS,
                                   "min_repeat_seconds": bench.MIN_REPEAT_SECONDS})
     info = bench.device_info(device)
-    json_path = Path(args.json) if args.json else (default_result_path(info["name"], run["date"]) if on_gpu else None)
+    default_path = default_result_path(info["name"], model, batch, run["date"]) if on_gpu else None
+    json_path = Path(args.json) if args.json else default_path
     side = image_size // config["patch_size"]
     unavailable = {name: reason for name, reason in
                    ((n, BACKENDS[n].unavailable_reason(torch.device(device))) for n in BACKENDS)

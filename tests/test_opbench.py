@@ -252,9 +252,9 @@ def test_operands_come_from_the_prepared_model():
     assert cases["head"].reference.shape == (2, 10) and cases["head"].reference.dtype == torch.bfloat16
 
 
-def test_default_result_path_names_the_gpu():
-    path = opbench.default_result_path("NVIDIA H100 80GB HBM3", "2026-01-01")
-    assert path == Path("benchmarks/results/ops-nvidia-h100-80gb-hbm3-2026-01-01.json")
+def test_default_result_path_names_the_gpu_and_workload():
+    path = opbench.default_result_path("NVIDIA H100 80GB HBM3", "convmixer_1536_20", 1, "2026-01-01")
+    assert path == Path("benchmarks/results/ops-nvidia-h100-80gb-hbm3-convmixer_1536_20-b1-2026-01-01.json")
 
 
 def test_import_touches_no_cuda():

@@ -423,8 +423,6 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<unsigne
   return err;
 }
 
-inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
-
 // The kernel arguments of a problem for tiles `tile_w` columns wide and `block_c` channels deep.
 template <typename T>
 Params<T> make_params(const Problem& pr, int tile_w, int block_c, bool vector_io) {

@@ -8,7 +8,6 @@
 //   anything else, fp32     -> unsupported (cudaErrorInvalidValue; the Triton backend covers it)
 // Shape rules (TMA / 16-byte vector accesses of 16-bit data): N % 8 == 0, K % 8 == 0; every
 // pointer 16-byte aligned (bias / scale / shift included).
-#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -17,56 +16,6 @@
 #include "pointwise.cuh"
 
 namespace convmixer_fast {
-namespace {
-
-struct DeviceInfo {
-  int cc_major;
-  int cc_minor;
-  int sm_count;
-};
-
-// Per-device cache of the compute capability and SM count, filled on first use (the attribute
-// queries are cheap, but this runs on every launch). 0 = not yet known.
-constexpr int kCachedDevices = 64;
-std::atomic<int> g_packed_cc[kCachedDevices];  // cc_major * 100 + cc_minor, or 0
-std::atomic<int> g_sm_count[kCachedDevices];
-
-cudaError_t current_device_info(int* device, DeviceInfo* info) {
-  cudaError_t err = cudaGetDevice(device);
-  if (err != cudaSuccess) return err;
-  const int dev = *device;
-  const bool cacheable = dev >= 0 && dev < kCachedDevices;
-  if (cacheable) {
-    const int packed = g_packed_cc[dev].load(std::memory_order_acquire);
-    if (packed != 0) {
-      *info = {packed / 100, packed % 100, g_sm_count[dev].load(std::memory_order_relaxed)};
-      return cudaSuccess;
-    }
-  }
-  int major = 0, minor = 0, sm_count = 0;
-  const struct {
-    int* value;
-    cudaDeviceAttr attribute;
-  } queries[] = {{&major, cudaDevAttrComputeCapabilityMajor},
-                 {&minor, cudaDevAttrComputeCapabilityMinor},
-                 {&sm_count, cudaDevAttrMultiProcessorCount}};
-  for (const auto& query : queries) {
-    err = cudaDeviceGetAttribute(query.value, query.attribute, dev);
-    if (err != cudaSuccess) return err;
-  }
-  if (cacheable) {
-    g_sm_count[dev].store(sm_count, std::memory_order_relaxed);
-    g_packed_cc[dev].store(major * 100 + minor, std::memory_order_release);
-  }
-  *info = {major, minor, sm_count};
-  return cudaSuccess;
-}
-
-bool is_16_byte_aligned(const void* pointer) {
-  return pointer != nullptr && reinterpret_cast<std::uintptr_t>(pointer) % 16 == 0;
-}
-
-}  // namespace
 
 bool pointwise_supported(DType dtype, int N, int K, int cc_major, int cc_minor) {
   const bool dtype_ok = dtype == DType::kFloat16 || dtype == DType::kBFloat16;
@@ -82,10 +31,9 @@ cudaError_t pointwise(const void* y, const void* weight, Epilogue epilogue, void
   if (N % 8 != 0 || K % 8 != 0) return cudaErrorInvalidValue;
   if (M == 0 || N == 0 || K == 0) return cudaSuccess;
   if (M > INT_MAX) return cudaErrorInvalidValue;  // CUTLASS problem shapes are int
-  if (!is_16_byte_aligned(y) || !is_16_byte_aligned(weight) || !is_16_byte_aligned(out) ||
-      !is_16_byte_aligned(epilogue.bias) || !is_16_byte_aligned(epilogue.scale) ||
-      !is_16_byte_aligned(epilogue.shift)) {
-    return cudaErrorInvalidValue;
+  const void* const pointers[] = {y, weight, out, epilogue.bias, epilogue.scale, epilogue.shift};
+  for (const void* pointer : pointers) {
+    if (pointer == nullptr || !aligned16(pointer)) return cudaErrorInvalidValue;
   }
 
   int device = 0;
