@@ -125,13 +125,4 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 inline bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
-// The current device and its compute capability and SM count (device_info.cu: cached per device,
-// since the launchers ask on every call).
-struct DeviceInfo {
-  int cc_major;
-  int cc_minor;
-  int sm_count;
-};
-cudaError_t current_device_info(int* device, DeviceInfo* info);
-
 }  // namespace convmixer_fast

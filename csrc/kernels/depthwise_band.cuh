@@ -17,8 +17,8 @@
 // products and sums are fp32 (the tensor core's accumulation), the epilogue fp32, one rounding at
 // the store, as in the direct kernel (the order of the sums differs).
 //
-// One CTA = kTileH x kTileW output pixels (16 or 32 each, picked per image size; 16 x 16 where the
-// larger tiles would leave SMs idle: band_small_tiles) x kBlockC = 16 channels of one image, 8 warps:
+// One CTA = kTileH x kTileW output pixels (16 or 32 each, picked per image size) x kBlockC = 16
+// channels of one image, 8 warps:
 //   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
 //      (16-byte global loads of 8 channels of two neighbouring pixels, stored as 8 4-byte pairs;
@@ -328,40 +328,30 @@ cudaError_t launch_band_tile(const Problem& pr, cudaStream_t stream) {
 }
 
 // Calls f(Cfg{}) with the tile of an image of height x width: 16 rows / columns where the image has
-// at most 16, else 32; 16 x 16 everywhere if `small_tiles`.
+// at most 16, else 32.
 template <typename F>
-auto with_band_tile(int height, int width, bool small_tiles, F&& f) {
-  const bool short_image = small_tiles || height <= 16, narrow_image = small_tiles || width <= 16;
+auto with_band_tile(int height, int width, F&& f) {
+  const bool short_image = height <= 16, narrow_image = width <= 16;
   if (short_image && narrow_image) return f(BandConfig<16, 16>{});
   if (short_image) return f(BandConfig<16, 32>{});
   if (narrow_image) return f(BandConfig<32, 16>{});
   return f(BandConfig<32, 32>{});
 }
 
-// Whether the tiles by image size would leave SMs without a CTA, so that 16 x 16 tiles (up to 4x
-// the CTAs) should fill the GPU instead: batch 1 at 1536/20 gives 96 CTAs of 32 x 32 for an H100's
-// 132 SMs, 384 of 16 x 16 (each with 1.4x the staged halo per output). At batch 2 the 32 x 32
-// tiles already give 192.
-inline bool band_small_tiles(const Problem& pr, int sm_count) {
-  return with_band_tile(pr.height, pr.width, false, [&](auto tile) {
-    return band_blocks_per_image<decltype(tile)>(pr) * pr.batch < sm_count;
-  });
-}
-
-// The band kernels of one 16-bit dtype: the tile (band_small_tiles, then the image size) and the
-// activation, for a GPU of `sm_count` SMs. Instantiated in depthwise_band_{f16,bf16}.cu.
+// The band kernels of one 16-bit dtype: the tile per image size and the activation. Instantiated in
+// depthwise_band_{f16,bf16}.cu.
 template <typename T>
-cudaError_t launch_depthwise_band(const Problem& pr, int sm_count, cudaStream_t stream) {
+cudaError_t launch_depthwise_band(const Problem& pr, cudaStream_t stream) {
   return dispatch_activation(pr.epilogue.act, [&](auto act) -> cudaError_t {
     constexpr Activation kAct = decltype(act)::value;
-    return with_band_tile(pr.height, pr.width, band_small_tiles(pr, sm_count), [&](auto tile) -> cudaError_t {
+    return with_band_tile(pr.height, pr.width, [&](auto tile) -> cudaError_t {
       return launch_band_tile<T, decltype(tile), kAct>(pr, stream);
     });
   });
 }
 
-extern template cudaError_t launch_depthwise_band<__half>(const Problem&, int, cudaStream_t);
-extern template cudaError_t launch_depthwise_band<__nv_bfloat16>(const Problem&, int, cudaStream_t);
+extern template cudaError_t launch_depthwise_band<__half>(const Problem&, cudaStream_t);
+extern template cudaError_t launch_depthwise_band<__nv_bfloat16>(const Problem&, cudaStream_t);
 
 }  // namespace depthwise_detail
 }  // namespace convmixer_fast

@@ -4,6 +4,6 @@
 
 namespace convmixer_fast {
 namespace depthwise_detail {
-template cudaError_t launch_depthwise_band<__nv_bfloat16>(const Problem&, int, cudaStream_t);
+template cudaError_t launch_depthwise_band<__nv_bfloat16>(const Problem&, cudaStream_t);
 }  // namespace depthwise_detail
 }  // namespace convmixer_fast

@@ -20,12 +20,8 @@ cudaError_t depthwise_block(const void* x, const void* weight, Epilogue epilogue
   const bool band = band_supported(problem, dtype);
   if (algorithm == DepthwiseAlgorithm::kBand && !band) return cudaErrorInvalidValue;
   if (band && algorithm != DepthwiseAlgorithm::kDirect) {
-    int device = 0;
-    DeviceInfo info{};
-    const cudaError_t err = current_device_info(&device, &info);
-    if (err != cudaSuccess) return err;
-    return dtype == DType::kFloat16 ? launch_depthwise_band<__half>(problem, info.sm_count, stream)
-                                    : launch_depthwise_band<__nv_bfloat16>(problem, info.sm_count, stream);
+    return dtype == DType::kFloat16 ? launch_depthwise_band<__half>(problem, stream)
+                                    : launch_depthwise_band<__nv_bfloat16>(problem, stream);
   }
   return dispatch_dtype(dtype, [&](auto tag) -> cudaError_t {
     return launch_depthwise_block<decltype(tag)>(problem, stream);

@@ -8,6 +8,7 @@
 //   anything else, fp32     -> unsupported (cudaErrorInvalidValue; the Triton backend covers it)
 // Shape rules (TMA / 16-byte vector accesses of 16-bit data): N % 8 == 0, K % 8 == 0; every
 // pointer 16-byte aligned (bias / scale / shift included).
+#include <atomic>
 #include <climits>
 #include <cstdint>
 #include <type_traits>
@@ -16,6 +17,52 @@
 #include "pointwise.cuh"
 
 namespace convmixer_fast {
+namespace {
+
+struct DeviceInfo {
+  int cc_major;
+  int cc_minor;
+  int sm_count;
+};
+
+// Per-device cache of the compute capability and SM count, filled on first use (the attribute
+// queries are cheap, but this runs on every launch). 0 = not yet known.
+constexpr int kCachedDevices = 64;
+std::atomic<int> g_packed_cc[kCachedDevices];  // cc_major * 100 + cc_minor, or 0
+std::atomic<int> g_sm_count[kCachedDevices];
+
+cudaError_t current_device_info(int* device, DeviceInfo* info) {
+  cudaError_t err = cudaGetDevice(device);
+  if (err != cudaSuccess) return err;
+  const int dev = *device;
+  const bool cacheable = dev >= 0 && dev < kCachedDevices;
+  if (cacheable) {
+    const int packed = g_packed_cc[dev].load(std::memory_order_acquire);
+    if (packed != 0) {
+      *info = {packed / 100, packed % 100, g_sm_count[dev].load(std::memory_order_relaxed)};
+      return cudaSuccess;
+    }
+  }
+  int major = 0, minor = 0, sm_count = 0;
+  const struct {
+    int* value;
+    cudaDeviceAttr attribute;
+  } queries[] = {{&major, cudaDevAttrComputeCapabilityMajor},
+                 {&minor, cudaDevAttrComputeCapabilityMinor},
+                 {&sm_count, cudaDevAttrMultiProcessorCount}};
+  for (const auto& query : queries) {
+    err = cudaDeviceGetAttribute(query.value, query.attribute, dev);
+    if (err != cudaSuccess) return err;
+  }
+  if (cacheable) {
+    g_sm_count[dev].store(sm_count, std::memory_order_relaxed);
+    g_packed_cc[dev].store(major * 100 + minor, std::memory_order_release);
+  }
+  *info = {major, minor, sm_count};
+  return cudaSuccess;
+}
+
+}  // namespace
 
 bool pointwise_supported(DType dtype, int N, int K, int cc_major, int cc_minor) {
   const bool dtype_ok = dtype == DType::kFloat16 || dtype == DType::kBFloat16;

@@ -8,16 +8,14 @@
 //   ./dw_host                                  # the fixed case list below
 //   ./dw_host bf16,gelu,2,32,32,24,9 f32,relu,1,7,21,8,5,misaligned   # chosen cases
 //   ./dw_host f16,relu,1,17,33,16,9,band       # a case on the band kernel
-//   ./dw_host f16,relu,1,17,33,16,9,band16     # ... with 16 x 16 tiles, as where few CTAs fill the GPU
 //   ./dw_host --random 200 7                   # 200 random cases from seed 7
 //
-// A case is DTYPE,ACT,B,H,W,C,K[,misaligned][,band|,band16]: DTYPE f32 | f16 | bf16, ACT gelu |
-// relu, NHWC tokens [B, H, W, C], a K x K kernel; "misaligned" offsets every tensor pointer by one
-// element (which forces the direct kernel's element-wise path); "band" runs the band kernel, which
-// takes only what band_supported() accepts (f16 / bf16, K <= 9, C % 8 == 0, aligned pointers: other
-// band cases are refused as bad cases), with its tile by image size; "band16" with 16 x 16 tiles,
-// as the launcher picks them where the tiles by size would leave SMs idle (band_small_tiles).
-// Prints one line per case and a summary; exits 1 if any case fails, 2 on a bad command line.
+// A case is DTYPE,ACT,B,H,W,C,K[,misaligned][,band]: DTYPE f32 | f16 | bf16, ACT gelu | relu, NHWC
+// tokens [B, H, W, C], a K x K kernel; "misaligned" offsets every tensor pointer by one element
+// (which forces the direct kernel's element-wise path); "band" runs the band kernel, which takes
+// only what band_supported() accepts (f16 / bf16, K <= 9, C % 8 == 0, aligned pointers: other band
+// cases are refused as bad cases). Prints one line per case and a summary; exits 1 if any case
+// fails, 2 on a bad command line.
 //
 // How it works: emulation.h (the CUDA execution model on the host) compiles the real kernel headers
 // as host code and runs each CTA's threads as std::threads; the band kernel's ldmatrix / mma.sync
@@ -25,8 +23,8 @@
 // `extern __shared__` array is an array of this file, poisoned (NaN) before each CTA. The direct
 // kernel's launch arguments mirror launch_kernel in its header (tile counts, Params, the
 // vector-path condition); the band kernel's come from its launcher's helpers (band_params,
-// band_blocks_per_image, band_smem_bytes, band_supported, with_band_tile); the case says whether
-// the launcher's SM-count rule (band_small_tiles) would ask for small tiles. Checks:
+// band_blocks_per_image, band_smem_bytes, band_supported), and only its tile choice by image size
+// (launch_depthwise_band) is mirrored here. Checks:
 //   - every output against an fp64 reference on the same (rounded) inputs, within a tolerance per
 //     dtype: one unit in the last place of the output dtype at |y| (the single rounding at the
 //     store), plus 1e-6 * (1 + |y|) for the fp32 epilogue, plus 1.2e-7 * k * sum|x * w| * |scale|
@@ -76,14 +74,12 @@ struct Case {
   Activation act;
   int batch, height, width, channels, k;
   bool misaligned;
-  bool band;         // the band kernel (depthwise_band.cuh) instead of the direct one
-  bool small_tiles;  // band: 16 x 16 tiles whatever the image size
+  bool band;  // the band kernel (depthwise_band.cuh) instead of the direct one
 };
 
 std::string format_case(const Case& c) {
   return format("%s,%s,%d,%d,%d,%d,%d%s%s", dtype_text(c.dtype), activation_text(c.act), c.batch,
-                c.height, c.width, c.channels, c.k, c.misaligned ? ",misaligned" : "",
-                c.band ? (c.small_tiles ? ",band16" : ",band") : "");
+                c.height, c.width, c.channels, c.k, c.misaligned ? ",misaligned" : "", c.band ? ",band" : "");
 }
 
 DType model_dtype(DTypeName dtype) {
@@ -100,12 +96,10 @@ Problem problem_of(const Case& c) {
   return Problem{nullptr, nullptr, Epilogue{}, nullptr, c.batch, c.height, c.width, c.channels, c.k};
 }
 
-// Parses DTYPE,ACT,B,H,W,C,K[,misaligned][,band|,band16]; false if malformed or out of the kernel's
-// range.
+// Parses DTYPE,ACT,B,H,W,C,K[,misaligned][,band]; false if malformed or out of the kernel's range.
 bool parse_case(const std::vector<std::string>& f, Case& c) {
   size_t n = f.size();
-  c.small_tiles = n >= 8 && f[n - 1] == "band16";
-  c.band = c.small_tiles || (n >= 8 && f[n - 1] == "band");
+  c.band = n >= 8 && f[n - 1] == "band";
   n -= c.band ? 1 : 0;
   c.misaligned = n == 8 && f[7] == "misaligned";
   const bool ok = (n == 7 || c.misaligned) && parse_dtype(f[0], c.dtype) && parse_activation(f[1], c.act) &&
@@ -185,11 +179,6 @@ const char* const kFixedCases[] = {
     "f16,relu,1,5,7,16,9,band",
     "bf16,relu,1,3,1,8,8,band",
     "bf16,relu,3,7,9,8,5,band",
-    // 16 x 16 tiles on maps larger than 16 (band_small_tiles: few CTAs for the GPU), several tiles
-    // a side, the last ones past the map; even and odd pad.
-    "bf16,gelu,1,32,32,24,9,band16",
-    "f16,relu,1,33,47,16,7,band16",
-    "bf16,gelu,2,17,20,8,5,band16",
 };
 
 // ---- one case ----------------------------------------------------------------------------------
@@ -355,7 +344,7 @@ bool run_any_case(const Case& c, unsigned seed) {
       constexpr Activation kAct = decltype(act)::value;
       if constexpr (sizeof(T) == 2) {
         if (c.band) {
-          return with_band_tile(c.height, c.width, c.small_tiles, [&](auto tile) {
+          return with_band_tile(c.height, c.width, [&](auto tile) {
             return run_band_case<T, decltype(tile), kAct>(c, seed);
           });
         }
@@ -389,15 +378,13 @@ Case random_case(std::mt19937& rng) {
   }
   c.misaligned = !band && rng() % 8 == 0;
   c.band = band || (!c.misaligned && band_supported(problem_of(c), model_dtype(c.dtype)) && rng() % 2 == 0);
-  c.small_tiles = c.band && rng() % 3 == 0;
   return c;
 }
 
 int main(int argc, char** argv) {
   register_shared(smem, sizeof(smem), "depthwise smem");
   return run_harness(argc, argv,
-                     "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned][,band|,band16] (DTYPE f32|f16|bf16, ACT "
-                     "gelu|relu, 1 <= K <= 31;\n      band: the band kernel, f16|bf16, K <= 9, C % 8 == 0, "
-                     "not misaligned; band16: with 16 x 16 tiles)\n",
+                     "CASE: DTYPE,ACT,B,H,W,C,K[,misaligned][,band] (DTYPE f32|f16|bf16, ACT gelu|relu, "
+                     "1 <= K <= 31;\n      band: the band kernel, f16|bf16, K <= 9, C % 8 == 0, not misaligned)\n",
                      kFixedCases, parse_case, format_case, random_case, run_any_case);
 }
