@@ -147,6 +147,94 @@ def test_a_candidate_that_raises_is_left_out_and_all_failing_raise(tmp_path):
         op(torch.zeros(4))
 
 
+def doubling(last_image_offset: float = 0.0):
+    """An op ``x -> 2 x`` writing into ``out``; ``last_image_offset`` is added to the last image only
+    (a kernel that gets later images wrong)."""
+
+    def op(x, out=None):
+        result = 2 * x
+        result[-1] += last_image_offset
+        return result if out is None else out.copy_(result)
+
+    return op
+
+
+def judged_op(tmp_path, candidates: dict, fastest: str, reference=None) -> measured.MeasuredOp:
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+
+    def timer(call, device):
+        call()
+        return 1.0 if timer.name == fastest else 2.0
+
+    def timed(name, entry):
+        def call(*args, **kwargs):
+            timer.name = name
+            return entry(*args, **kwargs)
+
+        return call
+
+    return measured.MeasuredOp("depthwise_block", {n: timed(n, e) for n, e in candidates.items()}, CPU, store=store,
+                               timer=timer, reference=reference or doubling())
+
+
+def test_a_candidate_that_disagrees_with_the_reference_is_left_out_with_a_warning(tmp_path):
+    op = judged_op(tmp_path, {"triton": doubling(), "cuda": doubling(last_image_offset=0.5)}, fastest="cuda")
+    x = torch.ones(3, 4, 5, 8)
+    with pytest.warns(UserWarning, match=r"the cuda backend's depthwise_block disagrees with the reference"):
+        out = op(x, out=torch.full_like(x, float("nan")))
+    assert op.chosen and set(op.chosen.values()) == {"triton"}  # the slower one, but right
+    torch.testing.assert_close(out, 2 * x)
+    saved = json.loads((tmp_path / "choices.json").read_text())
+    (entry,) = saved["choices"].values()
+    assert entry["backend"] == "triton" and entry["failed"]["cuda"].startswith("WrongResultError: max |out")
+
+
+def test_when_no_candidate_agrees_the_reference_runs(tmp_path):
+    wrong = doubling(last_image_offset=1.0)
+    op = judged_op(tmp_path, {"triton": wrong, "cuda": wrong}, fastest="cuda")
+    x = torch.ones(2, 3, 3, 8)
+    with pytest.warns(UserWarning) as warned:
+        out = op(x)
+    messages = [str(w.message) for w in warned]
+    assert [m.split(":")[1].strip() for m in messages[:2]] == [
+        "the triton backend's depthwise_block disagrees with the reference on depthwise_block(2x3x3x8",
+        "the cuda backend's depthwise_block disagrees with the reference on depthwise_block(2x3x3x8"]
+    assert "no candidate's depthwise_block agrees" in messages[2] and len(messages) == 3
+    torch.testing.assert_close(out, 2 * x)
+    assert op.label == "eager (measured)"
+    with measured.warnings.catch_warnings():
+        measured.warnings.simplefilter("error")
+        torch.testing.assert_close(op(x), 2 * x)  # remembered: no second judging
+
+
+def test_non_finite_reference_outputs_judge_nothing(tmp_path):
+    op = judged_op(tmp_path, {"triton": doubling(), "cuda": doubling(last_image_offset=0.5)}, fastest="cuda")
+    x = torch.ones(2, 3, 3, 8)
+    x[0, 0, 0, 0] = float("nan")
+    with measured.warnings.catch_warnings():
+        measured.warnings.simplefilter("error")
+        op(x)
+    assert set(op.chosen.values()) == {"cuda"}  # by time alone, as without a reference
+
+
+def test_a_reference_that_cannot_run_warns_and_measures_unchecked(tmp_path):
+    def broken(*args, **kwargs):
+        raise MemoryError("no room")
+
+    op = judged_op(tmp_path, {"triton": doubling(), "cuda": doubling(last_image_offset=0.5)}, fastest="cuda",
+                   reference=broken)
+    with pytest.warns(UserWarning, match="could not run to check the candidates"):
+        op(torch.ones(2, 3, 3, 8))
+    assert set(op.chosen.values()) == {"cuda"}
+
+
+def test_the_models_auto_ops_are_judged_by_the_eager_ops(twin_backend):
+    resolved = resolve_ops("auto", CPU, torch.float32, 16, measure=True)
+    for op_name in OP_NAMES:
+        op = getattr(resolved.ops, op_name)
+        assert op.reference is getattr(EAGER_OPS, op_name)
+
+
 def test_needs_two_candidates():
     with pytest.raises(ValueError, match="at least two candidates"):
         measured.MeasuredOp("head", {"eager": EAGER_OPS.head}, CPU, store=object())

@@ -21,6 +21,7 @@ import torch
 from .. import _settings
 from .._extension import extension_status
 from ..ops._interpreter import is_interpreting
+from . import measured
 from .measured import MeasuredOp
 
 
@@ -236,7 +237,9 @@ def resolve_ops(name: str, device: torch.device, dtype: torch.dtype, channels: i
         if len(names) == 1:
             ops.append(getattr(loaded[names[0]], op))
         else:
-            ops.append(MeasuredOp(op, {backend: getattr(loaded[backend], op) for backend in names}, device))
+            reference = getattr(BACKENDS[measured.REFERENCE].load_ops(), op)
+            ops.append(MeasuredOp(op, {backend: getattr(loaded[backend], op) for backend in names}, device,
+                                  reference=reference))
     return ResolvedOps(candidates, BackendOps(*ops))
 
 

@@ -11,6 +11,13 @@ checks, say) is left out of that choice, its error kept beside the times; if eve
 raises, the first error does. The outputs of the measured calls land in the op's ``out`` and are
 overwritten by the chosen backend's call.
 
+Before it is timed, each candidate's output is held to the reference op's (``reference``: the eager
+backend's, on the first and last image of the batch, within ``verify``'s per-kernel tolerance of
+the dtype): a candidate that disagrees is left out with a warning that names the error, so a kernel
+that computes wrongly on this GPU and shape is never chosen. If none agrees, the reference op runs
+(slow, right, warned about). Where the reference's own output is not finite (NaN / Inf inputs) or
+it cannot run, the candidates are not judged.
+
 Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
 ``auto/`` (``_settings``): a later process on the same kind of GPU, with the same versions of
 convmixer_fast, torch and triton, reuses them without measuring; any version change starts afresh.
@@ -37,6 +44,7 @@ from .. import _settings
 TIMED_CALLS = 5
 TIE_MARGIN = 0.03  # a candidate within 3% of the fastest counts as fast as it
 STORE_SCHEMA = 1
+REFERENCE = "eager"  # the backend whose op judges the candidates, and runs where none agrees with it
 
 Timer = Callable[[Callable[[], object], torch.device], float]  # (call, device) -> seconds per call
 
@@ -151,15 +159,27 @@ def store_for(device: torch.device) -> ChoiceStore:
     return store
 
 
+class WrongResultError(RuntimeError):
+    """A candidate's output on the measured arguments is not within tolerance of the reference's."""
+
+
+def edge_images(tensor: torch.Tensor) -> torch.Tensor:
+    """The first and the last entry along dim 0 (the batch; one entry if there is one)."""
+    index = torch.tensor(sorted({0, tensor.shape[0] - 1}), device=tensor.device)
+    return tensor.index_select(0, index)
+
+
 class MeasuredOp:
     """An op of ``BackendOps`` that runs, per signature, the fastest of ``candidates`` (backend
-    name -> entry, in ``AUTO_ORDER`` order); ``chosen`` holds what it picked for each argument signature."""
+    name -> entry, in ``AUTO_ORDER`` order) whose output agrees with ``reference`` (the eager op; None:
+    no judging); ``chosen`` holds what it picked for each argument signature."""
 
     def __init__(self, op: str, candidates: dict[str, Callable], device: torch.device,
-                 store: ChoiceStore | None = None, timer: Timer | None = None):
+                 store: ChoiceStore | None = None, timer: Timer | None = None,
+                 reference: Callable | None = None):
         if len(candidates) < 2:
             raise ValueError(f"{op}: measuring needs at least two candidates, got {list(candidates)}")
-        self.op, self.candidates, self.device = op, candidates, device
+        self.op, self.candidates, self.device, self.reference = op, candidates, device, reference
         self.timer = timer or time_op
         self.store = store if store is not None else store_for(device)
         self.chosen: dict[tuple, str] = {}  # argument key (shapes, strides, dtypes, values) -> backend
@@ -173,7 +193,36 @@ class MeasuredOp:
             if backend is None:  # capturing a CUDA graph: no timing now, the first candidate
                 return self.candidates[next(iter(self.candidates))](*args, **kwargs)
             self.chosen[key] = backend
-        return self.candidates[backend](*args, **kwargs)
+        return self._entry(backend)(*args, **kwargs)
+
+    def _entry(self, backend: str) -> Callable:
+        return self.reference if backend == REFERENCE and backend not in self.candidates else self.candidates[backend]
+
+    def _reference_output(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
+        """The reference op's output on the first and last image of ``args``; None where it cannot
+        judge (no reference, non-finite output, or it raised)."""
+        if self.reference is None:
+            return None
+        edge_args = (edge_images(args[0]), *args[1:])
+        own_buffers = {k: v for k, v in kwargs.items() if k not in ("out", "pooled")}  # it allocates its own
+        try:
+            expected = self.reference(*edge_args, **own_buffers)
+        except Exception as error:  # (e.g. out of memory): measure without judging, as before
+            warnings.warn(f"auto: the reference {self.op} could not run to check the candidates "
+                          f"({type(error).__name__}: {error}); measuring them unchecked", stacklevel=4)
+            return None
+        return expected if bool(torch.isfinite(expected).all()) else None
+
+    def _check(self, result: torch.Tensor, expected: torch.Tensor) -> None:
+        """Raises WrongResultError unless ``result``'s first and last image are within ``verify``'s
+        kernel tolerance of ``expected`` (max |difference| / max |expected|)."""
+        from ..verify import errors, tolerances  # (verify imports this package)
+
+        tolerance = tolerances(result.dtype, result.device)[0]
+        max_abs, max_rel = errors(edge_images(result), expected)
+        if not max_rel <= tolerance:  # (NaN fails)
+            raise WrongResultError(f"max |out - reference| = {max_abs:.3g}, {max_rel:.3g} of max |reference| "
+                                   f"(tolerance {tolerance:.1g} for {result.dtype})")
 
     def _choose(self, args: tuple, kwargs: dict) -> str | None:
         """The stored choice for the arguments' signature, else the fastest measured on them (and
@@ -184,25 +233,40 @@ class MeasuredOp:
             return backend
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
+        expected = self._reference_output(args, kwargs)
         seconds: dict[str, float] = {}
         failures: dict[str, Exception] = {}
         for candidate, entry in self.candidates.items():
             try:
+                if expected is not None:
+                    self._check(entry(*args, **kwargs), expected)
                 seconds[candidate] = self.timer(lambda entry=entry: entry(*args, **kwargs), self.device)
+            except WrongResultError as error:
+                warnings.warn(f"auto: the {candidate} backend's {self.op} disagrees with the reference on "
+                              f"{name}: {error}; it is not used for these arguments (a bug: please report "
+                              f"it with this message)", stacklevel=3)
+                failures[candidate] = error
             except Exception as error:  # e.g. an argument check of one backend: the others may run
                 failures[candidate] = error
+        described = {c: f"{type(e).__name__}: {e}"[:300] for c, e in failures.items()}
         if not seconds:
+            if all(isinstance(error, WrongResultError) for error in failures.values()):
+                warnings.warn(f"auto: no candidate's {self.op} agrees with the reference on {name}; the "
+                              f"reference ({REFERENCE}) runs it", stacklevel=3)
+                self.store.put(name, REFERENCE, {}, described)
+                return REFERENCE
             raise next(iter(failures.values()))
         best = min(seconds.values())
         backend = next(candidate for candidate, s in seconds.items() if s <= best * (1 + TIE_MARGIN))
-        self.store.put(name, backend, seconds, {c: f"{type(e).__name__}: {e}"[:300] for c, e in failures.items()})
+        self.store.put(name, backend, seconds, described)
         return backend
 
     @property
     def label(self) -> str:
         """What it ran: "cuda (measured)", "triton/cuda (measured per shape)", or, before any
         call, "fastest of triton/cuda/eager"."""
-        picked = [name for name in self.candidates if name in self.chosen.values()]
+        picked = [name for name in (*self.candidates, REFERENCE) if name in self.chosen.values()]
+        picked = list(dict.fromkeys(picked))  # (the reference may also be a candidate)
         if not picked:
             return f"fastest of {'/'.join(self.candidates)}"
         return f"{'/'.join(picked)} (measured{' per shape' if len(picked) > 1 else ''})"

@@ -139,7 +139,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   // per channel plane (the pair's first plane column is even: 4-byte aligned).
   constexpr int kRowSlots = Cfg::kPitch / 2 * kVecsPerPixel;  // (column pair, vector)s per halo row
   constexpr int kRowsPerPass = Cfg::kThreads / kRowSlots;     // (the last threads may idle)
-  constexpr int kBatch = 2;                                   // pixel pairs in flight per thread
+  constexpr int kBatch = 2;                                   // rows in flight per thread (2 loads each)
   static_assert(Cfg::kPitch % 2 == 0 && kRowsPerPass >= 1, "whole column pairs; a pass covers a row");
   const int halo_rows = Cfg::kTileH + k - 1;
   {
