@@ -200,8 +200,8 @@ class MeasuredOp:
 
     def _reference_output(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The reference op's output on the first and last image of ``args``; None where it cannot
-        judge (no reference, non-finite output, or it raised)."""
-        if self.reference is None:
+        judge (no reference, an empty batch, a non-finite output, or it raised)."""
+        if self.reference is None or not isinstance(args[0], torch.Tensor) or args[0].shape[0] == 0:
             return None
         edge_args = (edge_images(args[0]), *args[1:])
         own_buffers = {k: v for k, v in kwargs.items() if k not in ("out", "pooled")}  # it allocates its own
