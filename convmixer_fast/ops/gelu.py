@@ -12,10 +12,11 @@ to 0 (exactly, once P < -126 or the fp32 Horner sum overflows to -inf: |z| > ~10
 exponential is one SFU instruction (``ex2.approx.ftz.f32``, 2 ulp) in the CUDA and Triton kernels.
 
 Accuracy, over every finite fp32 z with |z| >= 1e-30 (all 2^32 checked on the host by
-``tools/fit_gelu.py check``, with the exponential's result exact and moved 2 ulp either way): ``|gelu(z) - z Phi(z)| <= 2**-22.59 * |z|``;
-the textbook formula in fp32 with glibc's erff reaches ``2**-23.14 * |z|``. ``tests/test_gelu.py``
-checks the bound ``GELU_ERROR_BOUND * |z|`` on a sweep of fp32 values and holds the CUDA kernels'
-copy of the coefficients (``csrc/kernels/common.cuh``) equal to these. z = +-inf or NaN gives NaN.
+``tools/fit_gelu.py check``, with the exponential's result exact and moved 2 ulp either way):
+``|gelu(z) - z Phi(z)| <= 2**-22.59 * |z|``; the textbook formula in fp32 with glibc's erff reaches
+``2**-23.14 * |z|`` (a one-off C program's check of all 2^32). ``tests/test_gelu.py`` checks the
+bound ``GELU_ERROR_BOUND * |z|`` on a sweep of fp32 values and holds the CUDA kernels' copy of the
+coefficients (``csrc/kernels/common.cuh``) equal to these. z = +-inf or NaN gives NaN.
 """
 
 import math
