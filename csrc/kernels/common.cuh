@@ -29,8 +29,17 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
   return __float2bfloat16_rn(v);
 }
 
-// Two 16-bit values of one 32-bit word (`low` at the lower address) as fp32, and back (one
-// cvt.rn.{f16x2,bf16x2}.f32 on the device).
+// Two 16-bit values as one 32-bit word (a fragment register, a shared-memory pair), `low` in the
+// low half (at the lower address); from / to fp32 (nvcc packs the two roundings into one F2FP).
+template <typename T>
+__device__ __forceinline__ uint32_t pack_pair(T low, T high) {
+  static_assert(sizeof(T) == 2, "16-bit values");
+  const T pair[2] = {low, high};
+  uint32_t word;
+  memcpy(&word, pair, sizeof(word));
+  return word;
+}
+
 template <typename T>
 __device__ __forceinline__ float2 to_float2(uint32_t word) {
   static_assert(sizeof(T) == 2, "16-bit values");
@@ -40,20 +49,8 @@ __device__ __forceinline__ float2 to_float2(uint32_t word) {
 }
 
 template <typename T>
-__device__ __forceinline__ uint32_t from_float2(float low, float high);
-template <>
-__device__ __forceinline__ uint32_t from_float2<__half>(float low, float high) {
-  const __half2 pair = __floats2half2_rn(low, high);
-  uint32_t word;
-  memcpy(&word, &pair, sizeof(word));
-  return word;
-}
-template <>
-__device__ __forceinline__ uint32_t from_float2<__nv_bfloat16>(float low, float high) {
-  const __nv_bfloat162 pair = __floats2bfloat162_rn(low, high);
-  uint32_t word;
-  memcpy(&word, &pair, sizeof(word));
-  return word;
+__device__ __forceinline__ uint32_t from_float2(float low, float high) {
+  return pack_pair(from_float<T>(low), from_float<T>(high));
 }
 
 // ---- activation and epilogue (fp32) -----------------------------------------------------------

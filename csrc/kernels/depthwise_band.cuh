@@ -96,15 +96,6 @@ int64_t band_blocks_per_image(const Problem& pr) {
          ceil_div(pr.channels, Cfg::kBlockC);
 }
 
-// Two 16-bit values as one fragment register, `low` in the low half.
-template <typename T>
-__device__ __forceinline__ uint32_t pack_pair(T low, T high) {
-  uint16_t bits[2];
-  memcpy(&bits[0], &low, sizeof(T));
-  memcpy(&bits[1], &high, sizeof(T));
-  return static_cast<uint32_t>(bits[0]) | (static_cast<uint32_t>(bits[1]) << 16);
-}
-
 template <typename T, typename Cfg, Activation kAct>
 __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) {
   static_assert(sizeof(T) == 2, "16-bit tokens");
