@@ -180,6 +180,9 @@ class MeasuredOp:
         if len(candidates) < 2:
             raise ValueError(f"{op}: measuring needs at least two candidates, got {list(candidates)}")
         self.op, self.candidates, self.device, self.reference = op, candidates, device, reference
+        self._entries = dict(candidates)  # what a choice runs: a candidate, or the reference where none agreed
+        if reference is not None:
+            self._entries.setdefault(REFERENCE, reference)
         self.timer = timer or time_op
         self.store = store if store is not None else store_for(device)
         self.chosen: dict[tuple, str] = {}  # argument key (shapes, strides, dtypes, values) -> backend
@@ -193,15 +196,12 @@ class MeasuredOp:
             if backend is None:  # capturing a CUDA graph: no timing now, the first candidate
                 return self.candidates[next(iter(self.candidates))](*args, **kwargs)
             self.chosen[key] = backend
-        return self._entry(backend)(*args, **kwargs)
-
-    def _entry(self, backend: str) -> Callable:
-        return self.reference if backend == REFERENCE and backend not in self.candidates else self.candidates[backend]
+        return self._entries[backend](*args, **kwargs)
 
     def _reference_output(self, args: tuple, kwargs: dict) -> torch.Tensor | None:
         """The reference op's output on the first and last image of ``args``; None where it cannot
         judge (no reference, an empty batch, a non-finite output, or it raised)."""
-        if self.reference is None or not isinstance(args[0], torch.Tensor) or args[0].shape[0] == 0:
+        if self.reference is None or args[0].shape[0] == 0:
             return None
         edge_args = (edge_images(args[0]), *args[1:])
         own_buffers = {k: v for k, v in kwargs.items() if k not in ("out", "pooled")}  # it allocates its own
@@ -265,8 +265,7 @@ class MeasuredOp:
     def label(self) -> str:
         """What it ran: "cuda (measured)", "triton/cuda (measured per shape)", or, before any
         call, "fastest of triton/cuda/eager"."""
-        picked = [name for name in (*self.candidates, REFERENCE) if name in self.chosen.values()]
-        picked = list(dict.fromkeys(picked))  # (the reference may also be a candidate)
+        picked = [name for name in self._entries if name in self.chosen.values()]
         if not picked:
             return f"fastest of {'/'.join(self.candidates)}"
         return f"{'/'.join(picked)} (measured{' per shape' if len(picked) > 1 else ''})"
