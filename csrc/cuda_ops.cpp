@@ -8,6 +8,7 @@
 // the checks, then the kernels. Either way a CPU tensor that passes the checks gets a clear error.
 // Checks raise TypeError (dtype) or ValueError (shape, layout, device, value) in Python, naming the
 // op, the argument, what was expected and what came.
+#include <iterator>
 #include <string>
 #include <utility>
 #include <vector>
@@ -30,6 +31,24 @@ namespace convmixer_fast {
 namespace {
 
 constexpr int64_t kMaxKernelSize = 31;
+
+// cuda_depthwise_block's `algorithm` names, in the order of kernels.h's DepthwiseAlgorithm values.
+constexpr const char* kDepthwiseAlgorithms[] = {"auto", "direct", "band"};
+
+// The position of `name` in kDepthwiseAlgorithms, -1 if it is none of them.
+int depthwise_algorithm_index(const std::string& name) {
+  for (int i = 0; i < static_cast<int>(std::size(kDepthwiseAlgorithms)); ++i) {
+    if (name == kDepthwiseAlgorithms[i]) return i;
+  }
+  return -1;
+}
+
+// "('auto', 'direct', 'band')", for messages.
+std::string depthwise_algorithm_names() {
+  std::string names;
+  for (const char* name : kDepthwiseAlgorithms) names += (names.empty() ? "('" : ", '") + std::string(name) + "'";
+  return names + ")";
+}
 
 // The dtype as Python spells it ("torch.float32"), so messages match those of ops/_checks.py.
 std::string dtype_name(at::ScalarType dtype) {
@@ -188,8 +207,9 @@ void cuda_depthwise_block(const at::Tensor& x, const at::Tensor& weight, const a
   check.shape_is(out, "out", x.sizes());
   check.placed(out, "out", device);
   check.apart(out, "out", x, "x (the kernel reads the halo of x)");
-  check.expect(algorithm == "auto" || algorithm == "direct" || algorithm == "band",
-               "algorithm must be one of ('auto', 'direct', 'band'), got '" + algorithm + "'");
+  const int algorithm_index = depthwise_algorithm_index(algorithm);
+  check.expect(algorithm_index >= 0,
+               "algorithm must be one of " + depthwise_algorithm_names() + ", got '" + algorithm + "'");
   check.runs_here(device);
 #ifdef CONVMIXER_FAST_WITH_CUDA
   const int kernel_size = static_cast<int>(weight.size(0));
@@ -199,9 +219,10 @@ void cuda_depthwise_block(const at::Tensor& x, const at::Tensor& weight, const a
                "algorithm 'band' needs float16/bfloat16 tokens, k <= 9, C a multiple of 8 and 16-byte aligned "
                "x, weight and out; got " + dtype_name(x.scalar_type()) + ", k=" + std::to_string(kernel_size) +
                    ", C=" + std::to_string(channels));
-  const DepthwiseAlgorithm kernel_algorithm = algorithm == "band"     ? DepthwiseAlgorithm::kBand
-                                              : algorithm == "direct" ? DepthwiseAlgorithm::kDirect
-                                                                      : DepthwiseAlgorithm::kAuto;
+  static_assert(static_cast<int>(DepthwiseAlgorithm::kAuto) == 0 && static_cast<int>(DepthwiseAlgorithm::kDirect) == 1 &&
+                    static_cast<int>(DepthwiseAlgorithm::kBand) == 2,
+                "kDepthwiseAlgorithms lists the names in DepthwiseAlgorithm's order");
+  const auto kernel_algorithm = static_cast<DepthwiseAlgorithm>(algorithm_index);
   const c10::cuda::CUDAGuard guard(device);
   check_launch(check.op, depthwise_block(x.data_ptr(), weight.data_ptr(), kernel_epilogue(bias, scale, shift, act),
                                          out.data_ptr(), batch, static_cast<int>(height), static_cast<int>(width),
