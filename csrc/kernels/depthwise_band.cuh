@@ -303,7 +303,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
 // Whether band_kernel runs a problem (a device of compute capability 8.0 or more assumed).
 inline bool band_supported(const Problem& pr, DType dtype) {
   return (dtype == DType::kFloat16 || dtype == DType::kBFloat16) && pr.kernel_size <= kMaxBandKernelSize &&
-         pr.channels % 8 == 0 && aligned16(pr.x) && aligned16(pr.weight) && aligned16(pr.out);
+         vector_io_possible(pr, 2);
 }
 
 template <typename T, typename Cfg, Activation kAct>

@@ -423,6 +423,12 @@ cudaError_t allow_shared_memory(Kernel kernel, size_t bytes, std::atomic<unsigne
   return err;
 }
 
+// Whether x, weight and out can be read and written in 16-byte vectors of 16 / element_bytes
+// channels: C a multiple of that, every pointer 16-byte aligned.
+inline bool vector_io_possible(const Problem& pr, int element_bytes) {
+  return pr.channels % (16 / element_bytes) == 0 && aligned16(pr.x) && aligned16(pr.weight) && aligned16(pr.out);
+}
+
 // The kernel arguments of a problem for tiles `tile_w` columns wide and `block_c` channels deep.
 template <typename T>
 Params<T> make_params(const Problem& pr, int tile_w, int block_c, bool vector_io) {
@@ -481,9 +487,7 @@ cudaError_t launch_kernel(const Problem& pr, cudaStream_t stream) {
   const cudaError_t err = allow_shared_memory(kernel, max_smem, smem_allowed);
   if (err != cudaSuccess) return err;
 
-  const bool vector_io = pr.channels % vector_width<T>() == 0 && aligned16(pr.x) && aligned16(pr.weight) &&
-                         aligned16(pr.out);
-  const Params<T> p = make_params<T>(pr, Cfg::kStripW, Cfg::kBlockC, vector_io);
+  const Params<T> p = make_params<T>(pr, Cfg::kStripW, Cfg::kBlockC, vector_io_possible(pr, sizeof(T)));
   return launch_per_images(kernel, p, pr, blocks_per_image, Cfg::kThreads, smem, stream);
 }
 

@@ -21,10 +21,10 @@
 // as host code and runs each CTA's threads as std::threads; the band kernel's ldmatrix / mma.sync
 // are emulation.h's warp collectives with the PTX ISA's per-lane fragment layouts. The kernels'
 // `extern __shared__` array is an array of this file, poisoned (NaN) before each CTA. The direct
-// kernel's launch arguments mirror launch_kernel in its header (tile counts, Params, the
-// vector-path condition); the band kernel's come from its launcher's helpers (band_params,
-// band_blocks_per_image, band_smem_bytes, band_supported), and only its tile choice by image size
-// (launch_depthwise_band) is mirrored here. Checks:
+// kernel's Params come from its launcher's helpers (make_params, vector_io_possible) and its grid
+// mirrors launch_kernel's tile counts; the band kernel's come from its launcher's helpers
+// (band_params, band_blocks_per_image, band_smem_bytes, band_supported), and only its tile choice
+// by image size (launch_depthwise_band) is mirrored here. Checks:
 //   - every output against an fp64 reference on the same (rounded) inputs, within a tolerance per
 //     dtype: one unit in the last place of the output dtype at |y| (the single rounding at the
 //     store), plus 1e-6 * (1 + |y|) for the fp32 epilogue, plus 1.2e-7 * k * sum|x * w| * |scale|
@@ -266,6 +266,17 @@ void run_both_orders(const Case& c, CaseTensors<T>& t, const Expected& expected,
   }
 }
 
+// The case as the launchers' Problem, on its tensors.
+template <typename T>
+Problem problem_on(const Case& c, CaseTensors<T>& t) {
+  Problem problem = problem_of(c);
+  problem.x = t.x.data();
+  problem.weight = t.weight.data();
+  problem.out = t.out.data();
+  problem.epilogue = Epilogue{t.bias.data(), t.scale.data(), t.shift.data(), c.act};
+  return problem;
+}
+
 // Runs one case on the direct kernel (both block orders) and prints its line, then details of what
 // went wrong.
 template <typename T, int kK, Activation kAct>
@@ -274,8 +285,9 @@ bool run_case(const Case& c, unsigned seed) {
   const int H = c.height, W = c.width, C = c.channels;
   CaseTensors<T> t(c, seed);
   const Expected expected = reference<T>(c, t);
+  const Problem problem = problem_on(c, t);
 
-  // The launch arguments, as launch_kernel computes them.
+  // The grid and shared memory, as launch_kernel computes them.
   const Geometry g = make_geometry<kK>(c.k);
   if (smem_bytes(g) > kSharedMemoryBytes) {
     std::printf("FAIL: the kernel needs %zu bytes of shared memory, the emulation has %zu\n",
@@ -284,21 +296,8 @@ bool run_case(const Case& c, unsigned seed) {
   }
   const int64_t tiles_h = ceil_div(H, Cfg::kTileH), tiles_w = ceil_div(W, Cfg::kStripW);
   const int64_t channel_blocks = ceil_div(C, Cfg::kBlockC);
-  Params<T> params;
-  params.x = t.x.data();
-  params.weight = t.weight.data();
-  params.bias = t.bias.data();
-  params.scale = t.scale.data();
-  params.shift = t.shift.data();
-  params.out = t.out.data();
-  params.height = H;
-  params.width = W;
-  params.channels = C;
-  params.kernel_size = g.k;
-  params.tiles_w = static_cast<int>(tiles_w);
-  params.channel_blocks = static_cast<int>(channel_blocks);
-  params.vector_io = C % vector_width<T>() == 0 && aligned16(params.x) &&
-                     aligned16(params.weight) && aligned16(params.out);
+  const Params<T> params =
+      make_params<T>(problem, Cfg::kStripW, Cfg::kBlockC, vector_io_possible(problem, sizeof(T)));
 
   OutputCheck check;
   if (params.vector_io != (C % vector_width<T>() == 0 && !c.misaligned))
@@ -318,11 +317,7 @@ bool run_band_case(const Case& c, unsigned seed) {
   static_assert(band_smem_bytes<Cfg, T>() <= kSharedMemoryBytes, "the emulation's smem is too small");
   CaseTensors<T> t(c, seed);
   const Expected expected = reference<T>(c, t);
-  Problem problem = problem_of(c);
-  problem.x = t.x.data();
-  problem.weight = t.weight.data();
-  problem.out = t.out.data();
-  problem.epilogue = Epilogue{t.bias.data(), t.scale.data(), t.shift.data(), c.act};
+  const Problem problem = problem_on(c, t);
 
   OutputCheck check;
   if (!band_supported(problem, model_dtype(c.dtype)))
