@@ -13,7 +13,13 @@ import torch
 
 from helpers import DEVICE, skip_module_unless_triton_runs
 
-from convmixer_fast.ops.gelu import GELU_ERROR_BOUND, GELU_LOG2_PHI_COEFFICIENTS, gelu_as_kernels, gelu_exact
+from convmixer_fast.ops.gelu import (
+    GELU_ERROR_BOUND,
+    GELU_LOG2_PHI_COEFFICIENTS,
+    fp32_from_patterns,
+    gelu_as_kernels,
+    gelu_exact,
+)
 
 COMMON_CUH = os.path.join(os.path.dirname(__file__), "..", "csrc", "kernels", "common.cuh")
 
@@ -21,10 +27,7 @@ COMMON_CUH = os.path.join(os.path.dirname(__file__), "..", "csrc", "kernels", "c
 def fp32_sweep(stride: int) -> torch.Tensor:
     """Every stride-th fp32 bit pattern that is finite with |z| >= 1e-30 (all binades and signs),
     plus a dense grid of [-8, 8] where the polynomial works."""
-    bits = torch.arange(0, 1 << 32, stride, dtype=torch.int64)
-    z = (bits - (bits >= 1 << 31).long() * (1 << 32)).int().view(torch.float32)
-    z = z[torch.isfinite(z) & (z.abs() >= 1e-30)]
-    return torch.cat([z, torch.linspace(-8.0, 8.0, 200_001)])
+    return torch.cat([fp32_from_patterns(0, 1 << 32, stride), torch.linspace(-8.0, 8.0, 200_001)])
 
 
 def worst_relative_error(got: torch.Tensor, z: torch.Tensor) -> float:

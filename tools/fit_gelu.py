@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from convmixer_fast.ops.gelu import GELU_ERROR_BOUND, gelu_as_kernels, gelu_exact  # noqa: E402
+from convmixer_fast.ops.gelu import GELU_ERROR_BOUND, fp32_from_patterns, gelu_as_kernels, gelu_exact  # noqa: E402
 
 
 def log2_phi_of_minus(t: np.ndarray) -> np.ndarray:
@@ -59,9 +59,7 @@ def fit(degree: int, clamp: float, nodes: int = 4000, iterations: int = 200) -> 
 def check(stride: int, chunk: int = 1 << 24) -> None:
     worst = {ulps: (0.0, 0.0) for ulps in (0, 2, -2)}
     for start in range(0, 1 << 32, chunk * stride):
-        bits = torch.arange(start, min(start + chunk * stride, 1 << 32), stride, dtype=torch.int64)
-        z = (bits - (bits >= 1 << 31).long() * (1 << 32)).int().view(torch.float32)
-        z = z[torch.isfinite(z) & (z.abs() >= 1e-30)]
+        z = fp32_from_patterns(start, min(start + chunk * stride, 1 << 32), stride)
         if z.numel() == 0:  # a chunk of infinities and NaNs
             continue
         truth = gelu_exact(z)

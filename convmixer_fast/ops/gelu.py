@@ -60,6 +60,14 @@ def gelu_as_kernels(z: torch.Tensor, exp2_error_ulps: int = 0) -> torch.Tensor:
     return fma(-t, q, z.clamp(min=0.0))
 
 
+def fp32_from_patterns(start: int, stop: int, stride: int) -> torch.Tensor:
+    """The fp32 values of the bit patterns ``start, start + stride, ... < stop`` (in [0, 2^32)) that
+    are finite with |z| >= 1e-30: the domain of the bound above."""
+    bits = torch.arange(start, stop, stride, dtype=torch.int64)
+    z = (bits - (bits >= 1 << 31).long() * (1 << 32)).int().view(torch.float32)  # as int32 bit patterns
+    return z[torch.isfinite(z) & (z.abs() >= 1e-30)]
+
+
 def gelu_exact(z: torch.Tensor) -> torch.Tensor:
     """``z * Phi(z)`` in float64 (the truth the bound above is measured against)."""
     z = z.double()
