@@ -1,13 +1,13 @@
 """Fit the GELU polynomial of convmixer_fast/ops/gelu.py, or check its error bound.
 
-    python tools/fit_gelu.py fit [--degree 8] [--clamp 5.6]
+    python tools/fit_gelu.py fit [--degree 5] [--clamp 5.6]
         prints the fp32 coefficients of P (lowest power first): P(t) ~= log2 Phi(-t) on [0, clamp],
         weighted minimax on the error of q = 2^P (Lawson's iteration on Chebyshev nodes); each
         coefficient is rounded to fp32 in turn and the higher ones refit around it.
     python tools/fit_gelu.py check [--stride 1]
         max |gelu(z) - z Phi(z)| / |z| of ops/gelu.py's coefficients over every stride-th fp32 bit
         pattern (finite, |z| >= 1e-30), with the exponential exact and 2 ulp either way
-        (stride 1: all 2^32, about an hour).
+        (stride 1: all 2^32, about an hour on one core).
 
 Needs numpy and torch. Run by hand when the polynomial changes; tests/test_gelu.py checks the bound
 on a sparser sweep.
@@ -78,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fit_parser = sub.add_parser("fit")
-    fit_parser.add_argument("--degree", type=int, default=8)
+    fit_parser.add_argument("--degree", type=int, default=5)
     fit_parser.add_argument("--clamp", type=float, default=5.6)
     check_parser = sub.add_parser("check")
     check_parser.add_argument("--stride", type=int, default=1)
