@@ -10,12 +10,12 @@
 //                                                                0 <= p - q < k, else 0,
 // one mma.m16n8k16 per 16 output rows x 8 output columns x kernel row: A = 16 rows x 16 input columns
 // (the 8 + k - 1 <= 16 columns that reach those 8 outputs, the rest multiplied by T's zeros),
-// B = T_i [16, 8], the same for every column group, built once per channel in registers (each lane
-// holds 4 of its elements per kernel row: taps p - q, mma.cuh's B layout). The tensor core does 16
-// multiply-adds per output per kernel row where the direct form needs k: 1.78x the direct FLOPs at
-// k = 9, at tensor-core rather than fp32-FMA rates. Operands are the model's 16-bit values, exact;
-// products and sums are fp32 (the tensor core's accumulation), the epilogue fp32, one rounding at
-// the store, as in the direct kernel (the order of the sums differs).
+// B = T_i [16, 8], the same for every column group, read once per channel into registers (each lane
+// holds 4 of its elements per kernel row, taps p - q in mma.cuh's B layout: two 4-byte words). The
+// tensor core does 16 multiply-adds per output per kernel row where the direct form needs k: 1.78x
+// the direct FLOPs at k = 9, at tensor-core rather than fp32-FMA rates. Operands are the model's
+// 16-bit values, exact; products and sums are fp32 (the tensor core's accumulation), the epilogue
+// fp32, one rounding at the store, as in the direct kernel (the order of the sums differs).
 //
 // One CTA = kTileH x kTileW output pixels (16 or 32 each, picked per image size) x kBlockC = 16
 // channels of one image, 8 warps:
@@ -23,9 +23,10 @@
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
 //      (16-byte global loads of 8 channels of two neighbouring pixels, stored as 8 4-byte pairs;
 //      each thread one column pair and vector walking down the rows; zeros outside the image), and
-//      the taps, one zero-padded row per channel and kernel row, so that a lane reads its 4
-//      elements of each B without tests. The plane pitch (kTileW + 8 elements) is an odd multiple
-//      of 16 bytes, so the 8 rows of an ldmatrix land in distinct bank groups.
+//      the taps, one zero-padded row per channel and kernel row, twice (the second copy one
+//      element to the right), so that a lane reads its 4 elements of each B as two aligned 4-byte
+//      words, without tests. The plane pitch (kTileW + 8 elements) is an odd multiple of 16
+//      bytes, so the 8 rows of an ldmatrix land in distinct bank groups.
 //   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
 //      one ldmatrix.x4 (A straight from the plane: rows r + i, columns 8 n ... 8 n + 15) and one mma.
 //   3. Epilogue: each lane turns its accumulators (which start at the bias) into out values (the
@@ -40,9 +41,9 @@
 //
 // Requirements (band_supported): f16 / bf16, k <= 9, C % 8 == 0, x / weight / out 16-byte aligned
 // (depthwise_block.cu runs the direct kernel otherwise), sm_80+ (ldmatrix, bf16 mma).
-// Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the zero-padded taps: 58,112
-// bytes at 32 x 32, 25,344 bytes at 16 x 16; with 80 registers per thread (sm_90a, 32 x 32) 3 CTAs,
-// 24 warps, fit an H100 SM.
+// Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the two copies of the
+// zero-padded taps: 65,024 bytes at 32 x 32, 32,256 bytes at 16 x 16; with 80 registers per thread
+// (sm_90a, 32 x 32) 3 CTAs, 24 warps, fit an H100 SM.
 #pragma once
 
 #include "depthwise_block.cuh"
@@ -53,9 +54,12 @@ namespace depthwise_detail {
 
 constexpr int kMaxBandKernelSize = 9;  // 8 output columns + k - 1 inputs fit the mma's K = 16
 // The taps of one kernel row as a lane reads them for its B fragment: tap j = p - q for p in
-// [0, 16), q in [0, 8) lies in [-7, 15]; it is stored at j + kTapOffset of a zero-padded row.
+// [0, 16), q in [0, 8) lies in [-7, 15]; copy s (0 or 1) of a zero-padded row holds it at
+// j + kTapOffset + s. Lane (g, t) reads the pairs p = 2 t, 2 t + 1 and 2 t + 8, 2 t + 9 of column
+// q = g, which start at an even element (a 4-byte word) in copy 1 - g % 2.
 constexpr int kTapOffset = 7;
-constexpr int kTapPitch = 24;  // >= 16 + kTapOffset
+constexpr int kTapCopies = 2;
+constexpr int kTapPitch = 24;  // >= 16 + kTapOffset + 1, even
 
 // Tile of kTileH x kTileW outputs (each 16 or 32) x kBlockC channels.
 template <int kTileH_, int kTileW_>
@@ -79,7 +83,7 @@ struct BandConfig {
 template <typename Cfg, typename T>
 constexpr size_t band_smem_bytes() {
   return sizeof(T) * (static_cast<size_t>(Cfg::kBlockC) * Cfg::kPlane +
-                      static_cast<size_t>(Cfg::kBlockC) * kMaxBandKernelSize * kTapPitch);
+                      static_cast<size_t>(Cfg::kBlockC) * kTapCopies * kMaxBandKernelSize * kTapPitch);
 }
 
 // The band kernel's launch: its Params (tiles_w and channel_blocks count BandConfig tiles; its
@@ -103,7 +107,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   constexpr int kVecsPerPixel = Cfg::kBlockC / kVec;
   extern __shared__ float4 smem[];
   T* s_planes = reinterpret_cast<T*>(smem);               // [kBlockC, kHaloH, kPitch]
-  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, 9, kTapPitch], zero-padded
+  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, kTapCopies, 9, kTapPitch], zero-padded
 
   const int H = p.height, W = p.width, C = p.channels, k = p.kernel_size;
   const int pad = (k - 1) / 2;
@@ -117,8 +121,9 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   T* out_image = p.out + image_offset;
 
   // ---- 1. staging: halo planes and taps ----------------------------------------------------------
-  constexpr int kTapVectors = static_cast<int>(Cfg::kBlockC * kMaxBandKernelSize * kTapPitch * sizeof(T) / 16);
-  static_assert(Cfg::kBlockC * kMaxBandKernelSize * kTapPitch * sizeof(T) % 16 == 0 &&
+  constexpr int kTapRows = Cfg::kBlockC * kTapCopies * kMaxBandKernelSize;
+  constexpr int kTapVectors = static_cast<int>(kTapRows * kTapPitch * sizeof(T) / 16);
+  static_assert(kTapRows * kTapPitch * sizeof(T) % 16 == 0 &&
                     Cfg::kBlockC * Cfg::kPlane * sizeof(T) % 16 == 0, "s_taps is whole, aligned vectors");
   for (int index = static_cast<int>(threadIdx.x); index < kTapVectors; index += Cfg::kThreads) {
     reinterpret_cast<uint4*>(s_taps)[index] = make_uint4(0, 0, 0, 0);
@@ -175,18 +180,26 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
       }
     }
   }
-  // Taps: 16-byte loads of 8 channels of tap (i, j), scattered to s_taps[channel, i, j + kTapOffset]
-  // (the rest of s_taps was zeroed before the barrier at the start).
-  for (int index = static_cast<int>(threadIdx.x); index < k * k * kVecsPerPixel; index += Cfg::kThreads) {
-    const int tap = index / kVecsPerPixel;  // i * k + j
+  // Taps: 16-byte loads of 8 channels of tap (i, j), scattered to s_taps[channel, s, i, j + kTapOffset
+  // + s] for both copies s (the rest of s_taps was zeroed before the barrier at the start). The
+  // (i, j, vector) slots span the largest kernel, so that no index is divided by k.
+  constexpr int kTapSlots = kMaxBandKernelSize * kMaxBandKernelSize * kVecsPerPixel;
+  for (int index = static_cast<int>(threadIdx.x); index < kTapSlots; index += Cfg::kThreads) {
+    const int i = index / (kMaxBandKernelSize * kVecsPerPixel);
+    const int j = index / kVecsPerPixel % kMaxBandKernelSize;
     const int vec = index % kVecsPerPixel, c = c0 + vec * kVec;
-    const uint4 raw = c < C ? *reinterpret_cast<const uint4*>(p.weight + static_cast<int64_t>(tap) * C + c)
-                            : make_uint4(0, 0, 0, 0);
+    if (i >= k || j >= k || c >= C) continue;
+    const uint4 raw = *reinterpret_cast<const uint4*>(p.weight + static_cast<int64_t>(i * k + j) * C + c);
     T values[kVec];
     memcpy(values, &raw, sizeof(values));
-    T* dst = s_taps + (vec * kVec * kMaxBandKernelSize + tap / k) * kTapPitch + tap % k + kTapOffset;
+    T* dst = s_taps + (vec * kVec * kTapCopies * kMaxBandKernelSize + i) * kTapPitch + j + kTapOffset;
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) dst[e * kMaxBandKernelSize * kTapPitch] = values[e];
+    for (int e = 0; e < kVec; ++e) {
+#pragma unroll
+      for (int copy = 0; copy < kTapCopies; ++copy) {
+        dst[(e * kTapCopies + copy) * kMaxBandKernelSize * kTapPitch + copy] = values[e];
+      }
+    }
   }
   __syncthreads();
 
@@ -199,17 +212,18 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     const int ch = warp + cw * Cfg::kWarps;  // channel in the block
     T* plane = s_planes + ch * Cfg::kPlane;
 
-    // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g
-    // (the zero padding of s_taps supplies the taps outside [0, k)).
+    // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g,
+    // the words at columns 2 t - g + kTapOffset + copy and 8 further of its copy (the zero padding of
+    // s_taps supplies the taps outside [0, k), and the rows i >= k, which the math skips).
     uint32_t band[kMaxBandKernelSize][2];
-    const T* lane_taps = s_taps + ch * kMaxBandKernelSize * kTapPitch + 2 * t - g + kTapOffset;
+    const int copy = 1 - g % 2;
+    const uint32_t* lane_taps = reinterpret_cast<const uint32_t*>(
+        s_taps + (ch * kTapCopies + copy) * kMaxBandKernelSize * kTapPitch + 2 * t - g + kTapOffset + copy);
+    static_assert(kTapPitch % 2 == 0 && kTapOffset % 2 == 1, "lanes' pairs start at words");
 #pragma unroll
     for (int i = 0; i < kMaxBandKernelSize; ++i) {
-      if (i < k) {
-        const T* row = lane_taps + i * kTapPitch;
-        band[i][0] = pack_pair(row[0], row[1]);
-        band[i][1] = pack_pair(row[8], row[9]);
-      }
+      band[i][0] = lane_taps[i * kTapPitch / 2];
+      band[i][1] = lane_taps[i * kTapPitch / 2 + 4];
     }
 
     // The accumulators start at the bias: the epilogue then needs no add of its own.
@@ -228,7 +242,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     const T* a_lane = plane + (lane % 16) * Cfg::kPitch + (lane / 16) * 8;
 #pragma unroll
     for (int i = 0; i < kMaxBandKernelSize; ++i) {
-      if (i < k) {
+      if (i == 0 || i < k) {  // (k >= 1: row 0's mmas take the bias as their C operand, no copies)
 #pragma unroll
         for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
 #pragma unroll
