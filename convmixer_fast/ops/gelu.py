@@ -19,9 +19,10 @@ Accuracy, over every finite fp32 z with |z| >= 1e-30 (all 2^32 checked on the ho
 ``|gelu(z) - z Phi(z)| <= ERROR * |z|`` with ERROR = 2^-21.44 (exact exponential), 2^-21.23 /
 2^-21.21 (+2 / -2 ulp); the textbook formula in fp32 with glibc's erff reaches ``2**-23.14 * |z|``
 (a one-off C program's check of all 2^32, which also gave the three figures above). That is a few
-fp32 ulp, and thousands of times below a bfloat16 or float16 ulp. ``tests/test_gelu.py`` checks the
-bound ``GELU_ERROR_BOUND * |z|`` on a sweep of fp32 values and holds the CUDA kernels' copy of the
-coefficients (``csrc/kernels/common.cuh``) equal to these. z = +-inf or NaN gives NaN.
+fp32 ulp, and a thousand times or more below the rounding of a float16 or bfloat16 output.
+``tests/test_gelu.py`` checks the bound ``GELU_ERROR_BOUND * |z|`` on a sweep of fp32 values and
+holds the CUDA kernels' copy of the coefficients (``csrc/kernels/common.cuh``) equal to these.
+z = +-inf or NaN gives NaN.
 """
 
 import math
