@@ -59,7 +59,9 @@ constexpr int kMaxBandKernelSize = 9;  // 8 output columns + k - 1 inputs fit th
 // q = g, which start at an even element (a 4-byte word) in copy 1 - g % 2.
 constexpr int kTapOffset = 7;
 constexpr int kTapCopies = 2;
-constexpr int kTapPitch = 24;  // >= 16 + kTapOffset + 1, even
+constexpr int kTapPitch = 24;
+static_assert(kTapPitch >= 16 + kTapOffset + 1 && kTapPitch % 2 == 0 && kTapOffset % 2 == 1,
+              "a lane's reads stay in its row (up to column 16 + kTapOffset of copy 1), pairs at words");
 
 // Tile of kTileH x kTileW outputs (each 16 or 32) x kBlockC channels.
 template <int kTileH_, int kTileW_>
@@ -219,7 +221,6 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     const int copy = 1 - g % 2;
     const uint32_t* lane_taps = reinterpret_cast<const uint32_t*>(
         s_taps + (ch * kTapCopies + copy) * kMaxBandKernelSize * kTapPitch + 2 * t - g + kTapOffset + copy);
-    static_assert(kTapPitch % 2 == 0 && kTapOffset % 2 == 1, "lanes' pairs start at words");
 #pragma unroll
     for (int i = 0; i < kMaxBandKernelSize; ++i) {
       band[i][0] = lane_taps[i * kTapPitch / 2];
