@@ -99,16 +99,13 @@ def test_largest_kernel_size(kernel_backend):
 
 @pytest.mark.parametrize("config", dw.CONFIGS, ids=[str(i) for i in range(len(dw.CONFIGS))])
 def test_every_config(config):
-    """Each autotune config (the autotuner runs only the first under the interpreter)."""
-    B, H, W, C, k, act = 1, 9, 10, 67, 4, "gelu"
+    """Each autotune config (the autotuner runs only the first under the interpreter), on a map
+    taller than most tiles, so that interior row tiles start and end inside the image."""
+    B, H, W, C, k, act = 1, 37, 10, 67, 4, "gelu"
     x, weight, bias, scale, shift = make_inputs(B, H, W, C, k, torch.float32, seed=5)
     out = nan_like(x)
-    grid = (
-        B * triton.cdiv(H, config.kwargs["TILE_H"]) * triton.cdiv(W, config.kwargs["TILE_W"]),
-        triton.cdiv(C, config.kwargs["BLOCK_C"]),
-    )
-    dw._depthwise_block_kernel.fn[grid](
-        x, weight, bias, scale, shift, out, H, W, C, K=k, ACTIVATION=ACTIVATION_CODES[act],
+    dw._depthwise_block_kernel.fn[dw._grid(B, H, W, C)(config.kwargs)](
+        x, weight, bias, scale, shift, out, B, H, W, C, K=k, ACTIVATION=ACTIVATION_CODES[act],
         num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs,
     )
     check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
@@ -143,14 +140,13 @@ def test_kernel_specs():
 
 
 def test_prune_configs():
-    """Big k or channel counts that cannot be 16-byte vectorized keep only the lean configs."""
-    x = torch.empty(1, 2, 2, 32, dtype=torch.bfloat16)
-    args = {"x_ptr": x, "weight_ptr": x, "out_ptr": x, "C": 32}
-    assert dw._prune_configs(dw.CONFIGS, args, K=9) == dw.CONFIGS
-    for k, C in ((15, 32), (9, 24)):
-        kept = dw._prune_configs(dw.CONFIGS, {**args, "C": C}, K=k)
-        assert kept and kept[0] is dw.CONFIGS[0] and len(kept) < len(dw.CONFIGS)
-        assert all(dw._elements_per_thread(c) <= 4 and c.kwargs["TILE_W"] <= 8 for c in kept)
+    """Every config up to k = 9 (none spills there: test_inspect), the narrowest tiles beyond."""
+    for k in range(1, dw._MAX_K_WITHOUT_SPILLS + 1):
+        assert dw._prune_configs(dw.CONFIGS, {}, K=k) == dw.CONFIGS
+    for k in range(dw._MAX_K_WITHOUT_SPILLS + 1, dw.MAX_KERNEL_SIZE + 1):
+        kept = dw._prune_configs(dw.CONFIGS, {}, K=k)
+        assert kept and all(c.kwargs["TILE_W"] == 4 for c in kept), k
+    assert dw._prune_configs(dw.CONFIGS[:1], {"K": 31}) == dw.CONFIGS[:1]  # autotuning off: the first
 
 
 # The cuda backend's two depthwise kernels (backends/cuda.py DEPTHWISE_ALGORITHMS), each on its own:

@@ -6,50 +6,45 @@
 after, in both spatial dimensions (odd and even ``k``, ``1 <= k <= 31``). Accumulation and the
 epilogue are fp32; the result is rounded once to the dtype of ``X`` at the store.
 
-Kernel ``_depthwise_block_kernel`` — tiling and reuse
------------------------------------------------------
+Kernel ``_depthwise_block_kernel`` — walking down the rows
+----------------------------------------------------------
 Grid ``(B * cdiv(H, TILE_H) * cdiv(W, TILE_W), cdiv(C, BLOCK_C))``. Each program owns an output
-tile of ``TILE_H`` rows x ``TILE_W`` columns x ``BLOCK_C`` channels of one image. Its
-accumulators are ``TILE_W`` fp32 tensors of shape ``[TILE_H, BLOCK_C]`` (one per output
-column, held in a ``tl`` tuple, so each is its own set of registers; channels are the contiguous,
-vectorized axis).
+tile of ``TILE_H`` rows x ``TILE_W`` columns x ``BLOCK_C`` channels of one image, one channel per
+thread (``BLOCK_C = 32 * num_warps``), and keeps in registers, as ``tl`` tuples of ``[BLOCK_C]``
+fp32 tensors (each its own register): the ``k * k`` taps, converted once per program; ``k``
+*slots* of ``TILE_W`` accumulators, one slot per output row in flight; and one input row of the
+``TILE_W + k - 1`` halo columns.
 
-The work is a loop over the kernel rows ``i`` (a runtime loop, bounded to the rows whose input
-rows touch the image, so a tile never even iterates over kernel rows that lie wholly in the zero
-padding). For each ``i``, the ``TILE_W + k - 1`` input columns of the halo (``[TILE_H, BLOCK_C]``
-each: the rows ``h0 + r + i - pad`` of one input column) are loaded **once** and each loaded column
-is immediately accumulated into every output column it feeds: input column ``cx`` serves the
-outputs ``ox = cx - j`` for the (statically known) taps ``j`` with ``0 <= ox < TILE_W``. The
-column loop and the taps are unrolled at compile time (``k`` is a constexpr: one specialisation
-per kernel size), so the sliding window is pure register renaming: no shuffles, no shared memory,
-no selects. Horizontal reuse is therefore in registers: ``TILE_W + k - 1`` loads feed
-``TILE_W * k`` FMAs per element of ``[TILE_H, BLOCK_C]`` (for ``TILE_W = 8, k = 9``: 16 loads
-for 72 FMAs, instead of one load per FMA). Vertical reuse (the same input row used by the ``k``
-kernel rows) is through L1: the halo tile of a program, e.g. ``(8 + 8) x (8 + 8) x 64`` bf16 =
-32 KiB, stays resident in L1 across the ``i`` loop, so DRAM/L2 see each input about once per
-program (plus the halo).
+It walks down the input rows ``r`` that feed the tile (a runtime loop). Each input row is loaded
+and converted **once** and feeds every output it touches: before step ``r`` slot ``s`` holds
+output row ``r + pad - (k - 1) + s``, which input row ``r`` reaches through kernel row
+``k - 1 - s``, so the step is ``k * k * TILE_W`` FMAs (output column ``ox`` of slot ``s`` takes
+input column ``ox + j`` times tap ``(k - 1 - s, j)``), all statically unrolled. Slot 0 is then
+complete: it gets the epilogue and is stored, and the slots shift down by one (``tl`` tuple
+renaming: the last FMA of each slot writes the register of the slot below, so the shift costs no
+moves). New slots start at the conv bias. The next input row's loads are issued before the
+current row's FMAs (register double buffering), which hides their latency behind ~650 FMAs.
 
-Padding: loads of input columns or rows outside the image are fully masked (predicated off, no
-memory traffic) and contribute zero; kernel rows with no valid input row are skipped by the loop
-bounds. The FMAs of the (statically unrolled) columns that fall in the left/right padding of a
-border tile still execute on zeros: with ``TILE_W = 8, k = 9`` on a 32-wide map that is ~7% of the
-FMAs; skipping them would need a runtime branch per column, which stops the compiler from
-hoisting the column loads ahead of the FMAs.
+Rows: the walk starts at the first input row in the image that feeds the tile and ends at the
+last; output rows whose remaining kernel rows lie in the bottom padding are completed by a second
+loop that only shifts and stores, so no FMA runs on a padding row. An interior tile walks
+``TILE_H + k - 1`` rows for ``TILE_H`` output rows, so tall tiles waste least (``TILE_H = 32``
+covers a 32x32 map: 32 steps and 4 store-only ones at k = 9). Columns: the halo columns outside
+the image are masked loads (zeros), and their FMAs still run: with ``TILE_W = 8, k = 9`` on a
+32-wide map ~7% of the FMAs. Outputs of the slots that lie above or below the image (the first
+and last ``pad`` rows' partial sums that no store uses) are the same ~7% at k = 9.
 
-What the compiled code does (bf16, k=9, ``TILE_H=TILE_W=8, BLOCK_C=64``, 4 warps, sm_90, with
-the runtime's 16-byte alignment specialisation): each thread holds 4 contiguous channels of one
-row (``LDG.E.64`` per input column), the kernel-row loop body has 288 ``FFMA`` (= 8 outputs x 9
-taps x 4 channels, none wasted on duplication), 25 loads (16 columns + 9 tap vectors) and ~140
-bf16->fp32 conversions (``SHF``/``PRMT``); 167 registers, no spills, no shared memory. About half
-the issued instructions of the loop are FFMA: conversions and address arithmetic are the rest.
-Without the alignment specialisation (``C % 16 != 0`` or unaligned tensors) the loads are scalar
-16-bit and register pressure is higher; ``_prune_configs`` then keeps only the lean configs, as it
-does for ``k > 9`` (more live taps). For ``k`` in the twenties and above even the lean configs
-spill a little (k=31: ~12 local loads/stores per loop); no named ConvMixer uses such kernels.
+What the compiled code does (bf16, k = 9, GELU, ``TILE_H = 32, TILE_W = 8, BLOCK_C = 128``, 4
+warps, sm_90a, Triton 3.9): the step is 985 instructions, of them 648 ``FFMA`` for the taps and
+56 more in the epilogue of its 8 outputs, 24 2-byte loads (16 halo columns, 8 residuals), ~100
+``PRMT`` / ``SHF`` for the conversions and the zero fill of masked loads, 8 stores; 255
+registers, no spills. ~131 instructions per output, against ~181-215 for the previous kernel
+(its best config; ``benchmarks/NOTES.md`` §3). Up to ``k = 9`` no config spills; beyond it the taps
+crowd the registers (``_prune_configs``).
 
-The residual ``X`` at the output positions is re-read in the epilogue (an L1 hit: it is the centre
-of the halo) and the epilogue ``x + scale * act(acc + bias) + shift`` is fp32
-(``_triton_utils.fused_epilogue``).
+The residual ``X`` at the output positions is re-read in the epilogue (the input row was loaded
+``k - 1 - pad`` steps earlier: an L1 or L2 hit) and the epilogue ``x + (scale * act(acc) + shift)``
+is fp32 (``acc`` started at the bias).
 """
 
 from __future__ import annotations
@@ -64,57 +59,100 @@ from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
     TRITON_DTYPE_NAMES,
+    apply_activation,
     autotune,
     config_label,
     device_guard,
     epilogue_custom_op,
-    fused_epilogue,
 )
 
 __all__ = ["depthwise_block", "kernel_specs", "CONFIGS", "MAX_KERNEL_SIZE"]
 
-# Output tile TILE_H x TILE_W x BLOCK_C per program. Per thread: TILE_W accumulators of
-# TILE_H * BLOCK_C / (32 * num_warps) fp32 each, plus one input column in flight and the k tap
-# vectors of the current kernel row. The first config is the one the interpreter uses.
+# Output tile TILE_H x TILE_W x BLOCK_C per program, one channel per thread (BLOCK_C = 32 x
+# num_warps). Per thread: K x TILE_W accumulators, two input rows of TILE_W + K - 1 columns (the
+# current and the prefetched one) and the K x K taps. The first config is the one the interpreter
+# (and CONVMIXER_FAST_TRITON_AUTOTUNE=0) uses.
 CONFIGS = [
-    triton.Config({"TILE_H": 8, "TILE_W": 8, "BLOCK_C": 64}, num_warps=4, num_stages=1),
-    triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 64}, num_warps=4, num_stages=1),
-    triton.Config({"TILE_H": 8, "TILE_W": 8, "BLOCK_C": 128}, num_warps=8, num_stages=1),
-    triton.Config({"TILE_H": 8, "TILE_W": 16, "BLOCK_C": 64}, num_warps=4, num_stages=1),
-    triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 128}, num_warps=8, num_stages=1),
-    triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 64}, num_warps=8, num_stages=1),
-    triton.Config({"TILE_H": 32, "TILE_W": 4, "BLOCK_C": 64}, num_warps=4, num_stages=1),
+    triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 128}, num_warps=4, num_stages=1),
+    triton.Config({"TILE_H": 32, "TILE_W": 8, "BLOCK_C": 128}, num_warps=4, num_stages=1),
+    triton.Config({"TILE_H": 32, "TILE_W": 8, "BLOCK_C": 64}, num_warps=2, num_stages=1),
+    triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 64}, num_warps=2, num_stages=1),
+    triton.Config({"TILE_H": 8, "TILE_W": 8, "BLOCK_C": 64}, num_warps=2, num_stages=1),
+    triton.Config({"TILE_H": 16, "TILE_W": 4, "BLOCK_C": 128}, num_warps=4, num_stages=1),
 ]
 
-
-
-def _elements_per_thread(config: triton.Config) -> int:
-    """Elements of one [TILE_H, BLOCK_C] column tensor held by each thread."""
-    kw = config.kwargs
-    return kw["TILE_H"] * kw["BLOCK_C"] // (32 * config.num_warps)
+# Compiled for sm_90a and sm_80, every config fits in 255 registers without spilling up to this
+# kernel size (every named ConvMixer: k = 7 and 9). Beyond it the K x K taps crowd the registers
+# and every config spills, TILE_W = 4 least (sm_90a, per thread: 24 bytes at k = 10, 528 at 12,
+# 3.3 KB at 15): correct, but slow.
+_MAX_K_WITHOUT_SPILLS = 9
 
 
 def _prune_configs(configs, named_args, **kwargs):
-    """Drop the register-hungry configs where they would spill.
-
-    Compiled for sm_90 / sm_80, the configs holding 8 elements per thread per column (or 16
-    output columns) fit in 255 registers for k <= 9 with channel-vectorized (16-byte) loads,
-    which the JIT uses when C % 16 == 0 and the tensors are 16-byte aligned. For larger k (more
-    taps live) or unvectorized loads they spill, so only the lean configs (4 elements per thread,
-    TILE_W <= 8) stay. The first config is always lean, so the result is never empty.
-    """
+    """All configs up to _MAX_K_WITHOUT_SPILLS, the narrowest tiles beyond it (fewest accumulators
+    and input columns beside the taps). The autotuner passes only the first config under the
+    interpreter, where registers do not matter: it is then kept whatever k."""
     k = kwargs.get("K", named_args.get("K"))
-    aligned = named_args["C"] % 16 == 0 and all(
-        named_args[name].data_ptr() % 16 == 0 for name in ("x_ptr", "weight_ptr", "out_ptr")
-    )
-    if k <= 9 and aligned:
+    if k <= _MAX_K_WITHOUT_SPILLS:
         return configs
-    return [c for c in configs if _elements_per_thread(c) <= 4 and c.kwargs["TILE_W"] <= 8]
+    narrowest = min(c.kwargs["TILE_W"] for c in configs)
+    return [c for c in configs if c.kwargs["TILE_W"] == narrowest]
+
+
+@triton.jit
+def _load_input_row(x_image, r, row_end, w0, W, C, channels, channel_mask,
+                    K: tl.constexpr, TILE_W: tl.constexpr):
+    """Input row ``r`` at columns ``w0 - pad .. w0 + TILE_W + K - 2``: ``TILE_W + K - 1`` fp32
+    ``[BLOCK_C]``; zeros outside the image and for ``r >= row_end`` (the prefetch past the end)."""
+    in_row = tl.zeros_like(channels) + r  # [BLOCK_C] (a block, not a scalar: see _store_output_row)
+    row_mask = channel_mask & (in_row < row_end)  # [BLOCK_C]
+    column_ptrs = x_image + (r * W + w0 - (K - 1) // 2) * C + channels  # [BLOCK_C], first halo column
+    row = ()
+    for cx in tl.static_range(TILE_W + K - 1):
+        in_col = tl.zeros_like(channels) + (w0 + cx - (K - 1) // 2)  # [BLOCK_C]
+        mask = row_mask & (in_col >= 0) & (in_col < W)
+        row = row + (tl.load(column_ptrs, mask=mask, other=0.0).to(tl.float32),)  # [BLOCK_C]
+        column_ptrs += C
+    return row
+
+
+@triton.jit
+def _accumulate_slot(acc, s, row, taps, K: tl.constexpr, TILE_W: tl.constexpr):
+    """Slot ``s``'s ``TILE_W`` accumulators plus input ``row`` under kernel row ``K - 1 - s``:
+    output column ``ox`` takes input column ``ox + j`` times tap ``(K - 1 - s, j)``."""
+    slot = ()
+    for ox in tl.static_range(TILE_W):
+        slot = slot + (acc[s * TILE_W + ox],)
+    for j in tl.static_range(K):
+        tap = taps[(K - 1 - s) * K + j]  # [BLOCK_C]
+        updated = ()
+        for ox in tl.static_range(TILE_W):
+            updated = updated + (tl.fma(row[ox + j], tap, slot[ox]),)
+        slot = updated
+    return slot
+
+
+@triton.jit
+def _store_output_row(finished, o, h0, row_end, w0, x_image, out_image, W, C, channels,
+                      channel_mask, scale, shift, ACTIVATION: tl.constexpr, TILE_W: tl.constexpr):
+    """``out[o, w0 + ox] = x + scale * act(finished[ox]) + shift`` if ``h0 <= o < row_end`` (the
+    accumulators started at the bias)."""
+    if (o >= h0) & (o < row_end):
+        offsets = (o * W + w0) * C + channels  # [BLOCK_C], output column w0
+        for ox in tl.static_range(TILE_W):
+            # The column as a [BLOCK_C] block rather than a scalar: the interpreter turns
+            # (block & scalar) masks into int32, which tl.load rejects.
+            out_col = tl.zeros_like(channels) + (w0 + ox)  # [BLOCK_C]
+            mask = channel_mask & (out_col < W)
+            residual = tl.load(x_image + offsets, mask=mask, other=0.0).to(tl.float32)
+            y = residual + (apply_activation(finished[ox], ACTIVATION) * scale + shift)
+            tl.store(out_image + offsets, y.to(out_image.dtype.element_ty), mask=mask)
+            offsets += C
 
 
 @autotune(
     CONFIGS,
-    key=["C", "H", "W", "K"],
+    key=["B", "C", "H", "W", "K"],
     prune_configs_by={"early_config_prune": _prune_configs},
 )
 @triton.jit
@@ -125,6 +163,7 @@ def _depthwise_block_kernel(
     scale_ptr,  # [C] fp32 (BN scale)
     shift_ptr,  # [C] fp32 (BN shift)
     out_ptr,  # [B, H, W, C] model dtype
+    B,  # images: only the autotune key (the best tile height depends on how many programs there are)
     H,
     W,
     C,
@@ -134,9 +173,7 @@ def _depthwise_block_kernel(
     TILE_W: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    PAD_TOP: tl.constexpr = (K - 1) // 2  # torch "same": (k-1)//2 before, k//2 after
-    PAD_LEFT: tl.constexpr = (K - 1) // 2
-    HALO_W: tl.constexpr = TILE_W + K - 1  # input columns that feed TILE_W output columns
+    PAD: tl.constexpr = (K - 1) // 2  # torch "same": (k-1)//2 before, k//2 after
 
     tile_id = tl.program_id(0)
     channel_block = tl.program_id(1)
@@ -147,63 +184,54 @@ def _depthwise_block_kernel(
     h0 = (tile_in_image // tiles_w) * TILE_H  # first output row of the tile
     w0 = (tile_in_image % tiles_w) * TILE_W  # first output column of the tile
 
-    rows = h0 + tl.arange(0, TILE_H)  # [TILE_H] output rows
-    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C]
+    channels = channel_block * BLOCK_C + tl.arange(0, BLOCK_C)  # [BLOCK_C], one per thread
     channel_mask = channels < C  # [BLOCK_C]
     image_offset = image.to(tl.int64) * H * W * C  # int64: B * H * W * C may pass 2**31
     x_image = x_ptr + image_offset
     out_image = out_ptr + image_offset
+    bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0)  # [BLOCK_C] fp32
+    scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)
+    shift = tl.load(shift_ptr + channels, mask=channel_mask, other=0.0)
 
-    # TILE_W accumulators, one per output column: [TILE_H, BLOCK_C] fp32 each.
-    acc = (tl.zeros([TILE_H, BLOCK_C], dtype=tl.float32),) * TILE_W
+    taps = ()  # K * K fp32 [BLOCK_C], tap (i, j) at i * K + j, loaded once per program
+    for t in tl.static_range(K * K):
+        tap = tl.load(weight_ptr + t * C + channels, mask=channel_mask, other=0.0)
+        taps = taps + (tap.to(tl.float32),)
 
-    # Kernel rows i whose input rows h0 + r + i - PAD_TOP (0 <= r < TILE_H) meet [0, H); the
-    # others read only zero padding and are skipped.
-    i_start = tl.maximum(PAD_TOP - h0 - (TILE_H - 1), 0)
-    i_end = tl.minimum(H + PAD_TOP - h0, K)
-    for i in range(i_start, i_end):
-        in_rows = rows + (i - PAD_TOP)  # [TILE_H] input rows of kernel row i
-        row_mask = ((in_rows >= 0) & (in_rows < H))[:, None] & channel_mask[None, :]
-        row_ptrs = x_image + (in_rows * W)[:, None] * C + channels[None, :]  # [TILE_H, BLOCK_C]
-
-        # The K taps of kernel row i: K vectors [1, BLOCK_C] fp32.
-        taps = ()
-        for j in tl.static_range(K):
-            tap = tl.load(weight_ptr + (i * K + j) * C + channels, mask=channel_mask, other=0.0)
-            taps = taps + (tap.to(tl.float32)[None, :],)
-
-        # Slide over the HALO_W input columns: each is loaded once and feeds up to K outputs.
-        for cx in tl.static_range(HALO_W):
-            # The input column as a [1, 1] block rather than a scalar: the interpreter turns
-            # (block & scalar) masks into int32, which tl.load rejects.
-            in_col = tl.zeros([1, 1], dtype=tl.int32) + (w0 + (cx - PAD_LEFT))  # [1, 1]
-            col_ok = (in_col >= 0) & (in_col < W)  # [1, 1]
-            column = tl.load(row_ptrs + in_col * C, mask=row_mask & col_ok, other=0.0)
-            column = column.to(tl.float32)  # [TILE_H, BLOCK_C]
-            # Rebuild the accumulator tuple: output column ox gains column * tap (cx - ox) when
-            # that tap exists; the choice is static, so this is register renaming, not selects.
-            updated = ()
-            # (cx - ox, the tap that carries input column cx to output column ox, is spelled out
-            # rather than named: an assignment would turn the constexpr into a tensor.)
-            for ox in tl.static_range(TILE_W):
-                if (cx - ox >= 0) & (cx - ox < K):
-                    updated = updated + (acc[ox] + column * taps[cx - ox],)
-                else:
-                    updated = updated + (acc[ox],)
-            acc = updated
-
-    bias = tl.load(bias_ptr + channels, mask=channel_mask, other=0.0)[None, :]  # [1, BLOCK_C]
-    scale = tl.load(scale_ptr + channels, mask=channel_mask, other=0.0)[None, :]
-    shift = tl.load(shift_ptr + channels, mask=channel_mask, other=0.0)[None, :]
-    out_rows_mask = (rows < H)[:, None] & channel_mask[None, :]  # [TILE_H, BLOCK_C]
-    for ox in tl.static_range(TILE_W):
-        out_col = tl.zeros([1, 1], dtype=tl.int32) + (w0 + ox)  # [1, 1] (see col_ok above)
-        offsets = (rows[:, None] * W + out_col) * C + channels[None, :]  # [TILE_H, BLOCK_C]
-        mask = out_rows_mask & (out_col < W)
-        residual = tl.load(x_image + offsets, mask=mask, other=0.0).to(tl.float32)
-        y = residual + fused_epilogue(acc[ox], bias, scale, shift, ACTIVATION)
-        tl.store(out_image + offsets, y.to(out_ptr.dtype.element_ty), mask=mask)
-
+    # Walk down the input rows; each is loaded and converted once and feeds the K output rows it
+    # touches. Before step r, slot s (accumulators acc[s * TILE_W : (s + 1) * TILE_W]) holds
+    # output row r + PAD - (K - 1) + s, which input row r reaches through kernel row K - 1 - s.
+    # After step r slot 0 is complete: it is stored and the slots shift down by one.
+    row_end = tl.minimum(h0 + TILE_H, H)  # output rows [h0, row_end)
+    r_begin = tl.maximum(h0 - PAD, 0)  # earlier input rows feed no output row of the tile
+    r_stop = row_end + (K - 1 - PAD)  # step r_stop - 1 completes output row row_end - 1
+    r_end = tl.minimum(r_stop, H)  # input rows past the image are zero padding: no FMAs
+    fresh = (bias,) * TILE_W  # a new slot's accumulators start at the conv bias
+    acc = fresh * K
+    row = _load_input_row(x_image, r_begin, r_end, w0, W, C, channels, channel_mask, K, TILE_W)
+    for r in range(r_begin, r_end):
+        # The next row's loads go out before this row's FMAs (register double buffering).
+        next_row = _load_input_row(x_image, r + 1, r_end, w0, W, C, channels, channel_mask, K, TILE_W)
+        finished = _accumulate_slot(acc, 0, row, taps, K, TILE_W)
+        shifted = ()
+        for s in tl.static_range(1, K):
+            shifted = shifted + _accumulate_slot(acc, s, row, taps, K, TILE_W)
+        acc = shifted + fresh
+        _store_output_row(finished, r + PAD - (K - 1), h0, row_end, w0, x_image, out_image, W, C,
+                          channels, channel_mask, scale, shift, ACTIVATION, TILE_W)
+        row = next_row
+    # The last rows' remaining kernel rows read bottom padding: shift and store, no FMAs.
+    for r in range(r_end, r_stop):
+        finished = ()
+        shifted = ()
+        for s in tl.static_range(K * TILE_W):
+            if s < TILE_W:
+                finished = finished + (acc[s],)
+            else:
+                shifted = shifted + (acc[s],)
+        acc = shifted + fresh
+        _store_output_row(finished, r + PAD - (K - 1), h0, row_end, w0, x_image, out_image, W, C,
+                          channels, channel_mask, scale, shift, ACTIVATION, TILE_W)
 
 
 def _grid(B: int, H: int, W: int, C: int):
@@ -220,7 +248,7 @@ def _launch(x, weight, bias, scale, shift, act, out) -> None:
     K = weight.shape[0]
     with device_guard(x):
         _depthwise_block_kernel[_grid(B, H, W, C)](
-            x, weight, bias, scale, shift, out, H, W, C, K=K, ACTIVATION=ACTIVATION_CODES[act]
+            x, weight, bias, scale, shift, out, B, H, W, C, K=K, ACTIVATION=ACTIVATION_CODES[act]
         )
 
 
@@ -248,7 +276,7 @@ def kernel_specs() -> list[KernelSpec]:
     signature = {
         "x_ptr": f"*{dtype}", "weight_ptr": f"*{dtype}", "bias_ptr": "*fp32",
         "scale_ptr": "*fp32", "shift_ptr": "*fp32", "out_ptr": f"*{dtype}",
-        "H": "i32", "W": "i32", "C": "i32",
+        "B": "i32", "H": "i32", "W": "i32", "C": "i32",
     }
     specs = []
     fn = _depthwise_block_kernel.fn  # the @triton.jit function under the autotuner
