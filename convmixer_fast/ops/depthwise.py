@@ -100,16 +100,17 @@ def _prune_configs(configs, named_args, **kwargs):
 
 
 @triton.jit
-def _load_input_row(x_image, r, row_end, w0, W, C, channels, channel_mask,
+def _load_input_row(x_image, r, r_end, w0, W, C, channels, channel_mask,
                     K: tl.constexpr, TILE_W: tl.constexpr):
     """Input row ``r`` at columns ``w0 - pad .. w0 + TILE_W + K - 2``: ``TILE_W + K - 1`` fp32
-    ``[BLOCK_C]``; zeros outside the image and for ``r >= row_end`` (the prefetch past the end)."""
+    ``[BLOCK_C]``; zeros outside the image and for ``r >= r_end`` (the prefetch past the walk)."""
+    PAD: tl.constexpr = (K - 1) // 2
     in_row = tl.zeros_like(channels) + r  # [BLOCK_C] (a block, not a scalar: see _store_output_row)
-    row_mask = channel_mask & (in_row < row_end)  # [BLOCK_C]
-    column_ptrs = x_image + (r * W + w0 - (K - 1) // 2) * C + channels  # [BLOCK_C], first halo column
+    row_mask = channel_mask & (in_row < r_end)  # [BLOCK_C]
+    column_ptrs = x_image + (r * W + w0 - PAD) * C + channels  # [BLOCK_C], first halo column
     row = ()
     for cx in tl.static_range(TILE_W + K - 1):
-        in_col = tl.zeros_like(channels) + (w0 + cx - (K - 1) // 2)  # [BLOCK_C]
+        in_col = tl.zeros_like(channels) + (w0 + cx - PAD)  # [BLOCK_C]
         mask = row_mask & (in_col >= 0) & (in_col < W)
         row = row + (tl.load(column_ptrs, mask=mask, other=0.0).to(tl.float32),)  # [BLOCK_C]
         column_ptrs += C
@@ -117,12 +118,19 @@ def _load_input_row(x_image, r, row_end, w0, W, C, channels, channel_mask,
 
 
 @triton.jit
-def _accumulate_slot(acc, s, row, taps, K: tl.constexpr, TILE_W: tl.constexpr):
-    """Slot ``s``'s ``TILE_W`` accumulators plus input ``row`` under kernel row ``K - 1 - s``:
-    output column ``ox`` takes input column ``ox + j`` times tap ``(K - 1 - s, j)``."""
+def _slot(acc, s, TILE_W: tl.constexpr):
+    """Slot ``s`` of the accumulators: ``acc[s * TILE_W : (s + 1) * TILE_W]``."""
     slot = ()
     for ox in tl.static_range(TILE_W):
         slot = slot + (acc[s * TILE_W + ox],)
+    return slot
+
+
+@triton.jit
+def _accumulate_slot(acc, s, row, taps, K: tl.constexpr, TILE_W: tl.constexpr):
+    """Slot ``s``'s ``TILE_W`` accumulators plus input ``row`` under kernel row ``K - 1 - s``:
+    output column ``ox`` takes input column ``ox + j`` times tap ``(K - 1 - s, j)``."""
+    slot = _slot(acc, s, TILE_W)
     for j in tl.static_range(K):
         tap = taps[(K - 1 - s) * K + j]  # [BLOCK_C]
         updated = ()
@@ -199,8 +207,8 @@ def _depthwise_block_kernel(
         taps = taps + (tap.to(tl.float32),)
 
     # Walk down the input rows; each is loaded and converted once and feeds the K output rows it
-    # touches. Before step r, slot s (accumulators acc[s * TILE_W : (s + 1) * TILE_W]) holds
-    # output row r + PAD - (K - 1) + s, which input row r reaches through kernel row K - 1 - s.
+    # touches. Before step r, slot s (_slot: TILE_W accumulators) holds output row
+    # r + PAD - (K - 1) + s, which input row r reaches through kernel row K - 1 - s.
     # After step r slot 0 is complete: it is stored and the slots shift down by one.
     row_end = tl.minimum(h0 + TILE_H, H)  # output rows [h0, row_end)
     r_begin = tl.maximum(h0 - PAD, 0)  # earlier input rows feed no output row of the tile
@@ -222,13 +230,10 @@ def _depthwise_block_kernel(
         row = next_row
     # The last rows' remaining kernel rows read bottom padding: shift and store, no FMAs.
     for r in range(r_end, r_stop):
-        finished = ()
+        finished = _slot(acc, 0, TILE_W)
         shifted = ()
-        for s in tl.static_range(K * TILE_W):
-            if s < TILE_W:
-                finished = finished + (acc[s],)
-            else:
-                shifted = shifted + (acc[s],)
+        for s in tl.static_range(1, K):
+            shifted = shifted + _slot(acc, s, TILE_W)
         acc = shifted + fresh
         _store_output_row(finished, r + PAD - (K - 1), h0, row_end, w0, x_image, out_image, W, C,
                           channels, channel_mask, scale, shift, ACTIVATION, TILE_W)
