@@ -1,4 +1,5 @@
-"""Every build switch, compiler flag and environment variable of convmixer_fast, in one place.
+"""Every build switch, compiler flag (nvcc's and Triton's) and environment variable of convmixer_fast,
+in one place.
 
 Torch-free and importable as a plain file: ``setup.py`` loads it by path, ``CMakeLists.txt`` runs it
 (``python convmixer_fast/_settings.py nvcc-flags``), the package imports it.
@@ -53,6 +54,11 @@ CXX_FLAGS = ["-O3", "-std=c++17"]
 # -DNDEBUG: CUTLASS's device-side asserts (calls to __assertfail) make ptxas serialize the sm_90
 # wgmma pipeline and spill.
 NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-DNDEBUG"]
+# Compile options of every Triton kernel: each launch passes them and ``inspect`` compiles with them,
+# so what runs is what ``inspect`` reads. enable_fp_fusion: ``a * b + c`` may contract into one FMA
+# (the epilogues' ``* scale + shift``; the GELU and the depthwise taps use ``tl.fma`` regardless).
+# Triton's default through 3.9, which warns when a launch leaves it unset; 3.10 turns it off.
+TRITON_COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
 def _truthy(value: str | None) -> bool:

@@ -250,6 +250,8 @@ def compile_triton_spec(spec, capability: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from ._settings import TRITON_COMPILE_OPTIONS
+
     signature, constexprs = _full_signature(spec)
     attrs = {
         (index,): [["tt.divisibility", 16]]
@@ -257,7 +259,7 @@ def compile_triton_spec(spec, capability: int):
         if kind.startswith("*") or name in spec.divisible_by_16
     }
     source = ASTSource(fn=spec.fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages}
+    options = {"num_warps": spec.num_warps, "num_stages": spec.num_stages, **TRITON_COMPILE_OPTIONS}
     try:
         return triton.compile(source, target=GPUTarget("cuda", capability, 32), options=options)
     except Exception as exc:

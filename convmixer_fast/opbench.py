@@ -60,6 +60,7 @@ from pathlib import Path
 import torch
 
 from . import bench
+from ._settings import TRITON_COMPILE_OPTIONS
 from .backends import BACKENDS, OP_NAMES
 
 try:  # the FMA-rate kernel; without Triton the FMA rate is simply not measured
@@ -198,7 +199,7 @@ def launch_fma_loop(out: torch.Tensor, iterations: int, *, block: int = FMA_BLOC
         raise ValueError(f"out must be a contiguous fp32 tensor of a multiple of {block} elements, got "
                          f"{out.dtype} {tuple(out.shape)}")
     _fma_loop_kernel[(out.numel() // block,)](out, 1.0, 1.0, iterations, BLOCK=block, UNROLL=unroll,
-                                              num_warps=num_warps)
+                                              num_warps=num_warps, **TRITON_COMPILE_OPTIONS)
 
 
 def fma_loop_expected(n_elements: int, iterations: int, unroll: int = FMA_UNROLL) -> torch.Tensor:

@@ -73,3 +73,31 @@ def test_compile_fullgraph_and_export(kernel_backend):
         torch.testing.assert_close(exported.module()(x), expected, rtol=2e-3, atol=2e-3)
         names = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
         assert any(f"{kernel_backend.name}_pointwise" in name for name in names), names
+
+
+def test_every_triton_launch_passes_the_compile_options(monkeypatch):
+    """Each Triton kernel of a forward is launched with ``TRITON_COMPILE_OPTIONS``, what ``inspect``
+    compiles with, so Triton versions that change those options' defaults run the same code."""
+    import triton.runtime.interpreter
+    import triton.runtime.jit
+
+    from convmixer_fast._settings import TRITON_COMPILE_OPTIONS
+
+    launches = []
+
+    def recording(run):
+        def run_and_record(self, *args, **kwargs):
+            launches.append((self.fn.__name__, {key: kwargs.get(key) for key in TRITON_COMPILE_OPTIONS}))
+            return run(self, *args, **kwargs)
+
+        return run_and_record
+
+    for cls in (triton.runtime.jit.JITFunction, triton.runtime.interpreter.InterpretedFunction):
+        monkeypatch.setattr(cls, "run", recording(cls.run))
+    model = cf.ConvMixer.from_eager(reference_model(16, 1, 3, 2, 5).to(DEVICE), backend="triton")
+    with torch.no_grad():
+        model(torch.randn(1, 3, 6, 6, device=DEVICE))
+    assert {name for name, _ in launches} == {
+        "stem_kernel", "_depthwise_block_kernel", "pointwise_kernel", "_head_pool_kernel", "_head_classifier_kernel"
+    }
+    assert all(options == TRITON_COMPILE_OPTIONS for _, options in launches), launches

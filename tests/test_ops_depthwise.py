@@ -19,6 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning
 
 import triton  # noqa: E402
 
+from convmixer_fast._settings import TRITON_COMPILE_OPTIONS  # noqa: E402
 from convmixer_fast.ops import depthwise as dw  # noqa: E402
 from convmixer_fast.ops._triton_utils import ACTIVATION_CODES  # noqa: E402
 from convmixer_fast.ops.reference import depthwise_block_reference  # noqa: E402
@@ -106,7 +107,7 @@ def test_every_config(config):
     out = nan_like(x)
     dw._depthwise_block_kernel.fn[dw._grid(B, H, W, C)(config.kwargs)](
         x, weight, bias, scale, shift, out, B, H, W, C, K=k, ACTIVATION=ACTIVATION_CODES[act],
-        num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs,
+        num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs, **TRITON_COMPILE_OPTIONS,
     )
     check(out, x, weight, bias, scale, shift, act, 1e-4, 1e-4)
 

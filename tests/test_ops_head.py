@@ -8,6 +8,7 @@ import torch
 from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
+from convmixer_fast._settings import TRITON_COMPILE_OPTIONS  # noqa: E402
 from convmixer_fast.ops import head as head_module  # noqa: E402
 from convmixer_fast.ops.head import (  # noqa: E402
     CLASSIFIER_CONFIGS,
@@ -95,7 +96,8 @@ def test_every_pool_config(config):
     x, _, _ = make_inputs(B, H, W, C, N, torch.float16, seed=3)
     pooled = torch.full((B, C), float("nan"), device=DEVICE)
     head_module._head_pool_kernel.fn[(B, triton.cdiv(C, config.kwargs["BLOCK_C"]))](
-        x, pooled, B, H * W, C, num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs)
+        x, pooled, B, H * W, C, num_warps=config.num_warps, num_stages=config.num_stages, **config.kwargs,
+        **TRITON_COMPILE_OPTIONS)
     torch.testing.assert_close(pooled, x.float().mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
 
 
@@ -110,7 +112,7 @@ def test_every_classifier_config(config):
     grid = (triton.cdiv(B, config.kwargs["BLOCK_B"]), triton.cdiv(N, config.kwargs["BLOCK_N"]))
     head_module._head_classifier_kernel.fn[grid](
         pooled, weight, bias, out, B, N, C, num_warps=config.num_warps, num_stages=config.num_stages,
-        **config.kwargs)
+        **config.kwargs, **TRITON_COMPILE_OPTIONS)
     torch.testing.assert_close(out, head_reference(x, weight, bias), atol=2e-3, rtol=2e-3)
 
 

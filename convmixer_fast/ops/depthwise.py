@@ -54,6 +54,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._settings import TRITON_COMPILE_OPTIONS
 from ._checks import MAX_KERNEL_SIZE, check_depthwise_out_apart, depthwise_block_outputs, epilogue_entry
 from ._triton_utils import (
     ACTIVATION_CODES,
@@ -253,7 +254,8 @@ def _launch(x, weight, bias, scale, shift, act, out) -> None:
     K = weight.shape[0]
     with device_guard(x):
         _depthwise_block_kernel[_grid(B, H, W, C)](
-            x, weight, bias, scale, shift, out, B, H, W, C, K=K, ACTIVATION=ACTIVATION_CODES[act]
+            x, weight, bias, scale, shift, out, B, H, W, C, K=K, ACTIVATION=ACTIVATION_CODES[act],
+            **TRITON_COMPILE_OPTIONS,
         )
 
 

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._settings import TRITON_COMPILE_OPTIONS
 from ._checks import head_outputs
 from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, autotune, config_label, device_guard
 
@@ -142,10 +143,12 @@ def triton_head(
     N = weight.shape[0]
     HW = H * W
     with device_guard(x):
-        _head_pool_kernel[lambda meta: (B, triton.cdiv(C, meta["BLOCK_C"]))](x, pooled, B, HW, C)
+        _head_pool_kernel[lambda meta: (B, triton.cdiv(C, meta["BLOCK_C"]))](
+            x, pooled, B, HW, C, **TRITON_COMPILE_OPTIONS
+        )
         _head_classifier_kernel[
             lambda meta: (triton.cdiv(B, meta["BLOCK_B"]), triton.cdiv(N, meta["BLOCK_N"]))
-        ](pooled, weight, bias, out, B, N, C)
+        ](pooled, weight, bias, out, B, N, C, **TRITON_COMPILE_OPTIONS)
 
 
 @triton_head.register_fake

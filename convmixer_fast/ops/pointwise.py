@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from convmixer_fast._settings import TRITON_COMPILE_OPTIONS
 from convmixer_fast.ops._triton_utils import (
     ACTIVATION_CODES,
     TRITON_DTYPE_NAMES,
@@ -218,7 +219,7 @@ def launch_gemm(tuned, kernel, args: tuple, act: str, dtype: torch.dtype, M: int
     if M == 0 or N == 0:
         return
     meta = {"ACTIVATION": ACTIVATION_CODES[act], "DOT_PRECISION": dot_precision(dtype),
-            "DOT_IN_FP32": dot_in_fp32(dtype), **constexprs}
+            "DOT_IN_FP32": dot_in_fp32(dtype), **constexprs, **TRITON_COMPILE_OPTIONS}
 
     def grid(kw):
         return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
