@@ -24,8 +24,9 @@ What passing proves, per kernel (on the shapes of each harness's list):
     tap staging into transposed shared-memory planes (zero padding, channels past C, H and W not
     multiples of the 16 / 32 tiles, images smaller than the kernel, batch > 1), the band matrix B
     each lane builds in registers and the ldmatrix row addresses of A, against the PTX ISA's
-    per-lane fragment layouts of ldmatrix .m8n8.x4 and mma .m16n8k16 (modelled in emulation.h:
-    every lane at the same call, each ldmatrix row 16-byte aligned and inside shared memory), the
+    per-lane fragment layouts of ldmatrix .m8n8.x2 / .x4 and mma .m16n8k16 / .m16n8k8 (modelled
+    in emulation.h: every lane at the same call, each ldmatrix row 16-byte aligned and inside
+    shared memory), the
     in-place epilogue (after __syncwarp) and the 16-byte stores, on every k in 1..9 (odd and even),
     all four tile shapes, f16 / bf16, GELU / ReLU, with the launch arguments from the launcher's own
     helpers (band_params, band_blocks_per_image, band_smem_bytes, band_supported).

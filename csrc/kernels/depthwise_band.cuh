@@ -22,13 +22,16 @@
 //   1. Staging: the input halo, rows h0 - pad ... h0 + kTileH + k - 2 and columns w0 - pad ...
 //      w0 + kTileW + 7, goes to shared memory transposed, one plane [kHaloH, kPitch] per channel
 //      (16-byte global loads of 8 channels of two neighbouring pixels, stored as 8 4-byte pairs;
-//      each thread one column pair and vector walking down the rows; zeros outside the image), and
+//      each thread one column pair and vector walking down the rows; zeros outside the image; the
+//      second 8 planes start 16 banks further, so the two vectors' stores do not collide), and
 //      the taps, one zero-padded row per channel and kernel row, twice (the second copy one
 //      element to the right), so that a lane reads its 4 elements of each B as two aligned 4-byte
 //      words, without tests. The plane pitch (kTileW + 8 elements) is an odd multiple of 16
 //      bytes, so the 8 rows of an ldmatrix land in distinct bank groups.
-//   2. Math: warp w takes channels w and w + 8: for each kernel row, column group and 16-row block
-//      one ldmatrix.x4 (A straight from the plane: rows r + i, columns 8 n ... 8 n + 15) and one mma.
+//   2. Math: warp w takes channels w and w + 8: for each kernel row and 16-row block, A straight
+//      from the plane (rows r + i, columns 8 n ... 8 n + 15 for column group n), the kColGroups + 1
+//      8-column blocks loaded once for all groups (ldmatrix .x4 and .x2), then per column group one
+//      mma (k16; two k8 where its A spans two ldmatrix results).
 //   3. Epilogue: each lane turns its accumulators (which start at the bias) into out values (the
 //      residual read from the plane's centre; two neighbouring columns as one 4-byte word where pad
 //      is even) and writes them back into the plane in place (the warp alone reads its channels'
@@ -42,7 +45,7 @@
 // Requirements (band_supported): f16 / bf16, k <= 9, C % 8 == 0, x / weight / out 16-byte aligned
 // (depthwise_block.cu runs the direct kernel otherwise), sm_80+ (ldmatrix, bf16 mma).
 // Shared memory: kBlockC planes of kHaloH x kPitch 16-bit values plus the two copies of the
-// zero-padded taps: 65,024 bytes at 32 x 32, 32,256 bytes at 16 x 16; with 80 registers per thread
+// zero-padded taps: 65,152 bytes at 32 x 32, 32,384 bytes at 16 x 16; with 80 registers per thread
 // (sm_90a, 32 x 32) 3 CTAs, 24 warps, fit an H100 SM.
 #pragma once
 
@@ -77,14 +80,23 @@ struct BandConfig {
   static constexpr int kPitch = kTileW + 8;  // columns per plane row: 8 n + 15 < kPitch
   static constexpr int kPlane = kHaloH * kPitch;
   static constexpr int kChannelsPerWarp = kBlockC / kWarps;
-  static_assert(kTileH % 16 == 0 && kTileW % 8 == 0, "whole mma tiles");
+  // The planes come in groups of kVec (the channels of one 16-byte vector), each group kGroupSkew
+  // elements (64 bytes, 16 banks) past the end of the previous one. Staging and the tile store
+  // give neighbouring lanes the two vectors of a pixel, planes e and kVec + e: kVec whole planes
+  // apart, a multiple of 32 banks, so without the skew those lanes' accesses would share banks.
+  static constexpr int kVec = 8;
+  static constexpr int kGroupSkew = 32;
+  static constexpr int plane_start(int channel) { return channel * kPlane + channel / kVec * kGroupSkew; }
+  static_assert(kTileH % 16 == 0 && kTileW % 16 == 0, "whole mma tiles, an even number of column groups");
   static_assert((kPitch / 8) % 2 == 1, "an odd number of 16-byte units per plane row");
-  static_assert(kBlockC % kWarps == 0, "whole channels per warp");
+  static_assert(kBlockC % kWarps == 0 && kBlockC % kVec == 0, "whole channels per warp, whole vectors");
+  static_assert(kVec * kPlane % 64 == 0 && kGroupSkew % 64 == 32,
+                "plane e + kVec is 16 banks (mod 32) from plane e, and group starts stay 16-byte aligned");
 };
 
 template <typename Cfg, typename T>
 constexpr size_t band_smem_bytes() {
-  return sizeof(T) * (static_cast<size_t>(Cfg::kBlockC) * Cfg::kPlane +
+  return sizeof(T) * (static_cast<size_t>(Cfg::plane_start(Cfg::kBlockC)) +
                       static_cast<size_t>(Cfg::kBlockC) * kTapCopies * kMaxBandKernelSize * kTapPitch);
 }
 
@@ -105,11 +117,11 @@ int64_t band_blocks_per_image(const Problem& pr) {
 template <typename T, typename Cfg, Activation kAct>
 __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) {
   static_assert(sizeof(T) == 2, "16-bit tokens");
-  constexpr int kVec = 8;  // channels per 16-byte vector
+  constexpr int kVec = Cfg::kVec;  // channels per 16-byte vector
   constexpr int kVecsPerPixel = Cfg::kBlockC / kVec;
   extern __shared__ float4 smem[];
-  T* s_planes = reinterpret_cast<T*>(smem);               // [kBlockC, kHaloH, kPitch]
-  T* s_taps = s_planes + Cfg::kBlockC * Cfg::kPlane;      // [kBlockC, kTapCopies, 9, kTapPitch], zero-padded
+  T* s_planes = reinterpret_cast<T*>(smem);               // kBlockC x [kHaloH, kPitch], at plane_start
+  T* s_taps = s_planes + Cfg::plane_start(Cfg::kBlockC);  // [kBlockC, kTapCopies, 9, kTapPitch], zero-padded
 
   const int H = p.height, W = p.width, C = p.channels, k = p.kernel_size;
   const int pad = (k - 1) / 2;
@@ -126,7 +138,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   constexpr int kTapRows = Cfg::kBlockC * kTapCopies * kMaxBandKernelSize;
   constexpr int kTapVectors = static_cast<int>(kTapRows * kTapPitch * sizeof(T) / 16);
   static_assert(kTapRows * kTapPitch * sizeof(T) % 16 == 0 &&
-                    Cfg::kBlockC * Cfg::kPlane * sizeof(T) % 16 == 0, "s_taps is whole, aligned vectors");
+                    Cfg::plane_start(Cfg::kBlockC) * sizeof(T) % 16 == 0, "s_taps is whole, aligned vectors");
   for (int index = static_cast<int>(threadIdx.x); index < kTapVectors; index += Cfg::kThreads) {
     reinterpret_cast<uint4*>(s_taps)[index] = make_uint4(0, 0, 0, 0);
   }
@@ -149,7 +161,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
     const bool column_inside[2] = {thread_works && iw >= 0 && iw < W,
                                    thread_works && iw + 1 >= 0 && iw + 1 < W};
     // [plane, row, column pair] from this thread's first plane and pair
-    uint32_t* dst = reinterpret_cast<uint32_t*>(s_planes + vec * kVec * Cfg::kPlane + halo_col);
+    uint32_t* dst = reinterpret_cast<uint32_t*>(s_planes + Cfg::plane_start(vec * kVec) + halo_col);
     const int row_end = thread_works ? halo_rows : 0;
     const int64_t row_step = static_cast<int64_t>(W) * C;  // elements from one image row to the next
     // Element offset of (image row h0 - pad + row0, column iw, channel c); negative above the image.
@@ -212,7 +224,7 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
 #pragma unroll 1
   for (int cw = 0; cw < Cfg::kChannelsPerWarp; ++cw) {
     const int ch = warp + cw * Cfg::kWarps;  // channel in the block
-    T* plane = s_planes + ch * Cfg::kPlane;
+    T* plane = s_planes + Cfg::plane_start(ch);
 
     // B of kernel row i: T_i[p, q] = tap (i, p - q); this lane holds p = 2t, 2t+1, 2t+8, 2t+9, q = g,
     // the words at columns 2 t - g + kTapOffset + copy and 8 further of its copy (the zero padding of
@@ -246,11 +258,27 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
       if (i == 0 || i < k) {  // (k >= 1: row 0's mmas take the bias as their C operand, no copies)
 #pragma unroll
         for (int rb = 0; rb < Cfg::kRowBlocks; ++rb) {
+          // The A of column group n is two columns of 8 x 8 blocks, columns 8 n ... and 8 n + 8 ...
+          // (of rows 0-7 and 8-15 each): neighbouring groups share one, so the 16 rows' kColGroups + 1
+          // block columns are loaded once, kColGroups / 2 ldmatrix.x4 and one .x2 (10 matrices at
+          // kTileW = 32 where one .x4 per group would load 16). An even group's A is the quad of an
+          // .x4 (one k16 mma); an odd group's halves lie in two quads, so it takes two k8 mmas, one
+          // per half of A and of the band B (copying them into one quad would cost 4 moves).
+          const T* a_rows = a_lane + (16 * rb + i) * Cfg::kPitch;  // plane rows 16 rb + i ...
+          uint32_t quads[Cfg::kColGroups / 2][4];  // block columns 2 m (regs 0, 1) and 2 m + 1 (2, 3)
+          uint32_t last[2];                        // block column kColGroups
 #pragma unroll
-          for (int n = 0; n < Cfg::kColGroups; ++n) {
-            uint32_t a[4];  // A: plane rows 16 rb + i ..., columns 8 n ... 8 n + 15
-            ldmatrix_x4(a, a_lane + (16 * rb + i) * Cfg::kPitch + 8 * n);
-            mma_m16n8k16<T>(acc[rb][n], a, band[i]);
+          for (int m = 0; m < Cfg::kColGroups / 2; ++m) ldmatrix<4>(quads[m], a_rows + 16 * m);
+          ldmatrix<2>(last, a_rows + 8 * Cfg::kColGroups);
+          const uint32_t band_halves[2][1] = {{band[i][0]}, {band[i][1]}};
+#pragma unroll
+          for (int m = 0; m < Cfg::kColGroups / 2; ++m) {
+            mma_m16n8<16, T>(acc[rb][2 * m], quads[m], band[i]);  // group 2 m
+            const uint32_t left[2] = {quads[m][2], quads[m][3]};    // group 2 m + 1: block column 2 m + 1
+            const uint32_t right[2] = {m + 1 < Cfg::kColGroups / 2 ? quads[m + 1][0] : last[0],
+                                       m + 1 < Cfg::kColGroups / 2 ? quads[m + 1][1] : last[1]};
+            mma_m16n8<8, T>(acc[rb][2 * m + 1], left, band_halves[0]);
+            mma_m16n8<8, T>(acc[rb][2 * m + 1], right, band_halves[1]);
           }
         }
       }
@@ -302,8 +330,8 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
   const int c = c0 + vec * kVec;
   if (w0 + w >= W || c >= C) return;
   const int rows = min(Cfg::kTileH, H - h0);
-  const T* src = s_planes + vec * kVec * Cfg::kPlane + pad * Cfg::kPitch + w + pad;  // + r * kPitch
-  T* dst = out_image + (static_cast<int64_t>(h0) * W + w0 + w) * C + c;                // + r * W * C
+  const T* src = s_planes + Cfg::plane_start(vec * kVec) + pad * Cfg::kPitch + w + pad;  // + r * kPitch
+  T* dst = out_image + (static_cast<int64_t>(h0) * W + w0 + w) * C + c;                  // + r * W * C
 #pragma unroll 1  // (unrolled, its gathers outgrow the math's registers and spill)
   for (int r = static_cast<int>(threadIdx.x) / kOutRowVectors; r < rows; r += kOutRowsPerPass) {
     T values[kVec];

@@ -61,7 +61,7 @@ using namespace convmixer_fast::depthwise_detail;
 using namespace emulation;
 
 // The kernels' `extern __shared__ float4 smem[]`: twice what the largest CTA needs (99,936 bytes at
-// runtime k = 31; the band kernel's at most 53,792), so a read past a CTA's own allocation finds NaN
+// runtime k = 31; the band kernel's at most 65,152), so a read past a CTA's own allocation finds NaN
 // too.
 constexpr size_t kSharedMemoryBytes = 200 * 1024;
 namespace convmixer_fast::depthwise_detail {

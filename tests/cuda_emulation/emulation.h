@@ -16,12 +16,12 @@
 //     result. A harness names its kernels (register_static_shared), whose statics are then found
 //     in the executable's symbol table; a kernel's `extern __shared__` array is defined by its
 //     harness and registered with register_shared();
-//   - the tensor-core instructions of csrc/kernels/mma.cuh, ldmatrix_x4 (ldmatrix .m8n8.x4.b16) and
-//     mma_m16n8k16<T> (mma.sync .m16n8k16.row.col.f32, T = f16 / bf16), are defined here (mma.cuh
+//   - the tensor-core instructions of csrc/kernels/mma.cuh, ldmatrix<n> (ldmatrix .m8n8.x{2,4}.b16)
+//     and mma_m16n8<k, T> (mma.sync .m16n8k{16,8}.row.col.f32, T = f16 / bf16), are defined here (mma.cuh
 //     only declares them on the host) as collectives of the warp's 32 lanes with the exact per-lane
 //     fragment layouts of the PTX ISA: every lane must reach the same call instruction (and, for
-//     mma, with the same T); ldmatrix fails unless each lane's row address is 16-byte aligned and
-//     its 16 bytes lie in a registered shared array; mma computes each output as an fp64 sum of the
+//     mma, with the same T); ldmatrix fails unless each row address it reads is 16-byte aligned
+//     and its 16 bytes lie in a registered shared array; mma computes each output as an fp64 sum of the
 //     accumulator and the 16 (exact) products, rounded to fp32 -- one valid order, since the
 //     hardware's summation order and internal precision are unspecified;
 //   - a barrier or collective that can no longer complete (a thread of it returned, threads wait at
@@ -105,7 +105,7 @@ std::string format(const char* pattern, Args... args) {
 inline std::string describe_code_address(const void* address);
 
 // Where a barrier or collective is called: a source line (the macros below), or, for the tensor-core
-// functions that kernels call by name (ldmatrix_x4, mma_m16n8k16), the call instruction itself (its
+// functions that kernels call by name (ldmatrix, mma_m16n8), the call instruction itself (its
 // return address): the same instruction, as .aligned requires.
 struct Site {
   const char* file;
@@ -481,30 +481,34 @@ double fragment_element(uint32_t reg, int half) {
 #if !defined(__CUDA_ARCH__)
 namespace convmixer_fast {
 
-// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the row address of row l % 8 of matrix l / 8
-// (16 bytes, 16-byte aligned, inside a registered shared array, else FAIL); lane l receives in
+// ldmatrix.sync.aligned.m8n8.x{2,4}.shared.b16 (ldmatrix<kMatrices>): lane l < 8 kMatrices gives
+// the row address of row l % 8 of matrix l / 8 (16 bytes, 16-byte aligned, inside a registered
+// shared array, else FAIL; the other lanes' addresses are not looked at); lane l receives in
 // fragment[i] row l / 4, columns 2 (l % 4) and 2 (l % 4) + 1 of matrix i (the lower column in the
 // low 16 bits). Shared memory is read once all 32 lanes have arrived.
-__attribute__((noinline)) inline void ldmatrix_x4(uint32_t (&fragment)[4], const void* row) {
+template <int kMatrices>
+__attribute__((noinline)) void ldmatrix(uint32_t (&fragment)[kMatrices], const void* row) {
+  static_assert(kMatrices == 2 || kMatrices == 4, "ldmatrix .x2 or .x4");
   const emulation::Site site{"", 0, __builtin_return_address(0)};
   struct Slot {
     uint32_t* fragment;
     const unsigned char* row;
   } mine{fragment, static_cast<const unsigned char*>(row)};
-  emulation::cta.warp_collective("ldmatrix_x4", site, 0xffffffffu, &mine, [&](void** payload, unsigned) {
-    for (int lane = 0; lane < 32; ++lane) {
+  const char* what = kMatrices == 4 ? "ldmatrix<4>" : "ldmatrix<2>";
+  emulation::cta.warp_collective(what, site, 0xffffffffu, &mine, [&](void** payload, unsigned) {
+    for (int lane = 0; lane < 8 * kMatrices; ++lane) {
       const unsigned char* address = static_cast<const Slot*>(payload[lane])->row;
       const char* problem = reinterpret_cast<uintptr_t>(address) % 16 != 0 ? "is not 16-byte aligned"
                             : emulation::shared_array_holding(address, 16) == nullptr
                                 ? "is not 16 bytes inside a shared array"
                                 : nullptr;
       if (problem != nullptr)
-        emulation::fail(emulation::format("ldmatrix_x4 at %s: lane %d's row address %p %s",
-                                          site.text().c_str(), lane, static_cast<const void*>(address), problem));
+        emulation::fail(emulation::format("%s at %s: lane %d's row address %p %s", what, site.text().c_str(),
+                                          lane, static_cast<const void*>(address), problem));
     }
-    uint32_t loaded[32][4];
+    uint32_t loaded[32][kMatrices];
     for (int lane = 0; lane < 32; ++lane)
-      for (int matrix = 0; matrix < 4; ++matrix) {
+      for (int matrix = 0; matrix < kMatrices; ++matrix) {
         const unsigned char* row_start = static_cast<const Slot*>(payload[8 * matrix + lane / 4])->row;
         std::memcpy(&loaded[lane][matrix], row_start + 4 * (lane % 4), 4);
       }
@@ -513,40 +517,45 @@ __attribute__((noinline)) inline void ldmatrix_x4(uint32_t (&fragment)[4], const
   });
 }
 
-// mma.sync.aligned.m16n8k16.row.col.f32.T.T.f32: acc += A B, with g = lane / 4, t = lane % 4,
-//   A [16, 16]: a[0] = (row g, cols 2t, 2t+1), a[1] = (row g+8, cols 2t, 2t+1),
+// mma.sync.aligned.m16n8k{16,8}.row.col.f32.T.T.f32 (mma_m16n8<kK, T>): acc += A B, with
+// g = lane / 4, t = lane % 4,
+//   A [16, kK]: a[0] = (row g, cols 2t, 2t+1), a[1] = (row g+8, cols 2t, 2t+1), and for kK = 16
 //               a[2] = (row g, cols 2t+8, 2t+9), a[3] = (row g+8, cols 2t+8, 2t+9);
-//   B [16, 8]:  b[0] = (rows 2t, 2t+1, col g), b[1] = (rows 2t+8, 2t+9, col g);
+//   B [kK, 8]:  b[0] = (rows 2t, 2t+1, col g), and for kK = 16 b[1] = (rows 2t+8, 2t+9, col g);
 //   acc [16, 8]: acc[0], acc[1] = (row g, cols 2t, 2t+1), acc[2], acc[3] = (row g+8, same).
-// Each output is the fp64 sum of acc and its 16 products (each exact), rounded to fp32: one valid
-// order (the hardware's order and internal precision are unspecified). All lanes must use the same T.
-template <typename T>
-__attribute__((noinline)) void mma_m16n8k16(float (&acc)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+// Each output is the fp64 sum of acc and its kK products (each exact), rounded to fp32: one valid
+// order (the hardware's order and internal precision are unspecified). All lanes must use the same
+// kK and T.
+template <int kK, typename T>
+__attribute__((noinline)) void mma_m16n8(float (&acc)[4], const uint32_t (&a)[kK / 4],
+                                         const uint32_t (&b)[kK / 8]) {
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit operands");
+  static_assert(kK == 16 || kK == 8, "m16n8k16 or m16n8k8");
   const emulation::Site site{"", 0, __builtin_return_address(0)};
   struct Slot {
     float* acc;
     const uint32_t* a;
     const uint32_t* b;
   } mine{acc, a, b};
-  const char* what = std::is_same_v<T, __half> ? "mma_m16n8k16<__half>" : "mma_m16n8k16<__nv_bfloat16>";
+  const char* what = std::is_same_v<T, __half>
+                         ? (kK == 16 ? "mma_m16n8<16, __half>" : "mma_m16n8<8, __half>")
+                         : (kK == 16 ? "mma_m16n8<16, __nv_bfloat16>" : "mma_m16n8<8, __nv_bfloat16>");
   emulation::cta.warp_collective(what, site, 0xffffffffu, &mine, [&](void** payload, unsigned) {
-    double A[16][16], B[16][8], D[16][8];
+    double A[16][kK], B[kK][8], D[16][8];
     for (int lane = 0; lane < 32; ++lane) {
       const Slot& slot = *static_cast<const Slot*>(payload[lane]);
       const int g = lane / 4, t = lane % 4;
-      for (int i = 0; i < 4; ++i) {
+      for (int i = 0; i < 4; ++i) D[g + 8 * (i / 2)][2 * t + i % 2] = slot.acc[i];
+      for (int i = 0; i < kK / 4; ++i)
         for (int half = 0; half < 2; ++half)
           A[g + 8 * (i % 2)][2 * t + 8 * (i / 2) + half] = emulation::fragment_element<T>(slot.a[i], half);
-        D[g + 8 * (i / 2)][2 * t + i % 2] = slot.acc[i];
-      }
-      for (int i = 0; i < 2; ++i)
+      for (int i = 0; i < kK / 8; ++i)
         for (int half = 0; half < 2; ++half)
           B[2 * t + 8 * i + half][g] = emulation::fragment_element<T>(slot.b[i], half);
     }
     for (int row = 0; row < 16; ++row)
       for (int col = 0; col < 8; ++col)
-        for (int k = 0; k < 16; ++k) D[row][col] += A[row][k] * B[k][col];
+        for (int k = 0; k < kK; ++k) D[row][col] += A[row][k] * B[k][col];
     for (int lane = 0; lane < 32; ++lane) {
       const int g = lane / 4, t = lane % 4;
       for (int i = 0; i < 4; ++i)
