@@ -26,10 +26,10 @@ What passing proves, per kernel (on the shapes of each harness's list):
     each lane builds in registers and the ldmatrix row addresses of A, against the PTX ISA's
     per-lane fragment layouts of ldmatrix .m8n8.x2 / .x4 and mma .m16n8k16 / .m16n8k8 (modelled
     in emulation.h: every lane at the same call, each ldmatrix row 16-byte aligned and inside
-    shared memory), the
-    in-place epilogue (after __syncwarp) and the 16-byte stores, on every k in 1..9 (odd and even),
-    all four tile shapes, f16 / bf16, GELU / ReLU, with the launch arguments from the launcher's own
-    helpers (band_params, band_blocks_per_image, band_smem_bytes, band_supported).
+    shared memory), the in-place epilogue (after __syncwarp) and the 16-byte stores, on every k in
+    1..9 (odd and even), all four tile shapes, f16 / bf16, GELU / ReLU, with the launch arguments
+    from the launcher's own helpers (band_params, band_blocks_per_image, band_smem_bytes,
+    band_supported).
   - head (head.cu): the pool's 16-byte and element-wise loads and its fixed-order shared-memory
     reduction, the classifier's clamped loads, butterfly reduction (__shfl_xor_sync reached by all
     32 lanes) and lane -> (image, class) stores, at batch / class / channel counts that leave

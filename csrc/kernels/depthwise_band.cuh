@@ -265,20 +265,25 @@ __global__ void __launch_bounds__(Cfg::kThreads) band_kernel(const Params<T> p) 
           // .x4 (one k16 mma); an odd group's halves lie in two quads, so it takes two k8 mmas, one
           // per half of A and of the band B (copying them into one quad would cost 4 moves).
           const T* a_rows = a_lane + (16 * rb + i) * Cfg::kPitch;  // plane rows 16 rb + i ...
-          uint32_t quads[Cfg::kColGroups / 2][4];  // block columns 2 m (regs 0, 1) and 2 m + 1 (2, 3)
-          uint32_t last[2];                        // block column kColGroups
+          uint32_t blocks[Cfg::kColGroups + 1][2];  // block column m: rows 0-7, rows 8-15
 #pragma unroll
-          for (int m = 0; m < Cfg::kColGroups / 2; ++m) ldmatrix<4>(quads[m], a_rows + 16 * m);
-          ldmatrix<2>(last, a_rows + 8 * Cfg::kColGroups);
-          const uint32_t band_halves[2][1] = {{band[i][0]}, {band[i][1]}};
+          for (int m = 0; m < Cfg::kColGroups; m += 2) {
+            uint32_t quad[4];
+            ldmatrix<4>(quad, a_rows + 8 * m);
+            blocks[m][0] = quad[0], blocks[m][1] = quad[1];
+            blocks[m + 1][0] = quad[2], blocks[m + 1][1] = quad[3];
+          }
+          ldmatrix<2>(blocks[Cfg::kColGroups], a_rows + 8 * Cfg::kColGroups);
 #pragma unroll
-          for (int m = 0; m < Cfg::kColGroups / 2; ++m) {
-            mma_m16n8<16, T>(acc[rb][2 * m], quads[m], band[i]);  // group 2 m
-            const uint32_t left[2] = {quads[m][2], quads[m][3]};    // group 2 m + 1: block column 2 m + 1
-            const uint32_t right[2] = {m + 1 < Cfg::kColGroups / 2 ? quads[m + 1][0] : last[0],
-                                       m + 1 < Cfg::kColGroups / 2 ? quads[m + 1][1] : last[1]};
-            mma_m16n8<8, T>(acc[rb][2 * m + 1], left, band_halves[0]);
-            mma_m16n8<8, T>(acc[rb][2 * m + 1], right, band_halves[1]);
+          for (int n = 0; n < Cfg::kColGroups; ++n) {
+            if (n % 2 == 0) {
+              const uint32_t a[4] = {blocks[n][0], blocks[n][1], blocks[n + 1][0], blocks[n + 1][1]};
+              mma_m16n8<16, T>(acc[rb][n], a, band[i]);
+            } else {
+              const uint32_t b_low[1] = {band[i][0]}, b_high[1] = {band[i][1]};
+              mma_m16n8<8, T>(acc[rb][n], blocks[n], b_low);
+              mma_m16n8<8, T>(acc[rb][n], blocks[n + 1], b_high);
+            }
           }
         }
       }

@@ -52,13 +52,17 @@ __device__ __forceinline__ void ldmatrix(uint32_t (&fragment)[kMatrices], const 
   }
 }
 
-// The PTX of mma_m16n8<kK, T> for the operand type TYPE ("f16" or "bf16").
-#define CONVMIXER_FAST_MMA_M16N8K16(TYPE)                                     \
-  "mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0, %1, %2, %3}, " \
-  "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-#define CONVMIXER_FAST_MMA_M16N8K8(TYPE)                                     \
-  "mma.sync.aligned.m16n8k8.row.col.f32." TYPE "." TYPE ".f32 {%0, %1, %2, %3}, " \
-  "{%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+// mma_m16n8<kK, T>'s instruction for the operand type TYPE ("f16" or "bf16").
+#define CONVMIXER_FAST_MMA_M16N8K16(TYPE)                                                          \
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0, %1, %2, %3}, "   \
+               "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"                                   \
+               : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])                            \
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+#define CONVMIXER_FAST_MMA_M16N8K8(TYPE)                                                           \
+  asm volatile("mma.sync.aligned.m16n8k8.row.col.f32." TYPE "." TYPE ".f32 {%0, %1, %2, %3}, "    \
+               "{%4, %5}, {%6}, {%0, %1, %2, %3};\n"                                               \
+               : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])                            \
+               : "r"(a[0]), "r"(a[1]), "r"(b[0]))
 
 template <int kK, typename T>
 __device__ __forceinline__ void mma_m16n8(float (&acc)[4], const uint32_t (&a)[kK / 4],
@@ -66,22 +70,12 @@ __device__ __forceinline__ void mma_m16n8(float (&acc)[4], const uint32_t (&a)[k
   static_assert(std::is_same_v<T, __half> || std::is_same_v<T, __nv_bfloat16>, "16-bit operands");
   static_assert(kK == 16 || kK == 8, "m16n8k16 or m16n8k8");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  if constexpr (kK == 16 && kBf16) {
-    asm volatile(CONVMIXER_FAST_MMA_M16N8K16("bf16")
-                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else if constexpr (kK == 16) {
-    asm volatile(CONVMIXER_FAST_MMA_M16N8K16("f16")
-                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-  } else if constexpr (kBf16) {
-    asm volatile(CONVMIXER_FAST_MMA_M16N8K8("bf16")
-                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+  if constexpr (kK == 16) {
+    if constexpr (kBf16) CONVMIXER_FAST_MMA_M16N8K16("bf16");
+    else CONVMIXER_FAST_MMA_M16N8K16("f16");
   } else {
-    asm volatile(CONVMIXER_FAST_MMA_M16N8K8("f16")
-                 : "+f"(acc[0]), "+f"(acc[1]), "+f"(acc[2]), "+f"(acc[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(b[0]));
+    if constexpr (kBf16) CONVMIXER_FAST_MMA_M16N8K8("bf16");
+    else CONVMIXER_FAST_MMA_M16N8K8("f16");
   }
 }
 

@@ -17,13 +17,13 @@
 //     in the executable's symbol table; a kernel's `extern __shared__` array is defined by its
 //     harness and registered with register_shared();
 //   - the tensor-core instructions of csrc/kernels/mma.cuh, ldmatrix<n> (ldmatrix .m8n8.x{2,4}.b16)
-//     and mma_m16n8<k, T> (mma.sync .m16n8k{16,8}.row.col.f32, T = f16 / bf16), are defined here (mma.cuh
-//     only declares them on the host) as collectives of the warp's 32 lanes with the exact per-lane
-//     fragment layouts of the PTX ISA: every lane must reach the same call instruction (and, for
-//     mma, with the same T); ldmatrix fails unless each row address it reads is 16-byte aligned
-//     and its 16 bytes lie in a registered shared array; mma computes each output as an fp64 sum of the
-//     accumulator and the 16 (exact) products, rounded to fp32 -- one valid order, since the
-//     hardware's summation order and internal precision are unspecified;
+//     and mma_m16n8<k, T> (mma.sync .m16n8k{16,8}.row.col.f32, T = f16 / bf16), are defined here
+//     (mma.cuh only declares them on the host) as collectives of the warp's 32 lanes with the exact
+//     per-lane fragment layouts of the PTX ISA: every lane must reach the same call instruction
+//     (and, for mma, with the same k and T); ldmatrix fails unless each row address it reads is
+//     16-byte aligned and its 16 bytes lie in a registered shared array; mma computes each output
+//     as an fp64 sum of the accumulator and the k (exact) products, rounded to fp32 -- one valid
+//     order, since the hardware's summation order and internal precision are unspecified;
 //   - a barrier or collective that can no longer complete (a thread of it returned, threads wait at
 //     different barriers, lanes of a warp at different calls) is a hang or undefined behaviour on a
 //     GPU: it prints FAIL with the place and ends the program (exit code 1), instead of hanging.
