@@ -46,35 +46,60 @@ def _info(args) -> int:
 def _verify(args) -> int:
     import torch
 
+    from .backends import BackendUnavailableError
     from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = DTYPES[args.dtype or ("bf16" if device.type == "cuda" else "fp32")]
+    dtypes = [DTYPES[name] for name in args.dtype or ["bf16" if device.type == "cuda" else "fp32"]]
     if args.config:
         values = [int(v) for v in args.config.split(",")]
         if len(values) not in (4, 5):
             sys.exit("--config takes DIM,DEPTH,KERNEL,PATCH[,CLASSES]")
         config = dict(zip(("dim", "depth", "kernel_size", "patch_size", "n_classes"), values), act_layer=args.act)
-        name = f"config {args.config} ({args.act})"
+        configs = [(f"config {args.config} ({args.act})", config)]
     else:
-        model_name = args.model or ("convmixer_1536_20" if device.type == "cuda" else "convmixer_cifar10")
-        config, name = MODEL_CONFIGS[model_name], model_name
-    image_size = args.image_size or (32 if config["patch_size"] <= 2 else 224)
-    torch.manual_seed(args.seed)
-    model, reference = build_pair(config, dtype, device, seed=args.seed)
-    image = torch.randn(args.batch, model.in_chans, image_size, image_size, device=device)
-    rows = verify_model(model, reference, image, args.backend)
-    ok = all(row.ok for row in rows)
+        names = args.model or ["convmixer_1536_20" if device.type == "cuda" else "convmixer_cifar10"]
+        configs = [(name, MODEL_CONFIGS[name]) for name in names]
+    backends = args.backend or ["auto"]
+    runs = []
+    for name, config in configs:
+        image_size = args.image_size or (32 if config["patch_size"] <= 2 else 224)
+        for dtype in dtypes:
+            torch.manual_seed(args.seed)
+            model, reference = build_pair(config, dtype, device, seed=args.seed)
+            image = torch.randn(args.batch, model.in_chans, image_size, image_size, device=device)
+            for backend in backends:
+                run = {"model": name, "backend": backend, "dtype": str(dtype), "device": str(device),
+                       "batch": args.batch, "image_size": image_size}
+                try:
+                    rows = verify_model(model, reference, image, backend)
+                except BackendUnavailableError as error:  # the other runs go on; this one fails
+                    runs.append({**run, "ok": False, "error": str(error), "rows": []})
+                else:
+                    runs.append({**run, "ok": all(row.ok for row in rows), "rows": rows_as_dicts(rows)})
+                if args.json:
+                    continue
+                if len(runs) > 1:
+                    print()
+                if "error" in runs[-1]:
+                    print(f"verify {name}, backend {backend}, {dtype} on {device}: ERROR: {runs[-1]['error']}")
+                    continue
+                model.backend = backend
+                resolved = model.backend_label()  # after the run: what "auto" measured and chose
+                print(f"verify {name}, backend {backend} ({resolved}), {dtype} on {device}, batch {args.batch}, "
+                      f"{image_size}x{image_size}")
+                print(format_rows(rows))
+                print("PASS" if runs[-1]["ok"] else "FAIL: errors beyond tolerance")
+    ok = all(run["ok"] for run in runs)
     if args.json:
-        print(json.dumps({"model": name, "backend": args.backend, "dtype": str(dtype), "device": str(device),
-                          "batch": args.batch, "image_size": image_size, "ok": ok, "rows": rows_as_dicts(rows)}, indent=2))
-    else:
-        model.backend = args.backend
-        resolved = model.backend_label()  # after the run: what "auto" measured and chose
-        print(f"verify {name}, backend {args.backend} ({resolved}), {dtype} on {device}, batch {args.batch}, {image_size}x{image_size}")
-        print(format_rows(rows))
-        print("PASS" if ok else "FAIL: errors beyond tolerance")
+        print(json.dumps({"ok": ok, "runs": runs}, indent=2))
+    elif len(runs) > 1:
+        print()
+        for run in runs:
+            verdict = "PASS" if run["ok"] else "ERROR" if "error" in run else "FAIL"
+            print(f"{verdict:<5}  {run['model']}, backend {run['backend']}, {run['dtype']}")
+        print(f"{sum(run['ok'] for run in runs)} of {len(runs)} passed")
     return 0 if ok else 1
 
 
@@ -111,17 +136,19 @@ def main(argv=None) -> int:
 
     verify = commands.add_parser("verify", help="every kernel of a backend against its reference, layer by layer")
     which = verify.add_mutually_exclusive_group()
-    which.add_argument("--model", choices=list(MODEL_CONFIGS), help="named config (default: convmixer_1536_20 on "
-                       "a GPU, convmixer_cifar10 on CPU)")
+    which.add_argument("--model", nargs="+", action="extend", choices=list(MODEL_CONFIGS),
+                       help="named configs (default: convmixer_1536_20 on a GPU, convmixer_cifar10 on CPU)")
     which.add_argument("--config", help="DIM,DEPTH,KERNEL,PATCH[,CLASSES] (with --act)")
     verify.add_argument("--act", choices=("gelu", "relu"), default="gelu")
-    verify.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
-    verify.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16 on a GPU, fp32 on CPU")
+    verify.add_argument("--backend", nargs="+", action="extend", choices=BACKEND_NAMES, help="default: auto")
+    verify.add_argument("--dtype", nargs="+", action="extend", choices=("fp32", "fp16", "bf16"),
+                        help="default: bf16 on a GPU, fp32 on CPU")
     verify.add_argument("--device", help="default: cuda if available, else cpu")
     verify.add_argument("--batch", type=int, default=2)
     verify.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
     verify.add_argument("--seed", type=int, default=0)
-    verify.add_argument("--json", action="store_true", help="print the rows as JSON")
+    verify.add_argument("--json", action="store_true", help="print {ok, runs: [each model, dtype and backend with "
+                        "its rows]} as JSON")
     verify.set_defaults(run=_verify)
 
     inspect = commands.add_parser("inspect", help="compile every kernel for an architecture (no GPU needed) and "

@@ -34,6 +34,15 @@ Runtime environment variables:
   TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;
                                    makes the ``triton`` backend available on CPU, for testing only.
                                    Must be set before ``triton`` is imported.
+  CONVMIXER_FAST_SOURCE_COMMIT=SHA  the commit a copy of the sources without its .git was made from:
+                                   ``bench`` and ``bench-ops`` record it in their results where git
+                                   cannot tell (``.ci/gpu``'s caller sets it on the GPU machine).
+
+Development scripts (not read by the package):
+  GPU_BUDGET_S=570                 ``.ci/gpu``: seconds its whole invocation may take (each stage gets
+                                   at most what is left; the device tool stops a command at 600).
+  GPU_LOGS=gpu-out                 ``.ci/gpu``: where its logs and results go (packed into
+                                   $OUT/gpu-out.tar.gz when the device tool's OUT is set).
 """
 
 from __future__ import annotations
@@ -47,6 +56,7 @@ ENV_CUTLASS_DIR = "CUTLASS_DIR"
 ENV_CACHE_DIR = "CONVMIXER_FAST_CACHE_DIR"
 ENV_AUTO_MEASURE = "CONVMIXER_FAST_AUTO_MEASURE"
 ENV_TRITON_AUTOTUNE = "CONVMIXER_FAST_TRITON_AUTOTUNE"
+ENV_SOURCE_COMMIT = "CONVMIXER_FAST_SOURCE_COMMIT"
 CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
 
@@ -83,6 +93,11 @@ def auto_measures() -> bool:
 def triton_autotunes() -> bool:
     """Whether Triton kernels benchmark their autotune configs (CONVMIXER_FAST_TRITON_AUTOTUNE)."""
     return not _falsy(os.environ.get(ENV_TRITON_AUTOTUNE))
+
+
+def source_commit() -> str | None:
+    """The commit CONVMIXER_FAST_SOURCE_COMMIT names (for a copy of the sources without .git)."""
+    return os.environ.get(ENV_SOURCE_COMMIT, "").strip() or None
 
 
 def cuda_archs() -> list[str]:

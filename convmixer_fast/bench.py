@@ -60,6 +60,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from . import _settings
+
 IMAGENET_MODELS = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14")
 GPU_BATCHES = (1, 8, 64, 256)
 GPU_DTYPES = ("bf16", "fp16")
@@ -738,11 +740,14 @@ def _command_output(command: list[str], cwd: str | None = None) -> str | None:
 
 
 def git_commit() -> dict:
-    """The source tree's commit and whether tracked files differ from it (None outside a git checkout)."""
+    """The source tree's commit and whether tracked files differ from it; outside a git checkout, the
+    commit named by CONVMIXER_FAST_SOURCE_COMMIT (``dirty`` unknown), else None."""
     here = str(Path(__file__).resolve().parent)
     commit = _command_output(["git", "rev-parse", "HEAD"], cwd=here)
-    status = _command_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here) if commit else None
-    return {"commit": commit, "dirty": bool(status) if commit else None}
+    if commit is None:
+        return {"commit": _settings.source_commit(), "dirty": None}
+    status = _command_output(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here)
+    return {"commit": commit, "dirty": bool(status)}
 
 
 def device_info(device: str) -> dict:

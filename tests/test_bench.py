@@ -138,6 +138,14 @@ def test_result_json_schema(tiny_run):
             assert ratio * ok[other]["ratios"][name] == pytest.approx(1.0)
 
 
+def test_commit_outside_a_git_checkout_comes_from_the_environment(monkeypatch):
+    monkeypatch.setattr(bench, "_command_output", lambda command, cwd=None: None)  # no git, or no .git
+    monkeypatch.delenv("CONVMIXER_FAST_SOURCE_COMMIT", raising=False)
+    assert bench.git_commit() == {"commit": None, "dirty": None}
+    monkeypatch.setenv("CONVMIXER_FAST_SOURCE_COMMIT", "06f855f0")
+    assert bench.git_commit() == {"commit": "06f855f0", "dirty": None}
+
+
 def test_table_shows_figures_failures_and_reasons(tiny_run):
     _, _, result, _ = tiny_run
     record = copy.deepcopy(result["workloads"][0])

@@ -1,0 +1,47 @@
+"""``.ci/gpu``'s own mechanics, on any machine: stages chained with ``+``, one summary line each,
+the time budget, and the one archive the device tool brings back. (What its stages measure needs a GPU.)"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / ".ci" / "gpu"
+
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or not SCRIPT.exists(), reason="needs bash and .ci/gpu")
+
+
+def run_script(tmp_path, *args, budget=300):
+    env = {**os.environ, "GPU_LOGS": str(tmp_path / "logs"), "GPU_BUDGET_S": str(budget), "OUT": str(tmp_path / "out"),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    (tmp_path / "out").mkdir(exist_ok=True)
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240)
+
+
+def test_unknown_plan_prints_usage():
+    result = subprocess.run(["bash", str(SCRIPT), "nonsense"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "usage: bash .ci/gpu" in result.stdout
+
+
+def test_chained_stages_each_get_a_summary_line_and_one_archive_comes_back(tmp_path):
+    result = run_script(tmp_path, "test", "--collect-only", "-q", "tests/test_cli.py", "+", "nonsense")
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert result.returncode == 1  # one stage failed
+    assert summary[0].startswith("test --collect-only -q tests/test_cli.py") and " ok in " in summary[0]
+    assert summary[1].startswith("nonsense") and "FAILED (exit 2)" in summary[1]
+    assert result.stdout.rstrip().endswith(summary[-1])  # the summary is printed last
+    assert sorted(os.listdir(tmp_path / "out")) == ["gpu-out.tar.gz", "summary.txt"]
+    with tarfile.open(tmp_path / "out" / "gpu-out.tar.gz") as archive:
+        names = {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+    assert {"pytest.log", "summary.txt", "results"} <= names
+
+
+def test_a_stage_without_time_left_is_not_started(tmp_path):
+    result = run_script(tmp_path, "verify", budget=30)  # 30 s less the packing reserve: under a stage's minimum
+    assert result.returncode == 1
+    assert "not started: no time left" in (tmp_path / "out" / "summary.txt").read_text()
