@@ -45,3 +45,16 @@ def test_a_stage_without_time_left_is_not_started(tmp_path):
     result = run_script(tmp_path, "verify", budget=30)  # 30 s less the packing reserve: under a stage's minimum
     assert result.returncode == 1
     assert "not started: no time left" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+@pytest.mark.parametrize("logs", [".", "..", "sub/../.."])
+def test_refuses_logs_folder_that_holds_the_tree(tmp_path, logs):
+    # A copy of the script in a scratch tree: were the guard broken, only the scratch would go.
+    tree = tmp_path / "parent" / "tree"
+    (tree / ".ci").mkdir(parents=True)
+    shutil.copy(SCRIPT, tree / ".ci" / "gpu")
+    (tree / "sentinel").write_text("kept")
+    result = subprocess.run(["bash", ".ci/gpu", "test"], cwd=tree, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "GPU_LOGS": logs})
+    assert result.returncode == 2 and "name a folder of its own" in result.stdout
+    assert (tree / "sentinel").read_text() == "kept"
