@@ -172,8 +172,12 @@ def main(argv=None) -> int:
     bench.add_argument("--providers", nargs="+", action="extend", metavar="NAME",
                        help="names or shell patterns, e.g. 'convmixer_fast-*' (default: all but the opt-in ones)")
     bench.add_argument("--list-providers", action="store_true", help="list the providers and their availability")
-    bench.add_argument("--markdown", metavar="PATH", help="print the saved result PATH as Markdown tables (the "
-                       "README's) and exit, measuring nothing")
+    saved_result = bench.add_mutually_exclusive_group()
+    saved_result.add_argument("--markdown", metavar="PATH", help="print the saved result PATH as Markdown tables "
+                              "(the README's) and exit, measuring nothing")
+    saved_result.add_argument("--targets", metavar="PATH", help="judge the saved result PATH against the "
+                              "project's performance targets (convmixer_fast/targets.py) and exit, measuring "
+                              "nothing; exit 1 unless all pass")
     bench.add_argument("--repeats", type=int, help="most timed repeats per provider and workload (default: 20 on a "
                        "GPU, 5 on CPU; fewer when one provider would take more than ~0.5 s, but at least 3)")
     bench.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")

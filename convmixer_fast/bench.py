@@ -1020,10 +1020,11 @@ def cli_device(requested: str | None, command: str) -> str | None:
 
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench`` (arguments from ``__main__``): 0; 1 on a WRONG or failed
-    provider or a regression beyond ``--max-regression``; 2 on bad arguments or files."""
-    if args.markdown:
+    provider, a regression beyond ``--max-regression`` or (``--targets``) a target not met; 2 on bad
+    arguments or files."""
+    if args.markdown or args.targets:
         try:
-            saved = load_result(args.markdown)
+            saved = load_result(args.markdown or args.targets)
         except (OSError, ValueError) as error:
             print(f"bench: {error}", file=sys.stderr)
             return 2
@@ -1032,8 +1033,14 @@ def run_cli(args) -> int:
         print(f"{saved['device']['name']}; torch {versions['torch']}, triton {versions['triton']}, CUDA "
               f"{versions['cuda']}; commit {(run['commit'] or 'unknown')[:10]}{' (dirty)' if run['dirty'] else ''}, "
               f"{run['date']}\n")
-        print("\n\n".join(markdown_workload(record) for record in saved["workloads"]))
-        return 0
+        if args.markdown:
+            print("\n\n".join(markdown_workload(record) for record in saved["workloads"]))
+            return 0
+        from .targets import evaluate, format_verdicts
+
+        verdicts = evaluate(saved)
+        print(format_verdicts(verdicts))
+        return 0 if all(verdict.passed for verdict in verdicts) else 1
     device = cli_device(args.device, "bench")
     if device is None:
         return 2

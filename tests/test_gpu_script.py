@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from convmixer_fast.targets import TARGETS
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / ".ci" / "gpu"
 
@@ -58,3 +60,22 @@ def test_refuses_logs_folder_that_holds_the_tree(tmp_path, logs):
                             env={**os.environ, "GPU_LOGS": logs})
     assert result.returncode == 2 and "name a folder of its own" in result.stdout
     assert (tree / "sentinel").read_text() == "kept"
+
+
+def test_judge_reads_the_bench_result_of_the_call(tmp_path):
+    # In a scratch tree (the package imported from this checkout): a tiny CPU bench, then its verdict.
+    tree = tmp_path / "tree"
+    (tree / ".ci").mkdir(parents=True)
+    (tree / "benchmarks" / "results").mkdir(parents=True)
+    shutil.copy(SCRIPT, tree / ".ci" / "gpu")
+    env = {**os.environ, "GPU_LOGS": "logs", "OUT": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run(["bash", ".ci/gpu", "judge", "+", "bench", "convmixer_cifar10", "--batch", "2",
+                             "--image-size", "8", "--providers", "eager-fp32", "--json", "benchmarks/results/cpu.json",
+                             "+", "judge"], cwd=tree, capture_output=True, text=True, timeout=240, env=env)
+    summary = (tree / "logs" / "summary.txt").read_text().splitlines()
+    assert [line.split()[0] for line in summary] == ["judge", "bench", "judge"]
+    assert "FAILED (exit 1)" in summary[0] and " ok in " in summary[1]  # nothing to judge yet; then the bench ran
+    assert "FAILED (exit 1)" in summary[2]  # a CPU result holds none of the GPU workloads
+    assert f"0 of {len(TARGETS)} targets pass" in (tree / "logs" / "targets.txt").read_text()
+    assert "no bench result written in this call" in result.stdout

@@ -1,0 +1,98 @@
+"""``bench --targets``: the project's performance targets judged on a saved result (built here by hand)."""
+
+import copy
+import json
+
+import pytest
+
+from convmixer_fast import targets
+from convmixer_fast.__main__ import main
+
+
+def entry(img_per_s, batch, status="ok", fraction_of_peak=None):
+    return {"status": status, "reason": None if status == "ok" else "why", "img_per_s": img_per_s,
+            "ms_per_batch": batch / img_per_s * 1e3, "fraction_of_peak": fraction_of_peak}
+
+
+def workload(model, batch, providers):
+    return {"label": f"{model} bf16 batch {batch} 224px", "model": model, "batch": batch, "image_size": 224,
+            "dtype": "bf16",
+            "providers": {name: entry(rate, batch, **extra) for name, (rate, extra) in providers.items()}}
+
+
+def meeting_result():
+    """A result where every target holds, by a margin."""
+    return {
+        "schema": 1, "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"}, "providers": {},
+        "runs": [{"versions": {"torch": "2.11.0", "triton": "3.6.0", "cuda": "13.0"}, "commit": "0123456789abc",
+                  "dirty": False, "date": "2026-11-21"}],
+        "workloads": [
+            workload("convmixer_1536_20", 256, {"convmixer_fast-auto": (5000, {"fraction_of_peak": 0.6}),
+                                                "eager-amp": (1000, {}), "torch-compile": (1200, {}),
+                                                "gemm-floor": (6000, {})}),
+            workload("convmixer_1536_20", 1, {"convmixer_fast-auto": (2000, {}), "eager-amp": (300, {}),
+                                              "gemm-floor": (3000, {})}),
+            workload("convmixer_768_32", 256, {"convmixer_fast-auto": (9000, {}), "eager-fp32": (500, {}),
+                                               "eager-amp": (2000, {}), "torch-compile": (2500, {})}),
+            workload("convmixer_1024_20_ks9_p14", 256, {"convmixer_fast-auto": (30000, {}), "eager-amp": (9000, {})}),
+        ],
+    }
+
+
+def verdicts_by_label(result):
+    return {verdict.target.label(): verdict for verdict in targets.evaluate(result)}
+
+
+def test_every_target_passes_where_the_result_meets_it():
+    verdicts = verdicts_by_label(meeting_result())
+    assert len(verdicts) == len(targets.TARGETS) and all(v.passed for v in verdicts.values())
+    assert verdicts["convmixer_1536_20 b256 bf16: time over gemm-floor's"].value == pytest.approx(1.2)
+    assert verdicts["convmixer_1536_20 b1 bf16: img/s over eager-amp's"].value == pytest.approx(2000 / 300)
+    assert verdicts["convmixer_1536_20 b256 bf16: fraction of the bf16 matmul peak"].value == 0.6
+    best = verdicts["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert best.against == "torch-compile" and best.value == pytest.approx(9000 / 2500)
+
+
+def test_a_miss_says_by_how_much_and_what_cannot_be_judged_never_passes():
+    result = meeting_result()
+    b256, b1, m768, _ = result["workloads"]
+    b256["providers"]["gemm-floor"] = entry(5000 * 1.4, 256)  # ours takes 1.4x the GEMMs' time
+    b256["providers"]["convmixer_fast-auto"]["fraction_of_peak"] = None
+    b1["providers"]["convmixer_fast-auto"]["status"] = "wrong"
+    m768["providers"]["torch-compile"]["status"] = "wrong"  # a wrong peer is no comparison: the next best counts
+    del result["workloads"][3]
+    verdicts = verdicts_by_label(result)
+    miss = verdicts["convmixer_1536_20 b256 bf16: time over gemm-floor's"]
+    assert miss.status == "MISS" and miss.value == pytest.approx(1.4)
+    assert verdicts["convmixer_1536_20 b256 bf16: img/s over eager-amp's"].passed
+    peak = verdicts["convmixer_1536_20 b256 bf16: fraction of the bf16 matmul peak"]
+    assert peak.status == "no matmul peak in the result"
+    assert verdicts["convmixer_1536_20 b1 bf16: time over gemm-floor's"].status == "convmixer_fast-auto WRONG"
+    best = verdicts["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert best.passed and best.against == "eager-amp" and best.value == pytest.approx(4.5)
+    missing = verdicts["convmixer_1024_20_ks9_p14 b256 bf16: img/s over best peer's"]
+    assert missing.status == "workload not in the result"
+    assert sum(v.passed for v in verdicts.values()) == 3  # the two eager-amp / torch-compile rows and 768/32
+
+
+def test_missing_comparison_provider_is_named():
+    result = meeting_result()
+    del result["workloads"][0]["providers"]["torch-compile"]
+    verdict = verdicts_by_label(result)["convmixer_1536_20 b256 bf16: img/s over torch-compile's"]
+    assert verdict.status == "torch-compile not in the result" and verdict.value is None
+
+
+def test_cli_prints_the_table_and_exits_1_unless_all_pass(tmp_path, capsys):
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(meeting_result()))
+    assert main(["bench", "--targets", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "NVIDIA H100 80GB HBM3" in out and "commit 0123456789" in out
+    assert f"{len(targets.TARGETS)} of {len(targets.TARGETS)} targets pass" in out
+    failing = copy.deepcopy(meeting_result())
+    failing["workloads"][0]["providers"]["eager-amp"] = entry(2000, 256)  # ours only 2.5x eager-amp
+    path.write_text(json.dumps(failing))
+    assert main(["bench", "--targets", str(path)]) == 1
+    row = next(line for line in capsys.readouterr().out.splitlines() if "over eager-amp's" in line and "b256" in line)
+    assert row.endswith("MISS") and "2.50x" in row
+    assert main(["bench", "--targets", str(tmp_path / "missing.json")]) == 2
