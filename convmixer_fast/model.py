@@ -20,8 +20,10 @@ will own); that call and every later one copy the input into the graph's static 
 return a copy of the static logits, so a returned tensor is never overwritten by a later call. Up to
 ``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped); any change of the parameters
 drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile,
-and calls made while the caller is capturing a graph itself (they are simply recorded into it). A
-capture that fails warns once, and that signature then runs uncaptured.
+and calls made while the caller is capturing a graph itself: they are simply recorded into it, on
+fresh allocations from the caller's graph pool (not the model's reusable buffers); such a graph reads
+the prepared parameters, which a parameter change replaces, so capture it again after one. A capture
+that fails warns once, and that signature then runs uncaptured.
 """
 
 from __future__ import annotations
@@ -86,6 +88,14 @@ class _CapturedForward(NamedTuple):
 
 
 _UNCAPTURABLE = "uncapturable"  # a signature whose capture failed: it runs without a graph
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    """Whether a CUDA graph is being captured (by the caller) on the current stream of ``x``'s device:
+    then the forward allocates afresh, into the caller's graph pool, instead of reusing the model's
+    buffers (which a later call may free under that graph). False while torch.compile traces."""
+    return (x.device.type == "cuda" and not torch.compiler.is_compiling()
+            and torch.cuda.is_current_stream_capturing())
 
 
 def _remember(cache: OrderedDict, key, value) -> None:
@@ -395,7 +405,7 @@ class ConvMixer(nn.Module):
             return x.new_empty((0, self.n_classes), dtype=self._param_dtype)
         if self._graphs_apply(x):
             return self._graphed_forward(x)
-        return self._logits(x)
+        return self._logits(x, preallocated=not _capturing(x))
 
     def _logits(self, x: torch.Tensor, preallocated: bool = True) -> torch.Tensor:
         tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True, preallocated=preallocated)
@@ -404,7 +414,7 @@ class ConvMixer(nn.Module):
     # ------------------------------------------------------------------ CUDA graphs
     def _graphs_apply(self, x: torch.Tensor) -> bool:
         return (self.cuda_graphs and x.device.type == "cuda" and not torch.compiler.is_compiling()
-                and not torch.cuda.is_current_stream_capturing())
+                and not _capturing(x))
 
     def _graphed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""
@@ -431,21 +441,25 @@ class ConvMixer(nn.Module):
         return captured.logits.clone()
 
     def _capture(self, x: torch.Tensor) -> _CapturedForward | str:
-        """``_logits`` on fresh allocations, warmed up on a side stream, then captured."""
+        """``_logits`` on fresh allocations, warmed up on a side stream, then captured on it (on
+        ``x``'s GPU: torch's default capture stream belongs to whichever GPU was current first)."""
         with torch.inference_mode(False):  # a normal tensor: later calls copy into it in any mode
             image = torch.empty_like(x)  # same strides
         image.copy_(x)
         with torch.cuda.device(x.device):
+            caller_stream = torch.cuda.current_stream()
             stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
+            stream.wait_stream(caller_stream)
             with torch.cuda.stream(stream):
                 self._logits(image, preallocated=False)
-            torch.cuda.current_stream().wait_stream(stream)
+            caller_stream.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             try:
-                with torch.cuda.graph(graph):
+                # thread_local: other threads' allocations or syncs do not break this capture.
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
                     logits = self._logits(image, preallocated=False)
-            except RuntimeError as error:
+            except Exception as error:
+                torch.cuda.set_stream(caller_stream)  # (left on the capture stream when capture_end raises)
                 warnings.warn(
                     f"convmixer_fast: capturing the forward in a CUDA graph failed for input {tuple(x.shape)} "
                     f"{x.dtype}; it runs without one (set model.cuda_graphs = False to stop trying): {error}"
@@ -459,7 +473,7 @@ class ConvMixer(nn.Module):
         if x.shape[0] == 0:
             shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
             return x.new_empty(shape, dtype=self._param_dtype).permute(0, 3, 1, 2)
-        tokens, *_ = self._tokens(x, fold_last_bn=False)
+        tokens, *_ = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x))
         return tokens.permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

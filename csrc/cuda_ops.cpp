@@ -61,10 +61,21 @@ std::string dtype_name(at::ScalarType dtype) {
   }
 }
 
-bool ranges_overlap(const at::Tensor& a, const at::Tensor& b) {
-  const auto* a_start = static_cast<const char*>(a.data_ptr());
-  const auto* b_start = static_cast<const char*>(b.data_ptr());
-  return a_start < b_start + b.nbytes() && b_start < a_start + a.nbytes();
+// The bytes from a tensor's first element to just past its last, by its strides (all >= 0 in torch):
+// a strided view (a cropped image) spans more than nbytes() from its start.
+std::pair<const char*, const char*> byte_span(const at::Tensor& t) {
+  int64_t last = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+  const auto* start = static_cast<const char*>(t.data_ptr());
+  return {start, start + (last + 1) * t.element_size()};
+}
+
+// Whether a and b may share bytes: their spans intersect (conservative for interleaved views).
+bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (a.numel() == 0 || b.numel() == 0) return false;
+  const auto [a_start, a_end] = byte_span(a);
+  const auto [b_start, b_end] = byte_span(b);
+  return a_start < b_end && b_start < a_end;
 }
 
 // Checks for one op: every message starts with the op's name.
@@ -102,7 +113,7 @@ struct Checker {
   }
   // Kernels read `input` while writing `output` (and mark them __restrict__).
   void apart(const at::Tensor& output, const char* output_name, const at::Tensor& input, const char* input_name) const {
-    TORCH_CHECK_VALUE(!ranges_overlap(output, input), op, ": ", output_name, " must not overlap ", input_name);
+    TORCH_CHECK_VALUE(!may_overlap(output, input), op, ": ", output_name, " must not overlap ", input_name);
   }
   // TMA and 16-byte vector accesses: a fresh tensor always is; a view with an offset may not be.
   void aligned16(const at::Tensor& t, const char* name) const {
@@ -153,7 +164,10 @@ cudaStream_t current_stream(const at::Device& device) {
 }
 
 void check_launch(const char* op, cudaError_t status) {
-  TORCH_CHECK(status == cudaSuccess, op, ": CUDA error: ", cudaGetErrorString(status));
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it: torch's next launch check would report it again as its own
+    TORCH_CHECK(false, op, ": CUDA error: ", cudaGetErrorString(status));
+  }
 }
 #endif
 
@@ -166,8 +180,9 @@ void cuda_stem(const at::Tensor& image, const at::Tensor& weight, const at::Tens
   const int64_t batch = image.size(0), in_channels = image.size(1), height = image.size(2), width = image.size(3);
   check.dtype_in_supported(weight, "weight");
   check.placed(weight, "weight", device);
-  check.expect(weight.dim() == 4 && weight.size(1) == in_channels && weight.size(2) == weight.size(3),
-               "weight must be [C, Cin, p, p] with Cin=" + std::to_string(in_channels) + " and square patches");
+  check.expect(weight.dim() == 4 && weight.size(1) == in_channels && weight.size(2) == weight.size(3) &&
+                   weight.size(2) >= 1,
+               "weight must be [C, Cin, p, p] with Cin=" + std::to_string(in_channels) + " and square patches, p >= 1");
   const int64_t channels = weight.size(0), patch = weight.size(2);
   check.expect(height >= patch && width >= patch, "image H and W must be >= the patch size " + std::to_string(patch));
   check.epilogue(bias, scale, shift, act, channels, device);

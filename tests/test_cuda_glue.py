@@ -60,6 +60,7 @@ CASES = [
     ("stem", 1, lambda a: a[1][:, :2].contiguous(), ValueError, "weight must be .C, Cin, p, p. with Cin=3"),
     ("stem", 1, lambda a: a[1].transpose(2, 3), ValueError, "stem: weight must be contiguous"),
     ("stem", 0, lambda a: a[0][:, :, :1], ValueError, "H and W must be >= the patch size 2"),
+    ("stem", 1, lambda a: torch.empty(8, 3, 0, 0, dtype=F16), ValueError, "square patches, p >= 1"),
     ("stem", 3, lambda a: a[3].half(), TypeError, "stem: scale must have dtype torch.float32, got torch.float16"),
     ("stem", 6, lambda a: torch.empty(1, 4, 4, 8), TypeError, "stem: out must have dtype torch.float16"),
     ("stem", 6, lambda a: torch.empty(1, 4, 4, 9, dtype=F16), ValueError, r"stem: out must have shape \[1, 4, 4, 8\]"),
@@ -92,6 +93,20 @@ def test_cpp_checks_reject_bad_arguments(op, index, replace, error, match):
     args[index] = replace(args)
     with pytest.raises(error, match=match):
         fn(*args)
+
+
+def test_stem_out_inside_a_strided_images_span_is_caught():
+    """A cropped image spans more bytes than it holds: an ``out`` in its gaps' range still overlaps."""
+    storage = torch.zeros(4096, dtype=F16)
+    image = storage.as_strided((1, 3, 8, 8), (384, 128, 16, 1))  # rows of 8 in a pitch of 16
+    out = storage[200:328].view(1, 4, 4, 8)  # past image.nbytes() from its start, inside its span
+    args = stem_args()
+    args[0], args[6] = image, out
+    with pytest.raises(ValueError, match="stem: out must not overlap image"):
+        ops.cuda_stem(*args)
+    args[6] = torch.empty(1, 4, 4, 8, dtype=F16)  # its own storage: on to the device check
+    with pytest.raises(ValueError, match="the cuda backend runs on CUDA tensors"):
+        ops.cuda_stem(*args)
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -129,6 +129,22 @@ def test_switched_off_never_captures(stand_in_capture):
     assert not stand_in_capture and not model._graphs
 
 
+@pytest.mark.parametrize("forward", ["forward", "forward_features"])
+def test_inside_a_callers_capture_nothing_of_the_models_is_reused(monkeypatch, forward):
+    """A graph the caller captures must not record the model's reusable activation buffers: a later
+    call (a capture of the model's own, a new shape pushing them out) may free them under it."""
+    pytest.importorskip("triton")
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="triton")  # a preallocating backend
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        monkeypatch.setattr(model_module, "_capturing", lambda image: True)
+        getattr(model, forward)(x)
+        assert not model._activation_buffers
+        monkeypatch.setattr(model_module, "_capturing", lambda image: False)
+        getattr(model, forward)(x)
+        assert len(model._activation_buffers) == 1
+
+
 def test_cpu_models_take_no_graph_path():
     model = small_model()
     with torch.no_grad():
@@ -177,6 +193,26 @@ def test_the_model_inside_a_callers_graph_is_recorded_not_captured_again():
         graph.replay()
         torch.cuda.synchronize()
     assert torch.equal(output, expected)
+
+
+@NEEDS_GPU
+def test_a_callers_graph_stays_valid_while_the_model_goes_on_running():
+    model = cf.ConvMixer.from_eager(reference_model(32, 2, 3, 4, 5).to(DEVICE)).to(torch.float16)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE, dtype=torch.float16)
+    with torch.inference_mode():
+        model(x)  # warm-up outside the capture
+        graph, static_input = torch.cuda.CUDAGraph(), x.clone()
+        with torch.cuda.graph(graph):
+            static_output = model(static_input)
+        for _ in range(3):  # the model's own capture for this shape, then replays
+            model(torch.randn_like(x))
+        model(torch.randn(5, 3, 32, 32, device=DEVICE, dtype=torch.float16))
+        fresh = torch.randn_like(x)
+        static_input.copy_(fresh)
+        graph.replay()
+        expected = model(fresh)
+        torch.cuda.synchronize()
+    assert torch.equal(static_output, expected)
 
 
 @NEEDS_GPU

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -304,3 +305,30 @@ def test_measuring_can_be_switched_off(twin_backend, monkeypatch):
     assert resolved.candidates == (("eager", "twin"),) * 4
     assert isinstance(resolved.ops.pointwise, measured.MeasuredOp)
     assert resolve_ops("auto", CPU, torch.float32, 16).label == "eager"  # measure=False: the first
+
+
+def test_gpu_timing_queues_each_repeat_behind_a_spin_and_averages_back_to_back_calls(monkeypatch):
+    """``time_op``'s CUDA path with torch.cuda stood in for (the order of what it queues; the GPU
+    runs it on a GPU test machine through every "auto" model)."""
+    queued = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+            self.at = None
+
+        def record(self):
+            queued.append("event")
+            self.at = len(queued)
+
+        def elapsed_time(self, end):  # ms: one per thing queued between the two events
+            return float(end.at - self.at - 1)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: queued.append(f"spin {cycles}"))
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: queued.append("sync"))
+    seconds = measured.time_op(lambda: queued.append("call"), torch.device("cuda", 1))
+    repeat = [f"spin {measured.SPIN_CYCLES}", "event", *["call"] * measured.TIMED_CALLS, "event"]
+    assert queued == ["call", *repeat * measured.TIMED_REPEATS, "sync"]  # one untimed call first
+    assert seconds == pytest.approx(1e-3)  # TIMED_CALLS calls between the events: 1 ms per call here

@@ -129,6 +129,23 @@ def test_create_model_pretrained_without_timm_says_why(monkeypatch):
         cf.create_model("convmixer_1536_20", pretrained=True)
 
 
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_a_callers_autocast_does_not_reach_the_model(backend):
+    """The model computes in its own dtype: autocast would make the eager path's convolutions and
+    matmuls 16-bit (the kernels ignore it), and ``auto``'s judge of the kernels with them."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend=backend)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(x)
+            features = model.forward_features(x)
+        assert features.dtype == torch.float32
+        torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+
+
 def test_compile_and_export_eager_backend():
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 4), backend="eager")
     x = torch.randn(2, 3, 10, 10)

@@ -5,18 +5,27 @@ Runs on every device torch runs on; it is also what ``verify`` compares the kern
 
 from __future__ import annotations
 
+import contextlib
 import functools
+
+import torch
 
 from ..ops import reference
 from . import BackendOps
 
 
 def _writing_into_out(reference_fn):
-    """The reference with the backends' ``out=`` (and, for the head, unused ``pooled=``) keywords."""
+    """The reference with the backends' ``out=`` (and, for the head, unused ``pooled=``) keywords,
+    computed in its operands' dtypes as the kernels are: a caller's autocast does not reach it (it
+    would turn an fp32 model's convolutions and matmuls into 16-bit ones, and ``auto``'s reference
+    for judging the kernels with them)."""
 
     @functools.wraps(reference_fn)
     def op(*args, out=None, pooled=None):
-        result = reference_fn(*args)
+        device_type = args[0].device.type
+        autocasting = torch.is_autocast_enabled(device_type)
+        with torch.autocast(device_type, enabled=False) if autocasting else contextlib.nullcontext():
+            result = reference_fn(*args)
         return result if out is None else out.copy_(result)
 
     return op

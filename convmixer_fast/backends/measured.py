@@ -4,7 +4,8 @@ For an op with more than one candidate (the backends of ``AUTO_ORDER`` that are 
 device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its
 first call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its
 other positional arguments) it runs each candidate once on those very arguments (compilation,
-autotuning), times ``TIMED_CALLS`` more calls of each, and from then on runs the fastest: the
+autotuning), times more calls of each (``time_op``: on a GPU the kernels' time, as a CUDA graph
+replays them, not the host's launch overhead), and from then on runs the fastest: the
 first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties
 do not flip between runs. A candidate that raises on those arguments (one backend's argument
 checks, say) is left out of that choice, its error kept beside the times; if every candidate
@@ -41,7 +42,13 @@ import torch
 
 from .. import _settings
 
-TIMED_CALLS = 5
+TIMED_CALLS = 5  # back to back, per timed repeat
+TIMED_REPEATS = 3  # the median of their means counts
+# A spin kernel queued before each timed repeat (torch.cuda._sleep; ~2.5 ms at 2 GHz): the GPU is
+# busy while the host queues the repeat's calls behind it, so the events time the kernels alone, as
+# a CUDA graph replays them, and not the launch overhead of each call (tens of µs in Python against
+# a few µs of kernel at batch 1, which would favour the op with the cheaper launch path).
+SPIN_CYCLES = 5_000_000
 TIE_MARGIN = 0.03  # a candidate within 3% of the fastest counts as fast as it
 STORE_SCHEMA = 1
 REFERENCE = "eager"  # the backend whose op judges the candidates, and runs where none agrees with it
@@ -50,18 +57,24 @@ Timer = Callable[[Callable[[], object], torch.device], float]  # (call, device) 
 
 
 def time_op(call: Callable[[], object], device: torch.device) -> float:
-    """Median seconds of ``TIMED_CALLS`` calls of ``call`` after one untimed call: CUDA events on a
-    GPU, ``time.perf_counter`` elsewhere."""
+    """Seconds per call of ``call``, after one untimed call. On a GPU: ``TIMED_REPEATS`` times,
+    ``TIMED_CALLS`` calls back to back between two CUDA events on ``device``'s current stream, each
+    repeat queued behind a spin kernel (``SPIN_CYCLES``); the median of the repeats' means.
+    Elsewhere: the median of ``TIMED_CALLS`` calls timed by ``time.perf_counter``."""
     call()
     if device.type == "cuda":
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                  for _ in range(TIMED_CALLS)]
-        for begin, end in events:
-            begin.record()
-            call()
-            end.record()
-        torch.cuda.synchronize(device)
-        return statistics.median(begin.elapsed_time(end) / 1e3 for begin, end in events)
+        with torch.cuda.device(device):  # the events and the spin on the device the op runs on
+            repeats = []
+            for _ in range(TIMED_REPEATS):
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                torch.cuda._sleep(SPIN_CYCLES)
+                begin.record()
+                for _ in range(TIMED_CALLS):
+                    call()
+                end.record()
+                repeats.append((begin, end))
+            torch.cuda.synchronize(device)
+        return statistics.median(begin.elapsed_time(end) / 1e3 / TIMED_CALLS for begin, end in repeats)
     times = []
     for _ in range(TIMED_CALLS):
         begin = time.perf_counter()
