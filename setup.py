@@ -45,6 +45,7 @@ def _extension():
     compile_args = {"cxx": list(settings.CXX_FLAGS)}
     if with_cuda:
         macros.append(("CONVMIXER_FAST_WITH_CUDA", "1"))
+        macros.append(("CONVMIXER_FAST_CUDA_ARCHS", f'"{",".join(settings.cuda_archs())}"'))
         compile_args["nvcc"] = settings.NVCC_FLAGS + settings.gencode_flags()
         include_dirs = [os.path.join(ROOT, "csrc", "kernels"), *settings.cutlass_include_dirs()]
         extension = CUDAExtension("convmixer_fast._C", cpp_sources + cuda_sources, include_dirs=include_dirs,

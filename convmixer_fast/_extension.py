@@ -15,6 +15,7 @@ class ExtensionStatus:
     loaded: bool
     with_cuda: bool
     detail: str  # what CUDA was built for / why not / why _C could not be loaded
+    cuda_archs: tuple[str, ...] = ()  # the CUDA kernels' targets, e.g. ("80", "90a") (machine code only)
 
 
 @functools.lru_cache(maxsize=None)
@@ -31,4 +32,5 @@ def extension_status() -> ExtensionStatus:
     import torch
 
     fields = dict(item.split("=", 1) for item in torch.ops.convmixer_fast.build_info().split(";"))
-    return ExtensionStatus(True, fields["cuda"] == "1", fields["status"])
+    archs = tuple(arch for arch in fields.get("archs", "").split(",") if arch)  # (none from a _C built before)
+    return ExtensionStatus(True, fields["cuda"] == "1", fields["status"], archs)

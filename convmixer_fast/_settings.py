@@ -7,7 +7,9 @@ Torch-free and importable as a plain file: ``setup.py`` loads it by path, ``CMak
 Build switches (read by ``pip install --no-build-isolation .``):
   CONVMIXER_FAST_NO_CUDA=1         build ``_C`` without CUDA sources even where torch has CUDA.
   CONVMIXER_FAST_CUDA_ARCHS="80;90a"  architectures the CUDA sources are compiled for (";"-separated;
-                                   "90a" enables wgmma/TMA). Default: 80;90a.
+                                   "90a" enables wgmma/TMA). Default: 80;90a. Machine code only (no
+                                   PTX): the cuda backend runs on GPUs these cover (``arch_runs_on``:
+                                   8.x and 9.0 by default) and says so on others.
   MAX_JOBS=N                       parallel compile jobs (torch.utils.cpp_extension's switch).
   CUDA_HOME                        the CUDA toolkit (torch's switch); nvcc must be under it.
   CUTLASS_DIR=/path/to/cutlass     a CUTLASS checkout (its include/ and tools/util/include/ are
@@ -106,6 +108,17 @@ def cuda_archs() -> list[str]:
         if not arch.rstrip("a").isdigit():
             raise ValueError(f"{ENV_CUDA_ARCHS}: expected entries like 80 or 90a, got {arch!r}")
     return archs
+
+
+def arch_runs_on(arch: str, major: int, minor: int) -> bool:
+    """Whether machine code for ``arch`` (an entry of ``cuda_archs()``: "80", "86", "90a") runs on a
+    GPU of compute capability major.minor: the same major and at least its minor; an "a" target
+    (architecture-specific features) only on exactly its own."""
+    digits = arch.removesuffix("a")
+    arch_major, arch_minor = int(digits[:-1]), int(digits[-1])
+    if arch.endswith("a"):
+        return (major, minor) == (arch_major, arch_minor)
+    return major == arch_major and minor >= arch_minor
 
 
 def gencode_flags() -> list[str]:

@@ -10,17 +10,23 @@
 #ifndef CONVMIXER_FAST_CUDA_STATUS
 #define CONVMIXER_FAST_CUDA_STATUS "off: not configured by setup.py"
 #endif
+#ifndef CONVMIXER_FAST_CUDA_ARCHS
+#define CONVMIXER_FAST_CUDA_ARCHS ""
+#endif
 
 namespace convmixer_fast {
 
-// "cuda=1;status=<what CUDA was built for, or why not>".
+// "cuda=1;archs=80,90a;status=<what CUDA was built for, or why not>" (archs: the sm_ targets of the
+// CUDA kernels, machine code only, no PTX; empty without them).
 std::string build_info() {
 #ifdef CONVMIXER_FAST_WITH_CUDA
   const char* with_cuda = "1";
+  const char* archs = CONVMIXER_FAST_CUDA_ARCHS;
 #else
   const char* with_cuda = "0";
+  const char* archs = "";
 #endif
-  return std::string("cuda=") + with_cuda + ";status=" + CONVMIXER_FAST_CUDA_STATUS;
+  return std::string("cuda=") + with_cuda + ";archs=" + archs + ";status=" + CONVMIXER_FAST_CUDA_STATUS;
 }
 
 }  // namespace convmixer_fast

@@ -30,6 +30,16 @@ def test_cuda_archs_switch(monkeypatch):
         _settings.cuda_archs()
 
 
+@pytest.mark.parametrize("arch, runs_on, not_on", [
+    ("80", [(8, 0), (8, 6), (8, 9)], [(7, 5), (9, 0), (10, 0), (12, 0)]),
+    ("86", [(8, 6), (8, 9)], [(8, 0), (9, 0)]),
+    ("90a", [(9, 0)], [(8, 0), (9, 1), (10, 0)]),
+])
+def test_which_gpus_machine_code_runs_on(arch, runs_on, not_on):
+    assert all(_settings.arch_runs_on(arch, *capability) for capability in runs_on)
+    assert not any(_settings.arch_runs_on(arch, *capability) for capability in not_on)
+
+
 def test_built_package_loads_its_extension():
     """Installed (pip install .) or built in place (pip install -e .): _C must load."""
     status = extension_status()
@@ -41,4 +51,4 @@ def test_built_package_loads_its_extension():
     import torch
 
     if torch.version.cuda is None:
-        assert not status.with_cuda and status.detail == "off: torch is a CPU build"
+        assert not status.with_cuda and status.detail == "off: torch is a CPU build" and status.cuda_archs == ()

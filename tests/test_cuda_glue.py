@@ -141,6 +141,23 @@ def test_gemm_support_rule_without_cuda_kernels():
     assert ops.cuda_pointwise_supported(torch.bfloat16, 1536, 1536, 9, 0) is False
 
 
+@pytest.mark.parametrize("capability, runs", [((8, 9), True), ((9, 0), True), ((10, 0), False), ((12, 0), False)])
+def test_backend_unavailable_on_a_gpu_its_kernels_were_not_built_for(monkeypatch, capability, runs):
+    from convmixer_fast import _extension, backends
+
+    built = _extension.ExtensionStatus(True, True, "CUDA 13.0, sm_80, sm_90a", ("80", "90a"))
+    monkeypatch.setattr(backends, "extension_status", lambda: built)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    reason = BACKENDS["cuda"].unavailable_reason(torch.device("cuda", 0))
+    if runs:
+        assert reason is None
+    else:
+        assert reason == (f"its CUDA kernels were built for sm_80, sm_90a, which do not run on this GPU (compute "
+                          f"capability {capability[0]}.{capability[1]}); rebuild with CONVMIXER_FAST_CUDA_ARCHS "
+                          "naming it")
+
+
 def test_backend_reports_why_it_cannot_run_on_cpu():
     assert BACKENDS["cuda"].unavailable_reason(torch.device("cpu")) == "the CUDA kernels run on CUDA GPUs, not on cpu"
     model = cf.ConvMixer(8, 1, 3, 2, 4, backend="cuda")

@@ -121,7 +121,14 @@ def _cuda_unavailable_reason(device: torch.device) -> str | None:
         return status.detail
     if not status.with_cuda:
         return f"convmixer_fast._C was built without its CUDA kernels ({status.detail})"
-    return _gpu_unavailable_reason(device)
+    reason = _gpu_unavailable_reason(device)
+    if reason is not None or not status.cuda_archs:
+        return reason
+    major, minor = torch.cuda.get_device_capability(device)
+    if not any(_settings.arch_runs_on(arch, major, minor) for arch in status.cuda_archs):
+        return (f"its CUDA kernels were built for sm_{', sm_'.join(status.cuda_archs)}, which do not run on this "
+                f"GPU (compute capability {major}.{minor}); rebuild with {_settings.ENV_CUDA_ARCHS} naming it")
+    return None
 
 
 def _cuda_op_unsupported_reason(op: str, device: torch.device, dtype: torch.dtype, channels: int) -> str | None:
