@@ -240,10 +240,11 @@ def _compile_unavailable_reason(workload: Workload) -> str | None:
     return None
 
 
-def _capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
+def capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
     """``forward`` captured in a CUDA graph after warm-up on a side stream (autotuning, cuDNN
-    algorithm search and buffer allocation happen there), both under inference mode; the returned
-    callable replays it and returns the graph's static output. ``forward``'s inputs must stay put."""
+    algorithm search and buffer allocation happen there), both under inference mode, on the current
+    GPU; the returned callable replays it and returns the graph's static output. ``forward``'s
+    inputs must stay put."""
     import torch
 
     stream = torch.cuda.Stream()
@@ -254,7 +255,7 @@ def _capture_cuda_graph(forward: Callable[[], object]) -> Callable[[], object]:
                 forward()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             output = forward()
 
     def replay():
@@ -370,7 +371,7 @@ def _build_gemm_floor(workload: Workload, cache: InputCache) -> Prepared:
             torch.mm(source, weight, out=target)
             source, target = target, (pong if target is ping else ping)
 
-    return Prepared(_capture_cuda_graph(gemms) if device.type == "cuda" else gemms)
+    return Prepared(capture_cuda_graph(gemms) if device.type == "cuda" else gemms)
 
 
 def all_providers() -> list[Provider]:

@@ -12,8 +12,11 @@ Each (op, backend) writes into a preallocated, NaN-filled ``out`` (and, for the 
 fp32 ``pooled`` workspace). Its output is checked once against ``ops.reference`` (fp32 math,
 rounded once to the dtype; computed with TF32 off), ``max|out - ref| / max|ref|`` within the per-kernel
 tolerance of ``verify.tolerances`` (the TF32 one for fp32 on a GPU where torch may use TF32); a row
-outside it is WRONG and not timed. Then ``bench.time_calls`` times ``op(..., out=out)`` (CUDA events
-on a GPU, ``time.perf_counter`` on CPU; the median over repeats). A backend that cannot run on the
+outside it is WRONG and not timed. Then ``bench.time_calls`` times ``op(..., out=out)``: on a GPU,
+``GRAPH_CALLS`` calls captured in one CUDA graph (as the model replays its forward), the replays
+timed by CUDA events, so the figure is the kernels' time and not the host's launch overhead (tens
+of µs per call in Python, more than a batch-1 kernel takes); on CPU, the calls themselves by
+``time.perf_counter``; the median over repeats. A backend that cannot run on the
 device, or cannot run one op for the dtype and width, is skipped with its own reason; the triton
 backend on CPU is skipped (``bench.TRITON_INTERPRETER_REASON``: interpreter timings mean nothing).
 
@@ -56,6 +59,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -73,6 +77,7 @@ SCHEMA = 1
 GPU_MODEL, GPU_BATCH, GPU_DTYPE = "convmixer_1536_20", 256, "bf16"
 CPU_MODEL, CPU_BATCH, CPU_DTYPE = "convmixer_cifar10", 2, "fp32"
 GPU_REPEATS, CPU_REPEATS = 20, 5
+GRAPH_CALLS = 20  # an op's calls per CUDA graph timed on a GPU
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 64 << 20}
 CPU_GEMM_SIZE = 1024
 ELEMENT_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -423,13 +428,27 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
                 row.update(status="wrong", reason=f"max rel err {max_rel:.3g} > tolerance {tolerance:.3g} "
                            "(against ops.reference): not timed")
                 return row
-            timing = bench.time_calls(call, device_type, warmup=warmup, max_repeats=max_repeats)
+            timing = time_op(call, device_type, warmup=warmup, max_repeats=max_repeats)
     except Exception as error:  # one failing op is reported (its traceback in the JSON); the others still run
         row.update(status="error", reason=bench.error_summary(error), traceback=traceback.format_exc()[-4000:])
         return row
     row.update(status="ok", time_us=timing.median_s * 1e6, times_us=[t * 1e6 for t in timing.per_call_s],
                repeats=len(timing.per_call_s), calls_per_repeat=timing.calls_per_repeat)
     return row
+
+
+def time_op(call: Callable[[], object], device_type: str, *, warmup: int, max_repeats: int) -> bench.Timing:
+    """Seconds per ``call`` (module docstring): on a GPU through a CUDA graph of ``GRAPH_CALLS`` calls."""
+    if device_type != "cuda":
+        return bench.time_calls(call, device_type, warmup=warmup, max_repeats=max_repeats)
+
+    def calls():
+        for _ in range(GRAPH_CALLS):
+            call()
+
+    timing = bench.time_calls(bench.capture_cuda_graph(calls), device_type, warmup=warmup, max_repeats=max_repeats)
+    return bench.Timing(timing.median_s / GRAPH_CALLS, tuple(t / GRAPH_CALLS for t in timing.per_call_s),
+                        timing.calls_per_repeat * GRAPH_CALLS)
 
 
 def complete_row(row: dict, config: dict, batch: int, image_size: int, dtype: str, rates: Rates) -> dict:

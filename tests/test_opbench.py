@@ -268,3 +268,24 @@ def test_import_touches_no_cuda():
 def test_bad_arguments_exit_2():
     assert run_bench_ops("--device", "cuda")[0] == 2
     assert run_bench_ops("--device", "cpu", "--batch", "0")[0] == 2
+
+
+def test_gpu_op_timing_replays_a_graph_of_calls(monkeypatch):
+    """On a GPU each op is timed as a CUDA graph of GRAPH_CALLS calls (its kernels, not the host's
+    launches); here capture and timing are stood in for, the scaling is what is checked."""
+    ran, graph_calls = [], opbench.GRAPH_CALLS
+
+    def capture(forward):
+        forward()  # what a capture records
+        return lambda: "replayed"
+
+    def time_calls(run, device_type, *, warmup, max_repeats):
+        assert run() == "replayed" and device_type == "cuda"
+        return bench.Timing(2e-3, (2e-3, 4e-3), 3)
+
+    monkeypatch.setattr(bench, "capture_cuda_graph", capture)
+    monkeypatch.setattr(bench, "time_calls", time_calls)
+    timing = opbench.time_op(lambda: ran.append(1), "cuda", warmup=1, max_repeats=2)
+    assert len(ran) == graph_calls
+    assert timing.median_s == pytest.approx(2e-3 / graph_calls) and timing.calls_per_repeat == 3 * graph_calls
+    assert timing.per_call_s == pytest.approx((2e-3 / graph_calls, 4e-3 / graph_calls))
