@@ -332,3 +332,14 @@ def test_gpu_timing_queues_each_repeat_behind_a_spin_and_averages_back_to_back_c
     repeat = [f"spin {measured.SPIN_CYCLES}", "event", *["call"] * measured.TIMED_CALLS, "event"]
     assert queued == ["call", *repeat * measured.TIMED_REPEATS, "sync"]  # one untimed call first
     assert seconds == pytest.approx(1e-3)  # TIMED_CALLS calls between the events: 1 ms per call here
+
+
+def test_stored_choices_belong_to_the_kernels_they_measured(monkeypatch, tmp_path):
+    """The identity holds a hash of the Triton ops' sources and the compiled _C: an edited or rebuilt
+    kernel starts afresh instead of trusting choices measured on its previous build."""
+    identity = measured.device_identity(CPU)
+    assert identity["kernels"] == measured.kernels_fingerprint() and len(identity["kernels"]) == 16
+    path = str(tmp_path / "choices.json")
+    measured_op(Recorder("eager"), measured.ChoiceStore(path, identity))(torch.zeros(3))
+    assert measured.ChoiceStore(path, identity).choices
+    assert not measured.ChoiceStore(path, {**identity, "kernels": "0" * 16}).choices

@@ -21,7 +21,8 @@ it cannot run, the candidates are not judged.
 
 Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
 ``auto/`` (``_settings``): a later process on the same kind of GPU, with the same versions of
-convmixer_fast, torch and triton, reuses them without measuring; any version change starts afresh.
+convmixer_fast, torch and triton and the same kernels (``kernels_fingerprint``: a rebuilt or edited
+kernel counts as new), reuses them without measuring; any change starts afresh.
 ``CONVMIXER_FAST_AUTO_MEASURE=0`` turns measuring off (the first candidate runs). An unmeasured
 signature during CUDA graph capture takes the first candidate (timing would synchronize the
 device); torch.compile never sees these ops (the model resolves without measuring while tracing).
@@ -29,6 +30,8 @@ device); torch.compile never sees these ops (the model resolves without measurin
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import re
@@ -36,6 +39,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -98,8 +102,26 @@ def signature(op: str, args: tuple) -> str:
     return f"{op}({';'.join(describe(a) for a in args)})"
 
 
+@functools.lru_cache(maxsize=None)
+def kernels_fingerprint() -> str:
+    """A hash of what the kernels are built from: the sources of the Triton ops and the compiled
+    ``_C`` (where it loads). A rebuilt or edited kernel changes it, so its stored choices are
+    measured anew rather than trusted (the package version alone does not change in a checkout)."""
+    from .._extension import extension_status
+
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).resolve().parent.parent / "ops").glob("*.py")):
+        digest.update(path.read_bytes())
+    if extension_status().loaded:
+        from .. import _C
+
+        digest.update(Path(_C.__file__).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def device_identity(device: torch.device) -> dict:
-    """What must match for stored choices to apply: the device model and the software versions."""
+    """What must match for stored choices to apply: the device model, the software versions and
+    the kernels' own build (``kernels_fingerprint``)."""
     from .. import __version__
 
     try:
@@ -113,7 +135,8 @@ def device_identity(device: torch.device) -> dict:
         name = f"{props.name} sm_{props.major}{props.minor}"
     else:
         name = device.type
-    return {"device": name, "convmixer_fast": __version__, "torch": torch.__version__, "triton": triton_version}
+    return {"device": name, "convmixer_fast": __version__, "kernels": kernels_fingerprint(), "torch": torch.__version__,
+            "triton": triton_version}
 
 
 class ChoiceStore:
