@@ -658,6 +658,19 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
                  check=check, wall_s=time.perf_counter() - start)
 
 
+def add_ratios(providers: dict) -> None:
+    """Give each provider record that ran (status "ok") ``ratios[other] = its img/s / other's``
+    for every other that ran."""
+    speeds = {name: r["img_per_s"] for name, r in providers.items() if r["status"] == "ok"}
+    for name, speed in speeds.items():
+        providers[name]["ratios"] = {other: speed / speeds[other] for other in speeds if other != name}
+
+
+def status_label(entry: dict) -> str:
+    """A provider record's status as tables show it: "WRONG" for logits that failed the check."""
+    return "WRONG" if entry["status"] == "wrong" else entry["status"]
+
+
 def workload_record(workload: Workload, entries: list[Entry], peak_tflops: float | None) -> dict:
     """The JSON record of one workload: its FLOPs and every provider's figures, failures and the
     ratio of its img/s to every other provider's (``ratios[other] = img_s / other's img_s``)."""
@@ -685,9 +698,7 @@ def workload_record(workload: Workload, entries: list[Entry], peak_tflops: float
                 times_ms=[t * 1e3 for t in entry.timing.per_call_s],
             )
         providers[entry.provider.name] = record
-    speeds = {name: r["img_per_s"] for name, r in providers.items() if r["status"] == "ok"}
-    for name, speed in speeds.items():
-        providers[name]["ratios"] = {other: speed / speeds[other] for other in speeds if other != name}
+    add_ratios(providers)
     return {
         "label": workload.label, "model": workload.model, "batch": workload.batch,
         "image_size": workload.image_size, "dtype": workload.dtype,
@@ -864,8 +875,7 @@ def format_workload(record: dict) -> str:
     for name, entry in record["providers"].items():
         row = f"  {name:<30} {entry['precision']:<14}"
         if entry["status"] != "ok":
-            label = "WRONG" if entry["status"] == "wrong" else entry["status"]
-            lines.append(f"{row} {label}: {entry['reason']}")
+            lines.append(f"{row} {status_label(entry)}: {entry['reason']}")
             continue
         fraction = entry.get("fraction_of_peak")
         row += (f" {_number(entry['img_per_s'], 10)} {_number(entry['ms_per_batch'], 9, 3)}"
@@ -892,7 +902,7 @@ def markdown_workload(record: dict) -> str:
     others = []
     for name, entry in record["providers"].items():
         if entry["status"] != "ok":
-            others.append(f"`{name}` ({'WRONG' if entry['status'] == 'wrong' else entry['status']}: {entry['reason']})")
+            others.append(f"`{name}` ({status_label(entry)}: {entry['reason']})")
             continue
         fraction = entry.get("fraction_of_peak")
         ratios = [("—" if baseline == name else

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .bench import status_label
+
 OURS = "convmixer_fast-auto"  # what a user gets by default: backend "auto", CUDA graphs on
 PEERS = ("eager-fp32", "eager-amp", "eager-channels-last", "torch-compile", "torch-compile-max-autotune")
 BEST_PEER = "best peer"  # the peer of PEERS with the most img/s in the workload
@@ -73,43 +75,40 @@ def _find_workload(result: dict, target: Target) -> dict | None:
     return None
 
 
-def _measured(record: dict, name: str) -> tuple[dict | None, str | None]:
-    """(the provider's entry, None) if it ran and its logits passed, else (None, why not)."""
+def _why_not_measured(record: dict, name: str) -> str | None:
+    """None if the provider ran and its logits passed, else why not."""
     entry = record["providers"].get(name)
     if entry is None:
-        return None, f"{name} not in the result"
-    if entry["status"] != "ok":
-        return None, f"{name} {'WRONG' if entry['status'] == 'wrong' else entry['status']}"
-    return entry, None
+        return f"{name} not in the result"
+    return None if entry["status"] == "ok" else f"{name} {status_label(entry)}"
 
 
 def judge(result: dict, target: Target) -> Verdict:
     record = _find_workload(result, target)
     if record is None:
         return Verdict(target, None, "workload not in the result")
-    ours, why = _measured(record, OURS)
-    if ours is None:
+    why = _why_not_measured(record, OURS)
+    if why is not None:
         return Verdict(target, None, why)
+    ours = record["providers"][OURS]
     if target.kind == "peak":
         value = ours.get("fraction_of_peak")
         if value is None:
             return Verdict(target, None, "no matmul peak in the result")
         return Verdict(target, value, "PASS" if value >= target.bound else "MISS")
     against = target.against
-    if against == BEST_PEER:
-        peers = [(entry["img_per_s"], name) for name in PEERS
-                 for entry in [record["providers"].get(name)] if entry is not None and entry["status"] == "ok"]
+    if against == BEST_PEER:  # the fastest peer that ran: the one ours is the least ahead of
+        peers = [name for name in PEERS if name in ours["ratios"]]
         if not peers:
             return Verdict(target, None, "no peer measured")
-        against = max(peers)[1]
-    other, why = _measured(record, against)
-    if other is None:
+        against = min(peers, key=ours["ratios"].get)
+    why = _why_not_measured(record, against)
+    if why is not None:
         return Verdict(target, None, why, against)
+    speedup = ours["ratios"][against]  # img/s over its; at one batch size, its time over ours
     if target.kind == "time":
-        value = ours["ms_per_batch"] / other["ms_per_batch"]
-        return Verdict(target, value, "PASS" if value <= target.bound else "MISS", against)
-    value = ours["img_per_s"] / other["img_per_s"]
-    return Verdict(target, value, "PASS" if value >= target.bound else "MISS", against)
+        return Verdict(target, 1 / speedup, "PASS" if 1 / speedup <= target.bound else "MISS", against)
+    return Verdict(target, speedup, "PASS" if speedup >= target.bound else "MISS", against)
 
 
 def evaluate(result: dict, targets: tuple[Target, ...] = TARGETS) -> list[Verdict]:

@@ -18,9 +18,23 @@ SCRIPT = ROOT / ".ci" / "gpu"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or not SCRIPT.exists(), reason="needs bash and .ci/gpu")
 
 
+def script_env(**variables) -> dict:
+    """The environment with this interpreter's python3 first on PATH, plus ``variables``."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            **variables}
+
+
+def scratch_tree(root: Path) -> Path:
+    """A tree holding a copy of the script (which works on the tree it sits in): what a broken
+    script could do stays inside it."""
+    tree = root / "tree"
+    (tree / ".ci").mkdir(parents=True)
+    shutil.copy(SCRIPT, tree / ".ci" / "gpu")
+    return tree
+
+
 def run_script(tmp_path, *args, budget=300):
-    env = {**os.environ, "GPU_LOGS": str(tmp_path / "logs"), "GPU_BUDGET_S": str(budget), "OUT": str(tmp_path / "out"),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = script_env(GPU_LOGS=str(tmp_path / "logs"), GPU_BUDGET_S=str(budget), OUT=str(tmp_path / "out"))
     (tmp_path / "out").mkdir(exist_ok=True)
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240)
 
@@ -51,25 +65,19 @@ def test_a_stage_without_time_left_is_not_started(tmp_path):
 
 @pytest.mark.parametrize("logs", [".", "..", "sub/../.."])
 def test_refuses_logs_folder_that_holds_the_tree(tmp_path, logs):
-    # A copy of the script in a scratch tree: were the guard broken, only the scratch would go.
-    tree = tmp_path / "parent" / "tree"
-    (tree / ".ci").mkdir(parents=True)
-    shutil.copy(SCRIPT, tree / ".ci" / "gpu")
+    tree = scratch_tree(tmp_path / "parent")  # were the guard broken, only the scratch would go
     (tree / "sentinel").write_text("kept")
     result = subprocess.run(["bash", ".ci/gpu", "test"], cwd=tree, capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "GPU_LOGS": logs})
+                            env=script_env(GPU_LOGS=logs))
     assert result.returncode == 2 and "name a folder of its own" in result.stdout
     assert (tree / "sentinel").read_text() == "kept"
 
 
 def test_judge_reads_the_bench_result_of_the_call(tmp_path):
     # In a scratch tree (the package imported from this checkout): a tiny CPU bench, then its verdict.
-    tree = tmp_path / "tree"
-    (tree / ".ci").mkdir(parents=True)
+    tree = scratch_tree(tmp_path)
     (tree / "benchmarks" / "results").mkdir(parents=True)
-    shutil.copy(SCRIPT, tree / ".ci" / "gpu")
-    env = {**os.environ, "GPU_LOGS": "logs", "OUT": str(tmp_path), "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = script_env(GPU_LOGS="logs", OUT=str(tmp_path), PYTHONPATH=str(ROOT))
     result = subprocess.run(["bash", ".ci/gpu", "judge", "+", "bench", "convmixer_cifar10", "--batch", "2",
                              "--image-size", "8", "--providers", "eager-fp32", "--json", "benchmarks/results/cpu.json",
                              "+", "judge"], cwd=tree, capture_output=True, text=True, timeout=240, env=env)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from convmixer_fast import targets
+from convmixer_fast import bench, targets
 from convmixer_fast.__main__ import main
 
 
@@ -15,9 +15,18 @@ def entry(img_per_s, batch, status="ok", fraction_of_peak=None):
 
 
 def workload(model, batch, providers):
-    return {"label": f"{model} bf16 batch {batch} 224px", "model": model, "batch": batch, "image_size": 224,
-            "dtype": "bf16",
-            "providers": {name: entry(rate, batch, **extra) for name, (rate, extra) in providers.items()}}
+    record = {"label": f"{model} bf16 batch {batch} 224px", "model": model, "batch": batch, "image_size": 224,
+              "dtype": "bf16",
+              "providers": {name: entry(rate, batch, **extra) for name, (rate, extra) in providers.items()}}
+    return with_ratios(record)
+
+
+def with_ratios(record):
+    """``record`` with each provider's ``ratios`` as ``bench`` derives them (after any edit)."""
+    for provider in record["providers"].values():
+        provider.pop("ratios", None)
+    bench.add_ratios(record["providers"])
+    return record
 
 
 def meeting_result():
@@ -61,6 +70,8 @@ def test_a_miss_says_by_how_much_and_what_cannot_be_judged_never_passes():
     b1["providers"]["convmixer_fast-auto"]["status"] = "wrong"
     m768["providers"]["torch-compile"]["status"] = "wrong"  # a wrong peer is no comparison: the next best counts
     del result["workloads"][3]
+    for record in result["workloads"]:
+        with_ratios(record)
     verdicts = verdicts_by_label(result)
     miss = verdicts["convmixer_1536_20 b256 bf16: time over gemm-floor's"]
     assert miss.status == "MISS" and miss.value == pytest.approx(1.4)
@@ -78,6 +89,7 @@ def test_a_miss_says_by_how_much_and_what_cannot_be_judged_never_passes():
 def test_missing_comparison_provider_is_named():
     result = meeting_result()
     del result["workloads"][0]["providers"]["torch-compile"]
+    with_ratios(result["workloads"][0])
     verdict = verdicts_by_label(result)["convmixer_1536_20 b256 bf16: img/s over torch-compile's"]
     assert verdict.status == "torch-compile not in the result" and verdict.value is None
 
@@ -91,6 +103,7 @@ def test_cli_prints_the_table_and_exits_1_unless_all_pass(tmp_path, capsys):
     assert f"{len(targets.TARGETS)} of {len(targets.TARGETS)} targets pass" in out
     failing = copy.deepcopy(meeting_result())
     failing["workloads"][0]["providers"]["eager-amp"] = entry(2000, 256)  # ours only 2.5x eager-amp
+    with_ratios(failing["workloads"][0])
     path.write_text(json.dumps(failing))
     assert main(["bench", "--targets", str(path)]) == 1
     row = next(line for line in capsys.readouterr().out.splitlines() if "over eager-amp's" in line and "b256" in line)
