@@ -12,6 +12,7 @@ CUDA and a toolkit is found. Every switch is documented in convmixer_fast/_setti
 import glob
 import importlib.util
 import os
+import shutil
 
 from setuptools import setup
 
@@ -26,6 +27,12 @@ def _load_settings():
 
 
 def _extension():
+    settings = _load_settings()
+    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+        # Before torch.utils.cpp_extension reads it: the toolkit the nvcc on PATH runs from.
+        toolkit = settings.nvcc_toolkit_home(shutil.which("nvcc"))
+        if toolkit:
+            os.environ["CUDA_HOME"] = toolkit
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
@@ -34,7 +41,6 @@ def _extension():
             "building convmixer_fast needs torch installed first (e.g. pip install torch==2.13.0), "
             "then: pip install --no-build-isolation ."
         ) from error
-    settings = _load_settings()
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
     cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
     cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu")))

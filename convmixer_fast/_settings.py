@@ -11,7 +11,11 @@ Build switches (read by ``pip install --no-build-isolation .``):
                                    PTX): the cuda backend runs on GPUs these cover (``arch_runs_on``:
                                    8.x and 9.0 by default) and says so on others.
   MAX_JOBS=N                       parallel compile jobs (torch.utils.cpp_extension's switch).
-  CUDA_HOME                        the CUDA toolkit (torch's switch); nvcc must be under it.
+  CUDA_HOME                        the CUDA toolkit (torch's switch); its bin/nvcc and
+                                   include/cuda_runtime.h must be there. Unset (and CUDA_PATH
+                                   unset): the toolkit the nvcc on PATH runs from, asked of nvcc
+                                   itself (``nvcc_toolkit_home``), so a wrapper script such as
+                                   /usr/local/bin/nvcc does not make torch guess /usr/local.
   CUTLASS_DIR=/path/to/cutlass     a CUTLASS checkout (its include/ and tools/util/include/ are
                                    used). Default: the headers of the PyPI package nvidia-cutlass
                                    (pip install --no-deps nvidia-cutlass==4.2.0.0), found without
@@ -149,6 +153,27 @@ def cutlass_include_dirs() -> list[str]:
     return dirs
 
 
+def nvcc_toolkit_home(nvcc: str | None) -> str | None:
+    """The CUDA toolkit folder the nvcc at this path runs from, or None when it does not answer.
+
+    Asked of nvcc itself: ``nvcc -dryrun`` prints ``#$ _HERE_=<toolkit>/bin``. torch takes the
+    parent of nvcc's folder on PATH instead, which for a wrapper script (``/usr/local/bin/nvcc``
+    exec'ing ``/usr/local/cuda-13.0/bin/nvcc``) is a folder without the CUDA headers.
+    """
+    if not nvcc:
+        return None
+    import subprocess
+
+    try:
+        dryrun = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in (dryrun.stdout + dryrun.stderr).splitlines():
+        if line.startswith("#$ _HERE_="):
+            return os.path.dirname(os.path.normpath(line.split("=", 1)[1].strip()))
+    return None
+
+
 def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> tuple[bool, str]:
     """(build CUDA sources?, why / what) from torch's CUDA version and the toolkit location."""
     if _truthy(os.environ.get(ENV_NO_CUDA)):
@@ -157,6 +182,8 @@ def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> 
         return False, "off: torch is a CPU build"
     if not cuda_home or not os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
         return False, "off: no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    if not os.path.exists(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        return False, f"off: the CUDA toolkit at {cuda_home} has no include/cuda_runtime.h; set CUDA_HOME"
     return True, f"CUDA {torch_cuda_version}, sm_{', sm_'.join(cuda_archs())}"
 
 

@@ -17,9 +17,29 @@ def test_cuda_build_status(monkeypatch, tmp_path):
     monkeypatch.delenv(_settings.ENV_CUDA_ARCHS, raising=False)
     assert _settings.cuda_build_status(None, str(tmp_path)) == (False, "off: torch is a CPU build")
     assert _settings.cuda_build_status("13.0", None)[0] is False
+    assert _settings.cuda_build_status("13.0", str(tmp_path)) == (
+        False, f"off: the CUDA toolkit at {tmp_path} has no include/cuda_runtime.h; set CUDA_HOME")
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
     assert _settings.cuda_build_status("13.0", str(tmp_path)) == (True, "CUDA 13.0, sm_80, sm_90a")
     monkeypatch.setenv(_settings.ENV_NO_CUDA, "1")
     assert _settings.cuda_build_status("13.0", str(tmp_path)) == (False, "off: CONVMIXER_FAST_NO_CUDA is set")
+
+
+def test_toolkit_of_a_wrapped_nvcc(tmp_path):
+    """A wrapper script on PATH (the toolkit elsewhere): the toolkit is the one nvcc runs from."""
+    toolkit = tmp_path / "cuda-13.0"
+    (toolkit / "bin").mkdir(parents=True)
+    real_nvcc = toolkit / "bin" / "nvcc"  # what nvcc -dryrun prints first, as nvcc 13.0 does
+    real_nvcc.write_text(f'#!/bin/sh\necho "#$ _NVVM_BRANCH_=nvvm" >&2\necho "#$ _HERE_={toolkit}/bin" >&2\n')
+    wrapper = tmp_path / "local" / "bin" / "nvcc"
+    wrapper.parent.mkdir(parents=True)
+    wrapper.write_text(f'#!/bin/sh\nexec {real_nvcc} "$@"\n')
+    for script in (real_nvcc, wrapper):
+        script.chmod(0o755)
+    assert _settings.nvcc_toolkit_home(str(wrapper)) == str(toolkit)
+    assert _settings.nvcc_toolkit_home(str(tmp_path / "missing")) is None
+    assert _settings.nvcc_toolkit_home(None) is None
 
 
 def test_cuda_archs_switch(monkeypatch):
