@@ -87,3 +87,13 @@ def test_judge_reads_the_bench_result_of_the_call(tmp_path):
     assert "FAILED (exit 1)" in summary[2]  # a CPU result holds none of the GPU workloads
     assert f"0 of {len(TARGETS)} targets pass" in (tree / "logs" / "targets.txt").read_text()
     assert "no bench result written in this call" in result.stdout
+
+
+@pytest.mark.skipif(shutil.which("compute-sanitizer") is not None, reason="compute-sanitizer is on this machine")
+def test_sanitize_without_compute_sanitizer_fails_alone_and_says_why(tmp_path):
+    result = run_script(tmp_path, "sanitize", "racecheck", "+", "test", "--collect-only", "-q", "tests/test_cli.py")
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert result.returncode == 1
+    assert summary[0].startswith("sanitize racecheck") and "FAILED (exit 1)" in summary[0]
+    assert " ok in " in summary[1]
+    assert "no compute-sanitizer on this machine" in (tmp_path / "logs" / "sanitize-racecheck.txt").read_text()
