@@ -165,7 +165,8 @@ def nvcc_toolkit_home(nvcc: str | None) -> str | None:
     import subprocess
 
     try:
-        dryrun = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-E", os.devnull], capture_output=True, text=True, timeout=60)
+        dryrun = subprocess.run([nvcc, "-dryrun", "-x", "cu", "-E", os.devnull],
+                                capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     for line in (dryrun.stdout + dryrun.stderr).splitlines():
