@@ -12,7 +12,6 @@ CUDA and a toolkit is found. Every switch is documented in convmixer_fast/_setti
 import glob
 import importlib.util
 import os
-import shutil
 
 from setuptools import setup
 
@@ -28,11 +27,9 @@ def _load_settings():
 
 def _extension():
     settings = _load_settings()
-    if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
-        # Before torch.utils.cpp_extension reads it: the toolkit the nvcc on PATH runs from.
-        toolkit = settings.nvcc_toolkit_home(shutil.which("nvcc"))
-        if toolkit:
-            os.environ["CUDA_HOME"] = toolkit
+    toolkit = settings.cuda_toolkit_home()  # before torch.utils.cpp_extension reads CUDA_HOME
+    if toolkit:
+        os.environ["CUDA_HOME"] = toolkit
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension

@@ -12,10 +12,12 @@ Build switches (read by ``pip install --no-build-isolation .``):
                                    8.x and 9.0 by default) and says so on others.
   MAX_JOBS=N                       parallel compile jobs (torch.utils.cpp_extension's switch).
   CUDA_HOME                        the CUDA toolkit (torch's switch); its bin/nvcc and
-                                   include/cuda_runtime.h must be there. Unset (and CUDA_PATH
-                                   unset): the toolkit the nvcc on PATH runs from, asked of nvcc
-                                   itself (``nvcc_toolkit_home``), so a wrapper script such as
-                                   /usr/local/bin/nvcc does not make torch guess /usr/local.
+                                   include/cuda_runtime.h must be there. Found by
+                                   ``cuda_toolkit_home`` for the build, ``inspect`` and the tests
+                                   alike: CUDA_HOME, CUDA_PATH, the toolkit the nvcc on PATH runs
+                                   from (asked of nvcc itself, so a wrapper script such as
+                                   /usr/local/bin/nvcc does not make torch guess /usr/local), or
+                                   /usr/local/cuda.
   CUTLASS_DIR=/path/to/cutlass     a CUTLASS checkout (its include/ and tools/util/include/ are
                                    used). Default: the headers of the PyPI package nvidia-cutlass
                                    (pip install --no-deps nvidia-cutlass==4.2.0.0), found without
@@ -173,6 +175,28 @@ def nvcc_toolkit_home(nvcc: str | None) -> str | None:
         if line.startswith("#$ _HERE_="):
             return os.path.dirname(os.path.normpath(line.split("=", 1)[1].strip()))
     return None
+
+
+def cuda_toolkit_home() -> str | None:
+    """The CUDA toolkit folder: CUDA_HOME, else CUDA_PATH, else the toolkit the nvcc on PATH runs
+    from (``nvcc_toolkit_home``), else /usr/local/cuda where it exists; None without one."""
+    import shutil
+
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH") or nvcc_toolkit_home(shutil.which("nvcc"))
+    if home is None and os.path.isdir("/usr/local/cuda"):
+        home = "/usr/local/cuda"
+    return home
+
+
+def cuda_tool(name: str) -> str | None:
+    """A CUDA toolkit program (nvcc, cu++filt, ...): the toolkit's ``bin/<name>``, else ``name`` on
+    PATH; None where neither is an executable."""
+    import shutil
+
+    home = cuda_toolkit_home()
+    candidates = [os.path.join(home, "bin", name)] if home else []
+    candidates.append(shutil.which(name) or "")
+    return next((path for path in candidates if path and os.path.isfile(path) and os.access(path, os.X_OK)), None)
 
 
 def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> tuple[bool, str]:

@@ -337,13 +337,12 @@ _CONFIG_CHARS = 60
 
 
 def _cuda_tool(name: str) -> str:
-    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidates = [os.path.join(cuda_home, "bin", name)] if cuda_home else []
-    candidates += [shutil.which(name) or "", os.path.join("/usr/local/cuda/bin", name)]
-    for path in candidates:
-        if path and os.access(path, os.X_OK):
-            return path
-    raise InspectError(f"{name} not found (set CUDA_HOME to a CUDA toolkit): the cuda kernels need nvcc to compile")
+    from . import _settings
+
+    path = _settings.cuda_tool(name)
+    if path is None:
+        raise InspectError(f"{name} not found (set CUDA_HOME to a CUDA toolkit): the cuda kernels need nvcc to compile")
+    return path
 
 
 def _sass_tensor_cores(sass: str) -> dict[str, str]:

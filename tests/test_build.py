@@ -26,7 +26,7 @@ def test_cuda_build_status(monkeypatch, tmp_path):
     assert _settings.cuda_build_status("13.0", str(tmp_path)) == (False, "off: CONVMIXER_FAST_NO_CUDA is set")
 
 
-def test_toolkit_of_a_wrapped_nvcc(tmp_path):
+def test_toolkit_of_a_wrapped_nvcc(tmp_path, monkeypatch):
     """A wrapper script on PATH (the toolkit elsewhere): the toolkit is the one nvcc runs from."""
     toolkit = tmp_path / "cuda-13.0"
     (toolkit / "bin").mkdir(parents=True)
@@ -40,6 +40,14 @@ def test_toolkit_of_a_wrapped_nvcc(tmp_path):
     assert _settings.nvcc_toolkit_home(str(wrapper)) == str(toolkit)
     assert _settings.nvcc_toolkit_home(str(tmp_path / "missing")) is None
     assert _settings.nvcc_toolkit_home(None) is None
+    # What the build, inspect and the tests use: CUDA_HOME first, else the wrapper's toolkit.
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "elsewhere"))
+    assert _settings.cuda_toolkit_home() == str(tmp_path / "elsewhere")
+    monkeypatch.delenv("CUDA_HOME")
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    assert _settings.cuda_toolkit_home() == str(toolkit)
+    assert _settings.cuda_tool("nvcc") == str(real_nvcc)
 
 
 def test_cuda_archs_switch(monkeypatch):

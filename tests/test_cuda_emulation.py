@@ -51,45 +51,31 @@ alignment faults of vector accesses (ldmatrix's are checked), bank conflicts, re
 occupancy, grid-size limits, the launchers' <<<>>> calls themselves (the harnesses mirror them or
 use the launchers' helpers), performance. Those need a GPU (the op tests with the cuda backend).
 
-Needs nvcc (the CUDA headers and host compilation), from $CUDA_HOME/bin, PATH or
-/usr/local/cuda/bin; skipped without it. Host code is built at gcc's default -O0 (fast to compile;
+Needs nvcc (the CUDA headers and host compilation), from the toolkit ``_settings.cuda_toolkit_home``
+finds; skipped without it. Host code is built at gcc's default -O0 (fast to compile;
 the harnesses add -fno-strict-aliasing since the kernels pun types through reinterpret_cast, which
 host gcc miscompiles at -O2). About 10 to 20 s per harness on 2 cores, compile included.
 """
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from convmixer_fast import _settings
 
 ROOT = Path(__file__).resolve().parents[1]
 HARNESSES = ROOT / "tests" / "cuda_emulation"
 KERNELS = ROOT / "csrc" / "kernels"
 
 
-def find_nvcc():
-    """nvcc from $CUDA_HOME/bin, PATH or /usr/local/cuda/bin (in that order), or None."""
-    candidates = []
-    if os.environ.get("CUDA_HOME"):
-        candidates.append(Path(os.environ["CUDA_HOME"]) / "bin" / "nvcc")
-    if shutil.which("nvcc"):
-        candidates.append(Path(shutil.which("nvcc")))
-    candidates.append(Path("/usr/local/cuda/bin/nvcc"))
-    for nvcc in candidates:
-        if nvcc.is_file() and os.access(nvcc, os.X_OK):
-            return nvcc
-    return None
-
-
 @pytest.mark.parametrize("kernel", ["depthwise_block", "head", "stem"])
 def test_cuda_kernel_on_host_emulation(kernel, tmp_path):
-    nvcc = find_nvcc()
+    nvcc = _settings.cuda_tool("nvcc")
     if nvcc is None:
-        pytest.skip("nvcc not found in $CUDA_HOME/bin, on PATH or in /usr/local/cuda/bin: the host "
-                    "emulation of the CUDA kernels needs the CUDA toolkit (not a GPU)")
+        pytest.skip("nvcc not found (_settings.cuda_toolkit_home: CUDA_HOME, CUDA_PATH, PATH, /usr/local/cuda): "
+                    "the host emulation of the CUDA kernels needs the CUDA toolkit (not a GPU)")
     binary = tmp_path / f"{kernel}_host"
     build = subprocess.run(
         [str(nvcc), "-std=c++17", "-Xcompiler", "-fno-strict-aliasing", "-I", str(KERNELS),
