@@ -65,14 +65,21 @@ def test_compile_fullgraph_and_export(kernel_backend):
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5).to(DEVICE), backend=kernel_backend.name)
     model = model.half()
     x = torch.randn(2, 3, 9, 8, device=DEVICE, dtype=torch.float16)
+    other = torch.randn(3, 3, 12, 10, device=DEVICE, dtype=torch.float16)
     with torch.no_grad():
-        expected = model(x)
+        expected, other_expected = model(x), model(other)
         compiled = torch.compile(model, fullgraph=True)
         torch.testing.assert_close(compiled(x), expected, rtol=2e-3, atol=2e-3)
+        # A second shape recompiles with symbolic sizes (dynamo's automatic dynamic shapes).
+        torch.testing.assert_close(compiled(other), other_expected, rtol=2e-3, atol=2e-3)
         exported = torch.export.export(model, (x,))
         torch.testing.assert_close(exported.module()(x), expected, rtol=2e-3, atol=2e-3)
         names = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
         assert any(f"{kernel_backend.name}_pointwise" in name for name in names), names
+        batch = torch.export.Dim("batch", max=64)
+        exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
+        torch.testing.assert_close(exported.module()(other[..., :9, :8]), model(other[..., :9, :8]),
+                                   rtol=2e-3, atol=2e-3)
 
 
 def test_every_triton_launch_passes_the_compile_options(monkeypatch):

@@ -41,9 +41,11 @@ class _Checker:
         if contiguous and not t.is_contiguous():
             self.fail(ValueError, f"{name} must be contiguous, got strides {t.stride()} for shape {_shape(t.shape)}")
 
-    def expect(self, condition: bool, message: str) -> None:
+    def expect(self, condition: bool, message: Callable[[], str]) -> None:
+        """``message`` is formatted only on failure: under torch.compile with symbolic shapes an
+        f-string of the shapes cannot be traced (the passing checks become guards)."""
         if not condition:
-            self.fail(ValueError, message)
+            self.fail(ValueError, message())
 
     def epilogue(self, bias, scale, shift, act, channels: int, device: torch.device) -> None:
         """bias / scale / shift: fp32 ``[channels]`` contiguous on ``device``; ``act`` a known activation."""
@@ -81,16 +83,17 @@ def stem_outputs(image, weight, bias, scale, shift, act, out) -> torch.Tensor:
     contiguous (the model dtype, any of the three); returns out ``[B, H//p, W//p, C]`` (weight dtype)."""
     check = _Checker("stem")
     check.tensor("image", image, dtypes=SUPPORTED_DTYPES, contiguous=False)
-    check.expect(image.dim() == 4, f"image must be [B, Cin, H, W], got shape {_shape(image.shape)}")
+    check.expect(image.dim() == 4, lambda: f"image must be [B, Cin, H, W], got shape {_shape(image.shape)}")
     B, Cin, H, W = image.shape
     check.tensor("weight", weight, dtypes=SUPPORTED_DTYPES, device=image.device)
     check.expect(
         weight.dim() == 4 and weight.shape[1] == Cin and weight.shape[2] == weight.shape[3],
-        f"weight must be [C, Cin, p, p] with Cin={Cin} (image.shape[1]) and square patches, "
+        lambda: f"weight must be [C, Cin, p, p] with Cin={Cin} (image.shape[1]) and square patches, "
         f"got shape {_shape(weight.shape)}",
     )
     C, _, patch, _ = weight.shape
-    check.expect(H >= patch and W >= patch, f"image H and W must be >= the patch size {patch}, got H={H}, W={W}")
+    check.expect(H >= patch and W >= patch,
+                 lambda: f"image H and W must be >= the patch size {patch}, got H={H}, W={W}")
     check.epilogue(bias, scale, shift, act, C, image.device)
     return check.output("out", out, (B, H // patch, W // patch, C), weight.dtype, image.device)
 
@@ -100,15 +103,16 @@ def depthwise_block_outputs(x, weight, bias, scale, shift, act, out) -> torch.Te
     (x's shape and dtype; see also ``check_depthwise_out_apart``)."""
     check = _Checker("depthwise_block")
     check.tensor("x", x, dtypes=SUPPORTED_DTYPES)
-    check.expect(x.dim() == 4, f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
+    check.expect(x.dim() == 4, lambda: f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
     B, H, W, C = x.shape
-    check.expect(B > 0 and H > 0 and W > 0 and C > 0, f"x must be non-empty, got shape {_shape(x.shape)}")
-    check.expect(H * W * C < 2**31, f"one image must have fewer than 2**31 elements, got H*W*C = {H * W * C}")
+    check.expect(B > 0 and H > 0 and W > 0 and C > 0, lambda: f"x must be non-empty, got shape {_shape(x.shape)}")
+    check.expect(H * W * C < 2**31, lambda: f"one image must have fewer than 2**31 elements, got H*W*C = {H * W * C}")
     check.tensor("weight", weight, dtype=x.dtype, device=x.device)
     check.expect(
         weight.dim() == 3 and weight.shape[0] == weight.shape[1] and weight.shape[2] == C
         and 1 <= weight.shape[0] <= MAX_KERNEL_SIZE,
-        f"weight must be [k, k, C] with C={C} and 1 <= k <= {MAX_KERNEL_SIZE}, got shape {_shape(weight.shape)}",
+        lambda: f"weight must be [k, k, C] with C={C} and 1 <= k <= {MAX_KERNEL_SIZE}, "
+        f"got shape {_shape(weight.shape)}",
     )
     check.epilogue(bias, scale, shift, act, C, x.device)
     return check.output("out", out, x.shape, x.dtype, x.device)
@@ -126,11 +130,11 @@ def pointwise_outputs(y, weight, bias, scale, shift, act, out) -> torch.Tensor:
     """y ``[..., K]`` tokens, weight ``[N, K]`` in y's dtype; returns out ``[..., N]`` (y's dtype)."""
     check = _Checker("pointwise")
     check.tensor("y", y, dtypes=SUPPORTED_DTYPES)
-    check.expect(y.dim() >= 1, "y must be [..., K] tokens, got a 0-d tensor")
+    check.expect(y.dim() >= 1, lambda: "y must be [..., K] tokens, got a 0-d tensor")
     K = y.shape[-1]
     check.tensor("weight", weight, dtype=y.dtype, device=y.device)
     check.expect(weight.dim() == 2 and weight.shape[1] == K,
-                 f"weight must be [N, K] with K={K} (y.shape[-1]), got shape {_shape(weight.shape)}")
+                 lambda: f"weight must be [N, K] with K={K} (y.shape[-1]), got shape {_shape(weight.shape)}")
     N = weight.shape[0]
     check.epilogue(bias, scale, shift, act, N, y.device)
     return check.output("out", out, (*y.shape[:-1], N), y.dtype, y.device)
@@ -141,13 +145,13 @@ def head_outputs(x, weight, bias, pooled, out) -> tuple[torch.Tensor, torch.Tens
     returns (pooled fp32 ``[B, C]`` workspace, out ``[B, N]`` in x's dtype)."""
     check = _Checker("head")
     check.tensor("x", x, dtypes=SUPPORTED_DTYPES)
-    check.expect(x.dim() == 4, f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
+    check.expect(x.dim() == 4, lambda: f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
     B, H, W, C = x.shape
-    check.expect(B > 0 and H > 0 and W > 0, f"x must be non-empty, got shape {_shape(x.shape)}")
-    check.expect(H * W * C < 2**31, f"one image must have fewer than 2**31 elements, got H*W*C = {H * W * C}")
+    check.expect(B > 0 and H > 0 and W > 0, lambda: f"x must be non-empty, got shape {_shape(x.shape)}")
+    check.expect(H * W * C < 2**31, lambda: f"one image must have fewer than 2**31 elements, got H*W*C = {H * W * C}")
     check.tensor("weight", weight, dtype=x.dtype, device=x.device)
     check.expect(weight.dim() == 2 and weight.shape[1] == C and weight.shape[0] > 0,
-                 f"weight must be [N, C] with C={C} and N >= 1, got shape {_shape(weight.shape)}")
+                 lambda: f"weight must be [N, C] with C={C} and N >= 1, got shape {_shape(weight.shape)}")
     N = weight.shape[0]
     check.tensor("bias", bias, shape=(N,), dtype=torch.float32, device=x.device)
     pooled = check.output("pooled", pooled, (B, C), torch.float32, x.device)
