@@ -24,10 +24,21 @@ and calls made while the caller is capturing a graph itself: they are simply rec
 fresh allocations from the caller's graph pool (not the model's reusable buffers); such a graph reads
 the prepared parameters, which a parameter change replaces, so capture it again after one. A capture
 that fails warns once, and that signature then runs uncaptured.
+
+Threads and streams: a model may be called from several threads and on several CUDA streams. Its
+shared state (prepared parameters, ``auto``'s choices, activation buffers, graphs) is used under
+one lock per model, held while a call queues its work (the GPU still overlaps the calls' kernels).
+Activation buffers are kept per CUDA stream, so calls on different streams never share them; a
+graph's static input and logits are shared, so a replay on another stream than the previous one
+first waits for that stream's queued work. The per-call cost on one stream is a lock and a stream
+lookup. Copies (``copy.deepcopy``, pickling, ``torch.save(model)``) carry the parameters and
+settings, none of these caches.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 from collections import OrderedDict
 from typing import NamedTuple
@@ -171,12 +182,33 @@ class ConvMixer(nn.Module):
         self.head = nn.Linear(dim, n_classes)
         self.requires_grad_(False)
         self.eval()
+        self._reset_runtime_state()
+
+    _RUNTIME_STATE = ("_lock", "_prepared", "_weight_tensors", "_activation_buffers", "_resolved_ops", "_graphs",
+                      "_replay_stream")
+
+    def _reset_runtime_state(self) -> None:
+        """The caches derived from the parameters and the calls made (``_RUNTIME_STATE``): never
+        copied or pickled (``__getstate__``), rebuilt empty."""
+        self._lock = threading.RLock()  # held while a call uses the shared state below
         self._prepared: tuple[int, PreparedParams] | None = None  # (sum of weight versions, params)
         self._weight_tensors: list[torch.Tensor] | None = None
+        # (B, Hp, Wp, dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
         # input signature -> None (seen once: warm), _CapturedForward, or _UNCAPTURABLE
         self._graphs: OrderedDict[tuple, _CapturedForward | str | None] = OrderedDict()
+        self._replay_stream: torch.cuda.Stream | None = None  # where the last graph replay was queued
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        for name in self._RUNTIME_STATE:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._reset_runtime_state()
 
     def extra_repr(self) -> str:
         return (
@@ -249,10 +281,12 @@ class ConvMixer(nn.Module):
 
     # ------------------------------------------------------------------ preparation
     def _invalidate_prepared(self) -> None:
-        self._prepared = None
-        self._weight_tensors = None
-        self._activation_buffers.clear()
-        self._graphs.clear()
+        with self._lock:
+            self._prepared = None
+            self._weight_tensors = None
+            self._activation_buffers.clear()
+            self._graphs.clear()
+            self._replay_stream = None  # (perhaps another device's) nothing left to wait for
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ... replace the tensors
         result = super()._apply(fn, *args, **kwargs)
@@ -355,11 +389,17 @@ class ConvMixer(nn.Module):
     def backend_label(self) -> str:
         """Which backend runs each op on the model's device: "triton", or per op
         ("stem=triton, pointwise=cuda (measured), ..."); measured choices show once a forward ran."""
-        return self._resolve_ops(self._param_device).label
+        with self._lock:
+            return self._resolve_ops(self._param_device).label
+
+    def _exclusive(self):
+        """The model's lock (module docstring), or nothing while torch.compile traces."""
+        return contextlib.nullcontext() if torch.compiler.is_compiling() else self._lock
 
     def _buffer_key(self, image: torch.Tensor) -> tuple:
         B, _, H, W = image.shape
-        return (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device)
+        stream = torch.cuda.current_stream(image.device).cuda_stream if image.device.type == "cuda" else None
+        return (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device, stream)
 
     def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
         if not resolved.preallocates or torch.compiler.is_compiling():
@@ -367,7 +407,7 @@ class ConvMixer(nn.Module):
         key = self._buffer_key(image)
         buffers = self._activation_buffers.get(key)
         if buffers is None:
-            shape = key[:3] + (self.dim,)
+            shape = key[:3] + (self.dim,)  # allocated on the key's stream, used only there
             tokens = tuple(torch.empty(shape, dtype=self._param_dtype, device=self._param_device) for _ in range(2))
             pooled = torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
             buffers = _Buffers(tokens, pooled)
@@ -403,9 +443,10 @@ class ConvMixer(nn.Module):
         self._check_input(x)
         if x.shape[0] == 0:
             return x.new_empty((0, self.n_classes), dtype=self._param_dtype)
-        if self._graphs_apply(x):
-            return self._graphed_forward(x)
-        return self._logits(x, preallocated=not _capturing(x))
+        with self._exclusive():
+            if self._graphs_apply(x):
+                return self._graphed_forward(x)
+            return self._logits(x, preallocated=not _capturing(x))
 
     def _logits(self, x: torch.Tensor, preallocated: bool = True) -> torch.Tensor:
         tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True, preallocated=preallocated)
@@ -436,6 +477,12 @@ class ConvMixer(nn.Module):
             if captured is _UNCAPTURABLE:
                 return self._logits(x)
             self._activation_buffers.pop(self._buffer_key(x), None)  # the graph has its own
+        if x.device.type == "cuda":
+            stream = torch.cuda.current_stream(x.device)
+            if self._replay_stream is not None and self._replay_stream != stream:
+                # The static input and logits are the previous replay's until its stream gets there.
+                stream.wait_stream(self._replay_stream)
+            self._replay_stream = stream
         captured.image.copy_(x)
         captured.graph.replay()
         return captured.logits.clone()
@@ -473,7 +520,8 @@ class ConvMixer(nn.Module):
         if x.shape[0] == 0:
             shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
             return x.new_empty(shape, dtype=self._param_dtype).permute(0, 3, 1, 2)
-        tokens, *_ = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x))
+        with self._exclusive():
+            tokens, *_ = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x))
         return tokens.permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -488,6 +536,7 @@ class ConvMixer(nn.Module):
         tokens = x.permute(0, 2, 3, 1).contiguous()
         if pre_logits:
             return tokens.float().mean(dim=(1, 2)).to(self._param_dtype)
-        params = self._prepared_params()
-        ops = self._resolve_ops(x.device).ops
-        return ops.head(tokens, params.head.weight, params.head.bias)
+        with self._exclusive():
+            params = self._prepared_params()
+            ops = self._resolve_ops(x.device).ops
+            return ops.head(tokens, params.head.weight, params.head.bias)

@@ -7,6 +7,9 @@ the real capture is checked against the uncaptured forward.
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 import torch
 
@@ -145,6 +148,37 @@ def test_inside_a_callers_capture_nothing_of_the_models_is_reused(monkeypatch, f
         assert len(model._activation_buffers) == 1
 
 
+def test_threads_replaying_one_graph_get_their_own_logits(stand_in_capture):
+    """A graph's static input and logits are shared: without the model's lock a thread's replay
+    could read another thread's image, or return logits another replay overwrote."""
+    model = small_model()
+    images = [torch.randn(2, 3, 8, 8) for _ in range(4)]
+    with torch.no_grad():
+        expected = [model._logits(x) for x in images]
+        model(images[0]), model(images[0])  # warm-up, capture
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def run(index):
+        with torch.no_grad():
+            results[index] = [model(images[index]) for _ in range(20)]
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert len(stand_in_capture) == 1
+    for index, outputs in sorted(results.items()):
+        for output in outputs:
+            torch.testing.assert_close(output, expected[index], rtol=0, atol=0)
+    assert sorted(results) == list(range(len(images)))
+
+
 def test_cpu_models_take_no_graph_path():
     model = small_model()
     with torch.no_grad():
@@ -228,3 +262,42 @@ def test_graphs_follow_modes_and_parameter_changes():
         model.head.bias.add_(1.0)
         after = model(x)
     torch.testing.assert_close(after.float(), before.float() + 1.0, rtol=0, atol=2e-2)
+
+
+def gated_streams(model, first, second, streams):
+    """``model(first)`` on ``streams[0]`` and ``model(second)`` on ``streams[1]``, the second stream
+    held back until the first has finished a ~25 ms spin: both calls' kernels then run at the same
+    time unless the model orders them. Returns both outputs, after synchronizing."""
+    for stream in streams:
+        stream.wait_stream(torch.cuda.current_stream())
+    gate = torch.cuda.Event()
+    with torch.cuda.stream(streams[0]):
+        torch.cuda._sleep(50_000_000)
+        gate.record()
+        out_first = model(first)
+    with torch.cuda.stream(streams[1]):
+        streams[1].wait_event(gate)
+        out_second = model(second)
+    torch.cuda.synchronize()
+    return out_first, out_second
+
+
+@NEEDS_GPU
+@pytest.mark.parametrize("cuda_graphs", [True, False])
+def test_calls_on_two_streams(cuda_graphs):
+    """Graphs: a replay on another stream than the previous one waits for it (shared static input
+    and logits). Without graphs: each stream has its own activation buffers."""
+    reference = reference_model(64, 3, 5, 4, 10).to(DEVICE)
+    model = cf.ConvMixer.from_eager(reference, cuda_graphs=cuda_graphs).to(torch.float16)
+    plain = cf.ConvMixer.from_eager(reference, cuda_graphs=False).to(torch.float16)
+    first, second = (torch.randn(64, 3, 64, 64, device=DEVICE, dtype=torch.float16) for _ in range(2))
+    with torch.inference_mode():
+        expected = plain(first), plain(second)
+        model(first), model(first)  # warm-up, capture (with graphs)
+        streams = torch.cuda.Stream(), torch.cuda.Stream()
+        for _ in range(3):
+            outputs = gated_streams(model, first, second, streams)
+            for output, reference_logits in zip(outputs, expected):
+                torch.testing.assert_close(output, reference_logits, rtol=0, atol=0)
+    if not cuda_graphs:  # the default stream's, and one per new stream
+        assert len(model._activation_buffers) == 1 + len(streams)

@@ -1,6 +1,8 @@
 """The whole model through each kernel backend (triton: also on CPU under the interpreter; cuda: on a
 GPU) against the reference model."""
 
+import sys
+import threading
 
 import pytest
 import torch
@@ -80,6 +82,37 @@ def test_compile_fullgraph_and_export(kernel_backend):
         exported = torch.export.export(model, (x,), dynamic_shapes=({0: batch},))
         torch.testing.assert_close(exported.module()(other[..., :9, :8]), model(other[..., :9, :8]),
                                    rtol=2e-3, atol=2e-3)
+
+
+def test_concurrent_calls_from_threads(kernel_backend):
+    """Threads share the model's activation buffers and graphs: each call still gets its own input's
+    logits (the model's lock). On a GPU the calls go through the CUDA graph of their shape."""
+    skip_unless_backend_runs_model(kernel_backend, torch.float16, 16)
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5).to(DEVICE), backend=kernel_backend.name)
+    model = model.half()
+    images = [torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float16) for _ in range(3)]
+    with torch.no_grad():
+        expected = [model(x) for x in images] + [model(x) for x in images]  # warm-up and capture too
+    results: dict[int, list[torch.Tensor]] = {}
+
+    def run(index):
+        with torch.no_grad():
+            results[index] = [model(images[index]) for _ in range(3)]
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(images))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert sorted(results) == list(range(len(images)))
+    for index, outputs in results.items():
+        for output in outputs:
+            torch.testing.assert_close(output, expected[index], rtol=0, atol=0)
 
 
 def test_every_triton_launch_passes_the_compile_options(monkeypatch):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
+import time
 
 import pytest
 import torch
@@ -55,6 +57,31 @@ class Recorder:
 def measured_op(recorder: Recorder, store, names=("triton", "cuda", "eager")) -> measured.MeasuredOp:
     return measured.MeasuredOp("pointwise", {n: recorder.entry(n) for n in names}, CPU, store=store,
                                timer=recorder.timer)
+
+
+def test_threads_measure_one_at_a_time_and_a_signature_once(tmp_path):
+    """Two models' ops measuring from two threads would time each other's kernels: the second waits,
+    then takes the choice the first stored."""
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+    recorder, timing, overlaps = Recorder(fastest="cuda"), threading.Event(), []
+
+    def slow_timer(call, device):
+        overlaps.append(timing.is_set())
+        timing.set()
+        time.sleep(0.05)  # long enough for the other thread to arrive
+        timing.clear()
+        return recorder.timer(call, device)
+
+    ops = [measured.MeasuredOp("pointwise", {n: recorder.entry(n) for n in ("triton", "cuda")}, CPU, store=store,
+                               timer=slow_timer) for _ in range(2)]
+    results = []
+    threads = [threading.Thread(target=lambda op=op: results.append(op(torch.zeros(4, 8), "gelu"))) for op in ops]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == ["cuda", "cuda"]
+    assert recorder.timed == 2 and overlaps == [False, False]  # each candidate once, never two at a time
 
 
 def test_signature_names_shapes_dtypes_strides_of_positional_arguments():

@@ -1,5 +1,8 @@
 """The drop-in model with the eager backend against the reference model; nn.Module behaviour."""
 
+import copy
+import io
+
 import pytest
 import torch
 
@@ -80,6 +83,28 @@ def test_module_behaviour():
         assert k1 == k2 and torch.equal(v1, v2)
     assert cf.ConvMixer(8, 1, num_classes=7).n_classes == 7
     assert cf.ConvMixer(8, 1, act_layer="relu").activation == "relu"
+
+
+@pytest.mark.parametrize("backend", ["eager", "triton"])
+def test_copies_and_pickles_carry_parameters_not_caches(backend):
+    """``copy.deepcopy`` and ``torch.save(model)`` after a forward: the copy has the parameters and
+    settings, none of the caches (kernel entries, buffers, graphs, the lock cannot be pickled)."""
+    if backend == "triton":
+        pytest.importorskip("triton")
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend=backend, cuda_graphs=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        saved = io.BytesIO()
+        torch.save(model, saved)
+        saved.seek(0)
+        copies = [copy.deepcopy(model), torch.load(saved, weights_only=False)]
+        for clone in copies:
+            assert clone._prepared is None and not clone._resolved_ops and not clone._activation_buffers
+            assert (clone.backend, clone.cuda_graphs) == (backend, False)
+            torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)
+            clone.head.bias.add_(1.0)  # its own parameters
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
 def test_empty_batch():

@@ -26,6 +26,8 @@ kernel counts as new), reuses them without measuring; any change starts afresh.
 ``CONVMIXER_FAST_AUTO_MEASURE=0`` turns measuring off (the first candidate runs). An unmeasured
 signature during CUDA graph capture takes the first candidate (timing would synchronize the
 device); torch.compile never sees these ops (the model resolves without measuring while tracing).
+Measurements run one at a time per process (threads wait, then find the choice made), but other
+work on the GPU while one runs, another process's say, is timed with it.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import os
 import re
 import statistics
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -56,6 +59,9 @@ SPIN_CYCLES = 5_000_000
 TIE_MARGIN = 0.03  # a candidate within 3% of the fastest counts as fast as it
 STORE_SCHEMA = 1
 REFERENCE = "eager"  # the backend whose op judges the candidates, and runs where none agrees with it
+# One measurement at a time in the process: models measuring from several threads would time each
+# other's kernels (on a shared stream) and measure the same signature twice.
+_MEASURING = threading.Lock()
 
 Timer = Callable[[Callable[[], object], torch.device], float]  # (call, device) -> seconds per call
 
@@ -245,7 +251,7 @@ class MeasuredOp:
             expected = self.reference(*edge_args, **own_buffers)
         except Exception as error:  # (e.g. out of memory): measure without judging, as before
             warnings.warn(f"auto: the reference {self.op} could not run to check the candidates "
-                          f"({type(error).__name__}: {error}); measuring them unchecked", stacklevel=4)
+                          f"({type(error).__name__}: {error}); measuring them unchecked", stacklevel=5)
             return None
         return expected if bool(torch.isfinite(expected).all()) else None
 
@@ -269,6 +275,14 @@ class MeasuredOp:
             return backend
         if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             return None
+        with _MEASURING:
+            backend = self.store.get(name)  # measured meanwhile by another thread?
+            if backend in self.candidates:
+                return backend
+            return self._measure(name, args, kwargs)
+
+    def _measure(self, name: str, args: tuple, kwargs: dict) -> str:
+        """Each candidate judged against the reference and timed on ``args``; the choice stored."""
         expected = self._reference_output(args, kwargs)
         seconds: dict[str, float] = {}
         failures: dict[str, Exception] = {}
@@ -280,7 +294,7 @@ class MeasuredOp:
             except WrongResultError as error:
                 warnings.warn(f"auto: the {candidate} backend's {self.op} disagrees with the reference on "
                               f"{name}: {error}; it is not used for these arguments (a bug: please report "
-                              f"it with this message)", stacklevel=3)
+                              f"it with this message)", stacklevel=4)
                 failures[candidate] = error
             except Exception as error:  # e.g. an argument check of one backend: the others may run
                 failures[candidate] = error
@@ -288,7 +302,7 @@ class MeasuredOp:
         if not seconds:
             if all(isinstance(error, WrongResultError) for error in failures.values()):
                 warnings.warn(f"auto: no candidate's {self.op} agrees with the reference on {name}; the "
-                              f"reference ({REFERENCE}) runs it", stacklevel=3)
+                              f"reference ({REFERENCE}) runs it", stacklevel=4)
                 self.store.put(name, REFERENCE, {}, described)
                 return REFERENCE
             raise next(iter(failures.values()))
