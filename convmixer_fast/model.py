@@ -32,7 +32,7 @@ Activation buffers are kept per CUDA stream, so calls on different streams never
 graph's static input and logits are shared, so a replay on another stream than the previous one
 first waits for that stream's queued work. The per-call cost on one stream is a lock and a stream
 lookup. Copies (``copy.deepcopy``, pickling, ``torch.save(model)``) carry the parameters and
-settings, none of these caches.
+settings, none of these caches; so do ``nn.DataParallel``'s replicas.
 """
 
 from __future__ import annotations
@@ -209,6 +209,13 @@ class ConvMixer(nn.Module):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         self._reset_runtime_state()
+
+    def _replicate_for_data_parallel(self):
+        """``nn.DataParallel``'s replica (a shallow copy, given its device's parameters next): its own
+        caches, not the original's (prepared on another device, under another lock)."""
+        replica = super()._replicate_for_data_parallel()
+        replica._reset_runtime_state()
+        return replica
 
     def extra_repr(self) -> str:
         return (

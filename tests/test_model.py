@@ -107,6 +107,35 @@ def test_copies_and_pickles_carry_parameters_not_caches(backend):
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("backend", ["eager", "auto"])
+def test_meta_models_give_shapes_and_load_weights_by_assignment(backend):
+    """A model on the meta device (shape inference, FLOP counters, building before loading)
+    forwards meta tensors; built there, ``load_state_dict(assign=True)`` makes it a working model."""
+    with torch.device("meta"):
+        model = cf.ConvMixer(16, 2, 3, 2, 5, backend=backend)
+    x = torch.randn(2, 3, 11, 9)
+    with torch.no_grad():
+        assert model(x.to("meta")).shape == (2, 5)
+        assert model.forward_features(x.to("meta")).shape == (2, 16, 5, 4)
+        reference = reference_model(16, 2, 3, 2, 5)
+        model.load_state_dict(reference.state_dict(), assign=True)
+        assert {t.device.type for t in model.state_dict().values()} == {"cpu"}
+        torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=2e-5)
+
+
+def test_data_parallel_replicas_have_their_own_caches():
+    """``nn.DataParallel`` shallow-copies the module per GPU: a replica must not use the original's
+    prepared parameters (another device's), buffers or lock."""
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="eager")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        replica = model._replicate_for_data_parallel()
+        assert replica._prepared is None and replica._lock is not model._lock
+        assert replica._resolved_ops is not model._resolved_ops and replica._graphs is not model._graphs
+        torch.testing.assert_close(replica(x), expected, rtol=0, atol=0)
+
+
 def test_empty_batch():
     model = cf.ConvMixer(8, 1, 3, 2, 4, backend="eager")
     assert model(torch.randn(0, 3, 8, 8)).shape == (0, 4)

@@ -23,7 +23,8 @@ def _writing_into_out(reference_fn):
     @functools.wraps(reference_fn)
     def op(*args, out=None, pooled=None):
         device_type = args[0].device.type
-        autocasting = torch.is_autocast_enabled(device_type)
+        # (device types without autocast, "meta" say, have nothing to switch off)
+        autocasting = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if autocasting else contextlib.nullcontext():
             result = reference_fn(*args)
         return result if out is None else out.copy_(result)
