@@ -11,6 +11,10 @@ from convmixer_fast.testing import randomize_weights_
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+# torch.export's dynamic_shapes entry of an image batch: any batch; H and W of at least two patches
+# of 2 (torch specializes a token map's size 1, so a dynamic size needs at least 2 tokens).
+DYNAMIC_IMAGE = {0: torch.export.Dim("batch", max=1024), 2: torch.export.Dim("height", min=4, max=1024),
+                 3: torch.export.Dim("width", min=4, max=1024)}
 
 
 def reference_model(dim, depth, kernel_size, patch_size, n_classes, act="gelu", in_chans=3, seed=0):

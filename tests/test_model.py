@@ -8,7 +8,7 @@ import torch
 
 import convmixer_fast as cf
 from convmixer_fast.configs import MODEL_CONFIGS
-from helpers import reference_model
+from helpers import DYNAMIC_IMAGE, reference_model
 
 CONFIGS = [  # dim, depth, kernel, patch, classes, act, image H, W
     pytest.param(16, 2, 3, 2, 10, "gelu", 12, 12, id="small-k3-p2"),
@@ -202,11 +202,15 @@ def test_a_callers_autocast_does_not_reach_the_model(backend):
 
 def test_compile_and_export_eager_backend():
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 4), backend="eager")
-    x = torch.randn(2, 3, 10, 10)
+    x, other = torch.randn(2, 3, 10, 10), torch.randn(3, 3, 13, 8)
     with torch.no_grad():
-        expected = model(x)
-        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), expected, rtol=1e-5, atol=1e-5)
+        expected, other_expected = model(x), model(other)
+        compiled = torch.compile(model, fullgraph=True)
+        torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(compiled(other), other_expected, rtol=1e-5, atol=1e-5)  # symbolic sizes
         torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, rtol=1e-5, atol=1e-5)
+        exported = torch.export.export(model, (x,), dynamic_shapes=(DYNAMIC_IMAGE,))
+        torch.testing.assert_close(exported.module()(other), other_expected, rtol=1e-5, atol=1e-5)
 
 
 def test_prepared_operands_are_contiguous_and_16_byte_aligned():

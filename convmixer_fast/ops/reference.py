@@ -49,13 +49,11 @@ def stem_reference(
     """
     B, Cin, H, W = image.shape
     C, _, p, _ = weight.shape
-    Hp, Wp = H // p, W // p
-    patches = (
-        image[:, :, : Hp * p, : Wp * p]
-        .reshape(B, Cin, Hp, p, Wp, p)
-        .permute(0, 2, 4, 1, 3, 5)  # [B, Hp, Wp, Cin, p, p]
-        .reshape(B * Hp * Wp, Cin * p * p)
-    )
+    # unfold (windows of p, step p) rather than a slice to Hp * p: the same patches, and no guard
+    # Hp * p <= H, which torch.export cannot prove for symbolic H.
+    patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, Cin, Hp, Wp, p, p]
+    Hp, Wp = patches.shape[2], patches.shape[3]
+    patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(B * Hp * Wp, Cin * p * p)  # [B*Hp*Wp, Cin*p*p]
     acc = patches.to(weight.dtype).float() @ weight.reshape(C, Cin * p * p).float().T
     tokens = fused_epilogue(acc, bias, scale, shift, act).to(weight.dtype)
     return tokens.reshape(B, Hp, Wp, C)
