@@ -7,15 +7,12 @@ the real capture is checked against the uncaptured forward.
 
 from __future__ import annotations
 
-import sys
-import threading
-
 import pytest
 import torch
 
 import convmixer_fast as cf
 from convmixer_fast import model as model_module
-from helpers import DEVICE, reference_model
+from helpers import DEVICE, reference_model, run_in_threads
 
 NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 
@@ -162,16 +159,7 @@ def test_threads_replaying_one_graph_get_their_own_logits(stand_in_capture):
         with torch.no_grad():
             results[index] = [model(images[index]) for _ in range(20)]
 
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(images))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(switch_interval)
+    run_in_threads(run, len(images))
     assert len(stand_in_capture) == 1
     for index, outputs in sorted(results.items()):
         for output in outputs:

@@ -1,9 +1,6 @@
 """The whole model through each kernel backend (triton: also on CPU under the interpreter; cuda: on a
 GPU) against the reference model."""
 
-import sys
-import threading
-
 import pytest
 import torch
 
@@ -11,7 +8,7 @@ from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
 import convmixer_fast as cf  # noqa: E402
-from helpers import DYNAMIC_IMAGE, reference_model  # noqa: E402
+from helpers import DYNAMIC_IMAGE, reference_model, run_in_threads  # noqa: E402
 
 # Relative to max |logit|, against the fp32 reference model: one rounding per step, 2*depth+2 steps.
 DTYPES = [
@@ -89,24 +86,15 @@ def test_concurrent_calls_from_threads(kernel_backend):
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5).to(DEVICE), backend=kernel_backend.name)
     model = model.half()
     images = [torch.randn(2, 3, 8, 8, device=DEVICE, dtype=torch.float16) for _ in range(3)]
-    with torch.no_grad():
-        expected = [model(x) for x in images] + [model(x) for x in images]  # warm-up and capture too
+    with torch.no_grad():  # one signature: on a GPU the calls warm up, capture, replay
+        expected = [model(x) for x in images]
     results: dict[int, list[torch.Tensor]] = {}
 
     def run(index):
         with torch.no_grad():
             results[index] = [model(images[index]) for _ in range(3)]
 
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible
-    try:
-        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(images))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        sys.setswitchinterval(switch_interval)
+    run_in_threads(run, len(images))
     assert sorted(results) == list(range(len(images)))
     for index, outputs in results.items():
         for output in outputs:

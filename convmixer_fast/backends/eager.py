@@ -14,6 +14,12 @@ from ..ops import reference
 from . import BackendOps
 
 
+@torch.compiler.assume_constant_result  # (torch 2.11's dynamo cannot trace the C function)
+def _has_autocast(device_type: str) -> bool:
+    """Whether ``device_type`` has autocast at all ("meta", say, has not)."""
+    return torch.amp.is_autocast_available(device_type)
+
+
 def _writing_into_out(reference_fn):
     """The reference with the backends' ``out=`` (and, for the head, unused ``pooled=``) keywords,
     computed in its operands' dtypes as the kernels are: a caller's autocast does not reach it (it
@@ -23,8 +29,7 @@ def _writing_into_out(reference_fn):
     @functools.wraps(reference_fn)
     def op(*args, out=None, pooled=None):
         device_type = args[0].device.type
-        # (device types without autocast, "meta" say, have nothing to switch off)
-        autocasting = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+        autocasting = _has_autocast(device_type) and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if autocasting else contextlib.nullcontext():
             result = reference_fn(*args)
         return result if out is None else out.copy_(result)
