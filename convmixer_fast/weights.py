@@ -150,13 +150,20 @@ def infer_config(tensors: dict[str, torch.Tensor]) -> dict:
     return config
 
 
-def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> dict[str, torch.Tensor]:
+CHECKPOINT_WRAPPERS = ("state_dict", "model")  # where training checkpoints keep the weights
+EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential moving average (timm: the former)
+
+
+def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
+                    use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` / ``.pth.tar`` / ``.pt`` / ``.safetensors`` file into a state dict on the CPU.
 
-    A training checkpoint whose weights sit under ``"state_dict"`` or ``"model"`` is unwrapped.
-    Pickled files are read with ``torch.load(weights_only=True)`` (argparse.Namespace entries, as
-    timm's training checkpoints carry, are allowed); pass ``weights_only=False`` only for files you
-    trust. Pass the result to ``ConvMixer.load_state_dict`` (any layout of this module's docstring).
+    A training checkpoint whose weights sit under ``"state_dict"`` or ``"model"`` is unwrapped;
+    ``use_ema=True`` takes its EMA weights instead (``"state_dict_ema"`` as timm's train.py saves
+    them, or ``"model_ema"``). Pickled files are read with ``torch.load(weights_only=True)``
+    (argparse.Namespace entries, as timm's training checkpoints carry, are allowed); pass
+    ``weights_only=False`` only for files you trust. Pass the result to ``ConvMixer.load_state_dict``
+    (any layout of this module's docstring).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -177,9 +184,18 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True) -> di
                if weights_only else "")
         ) from error
     if isinstance(checkpoint, dict):
-        for wrapper in ("state_dict", "model"):
+        ema = [w for w in EMA_WRAPPERS if isinstance(checkpoint.get(w), dict)]
+        if use_ema:
+            if not ema:
+                raise CheckpointError(f"{path} holds no EMA weights (an entry {' or '.join(EMA_WRAPPERS)}); its "
+                                      f"entries: {', '.join(map(str, list(checkpoint)[:10]))}")
+            return checkpoint[ema[0]]
+        for wrapper in CHECKPOINT_WRAPPERS:
             if isinstance(checkpoint.get(wrapper), dict):
                 return checkpoint[wrapper]
+        if ema:
+            raise CheckpointError(f"{path} holds only EMA weights (under {ema[0]!r}): "
+                                  "load_checkpoint(path, use_ema=True) takes them")
         return checkpoint
     if isinstance(checkpoint, torch.nn.Module):
         return checkpoint.state_dict()

@@ -110,6 +110,25 @@ def test_checkpoint_files(reference, image, tmp_path, suffix, wrapper):
                            patch_size=P, n_classes=N).head.weight.shape == (N, DIM)
 
 
+def test_training_checkpoints_with_ema_weights(tmp_path):
+    """timm's train.py saves "state_dict" and "state_dict_ema": the plain weights by default, the EMA
+    ones with use_ema=True; a file with only one kind says how to get it."""
+    plain, ema = reference_model(DIM, DEPTH, K, P, N, seed=1), reference_model(DIM, DEPTH, K, P, N, seed=2)
+    both, ema_only = tmp_path / "both.pth.tar", tmp_path / "ema.pth"
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 3}, both)
+    torch.save({"model_ema": ema.state_dict()}, ema_only)
+    for path, use_ema, expected in ((both, False, plain), (both, True, ema), (ema_only, True, ema)):
+        loaded = cf.load_checkpoint(path, use_ema=use_ema)
+        assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items())
+    with pytest.raises(cf.CheckpointError, match=r"holds only EMA weights \(under 'model_ema'\): "
+                                                 r"load_checkpoint\(path, use_ema=True\)"):
+        cf.load_checkpoint(ema_only)
+    plain_file = tmp_path / "plain.pth"
+    torch.save(plain.state_dict(), plain_file)
+    with pytest.raises(cf.CheckpointError, match="holds no EMA weights .* its entries: 0.weight, 0.bias"):
+        cf.load_checkpoint(plain_file, use_ema=True)
+
+
 def test_checkpoint_file_errors(tmp_path):
     with pytest.raises(cf.CheckpointError, match="checkpoint file not found"):
         cf.load_checkpoint(tmp_path / "missing.pth")
