@@ -291,9 +291,13 @@ class ConvMixer(nn.Module):
         with self._lock:
             self._prepared = None
             self._weight_tensors = None
-            self._activation_buffers.clear()
-            self._graphs.clear()
-            self._replay_stream = None  # (perhaps another device's) nothing left to wait for
+            self._drop_shape_caches()  # now, not at the next forward: they hold device memory
+
+    def _drop_shape_caches(self) -> None:
+        """The activation buffers and graphs: they belong to the previous prepared parameters. (The
+        last replay's stream stays: a new graph's first replay elsewhere still waits for it.)"""
+        self._activation_buffers.clear()
+        self._graphs.clear()
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ... replace the tensors
         result = super()._apply(fn, *args, **kwargs)
@@ -324,8 +328,7 @@ class ConvMixer(nn.Module):
         if self._prepared is None or self._prepared[0] != version:
             self._check_uniform(tensors)
             self._prepared = (version, prepare_params(self))
-            self._activation_buffers.clear()
-            self._graphs.clear()  # they read the previous prepared tensors
+            self._drop_shape_caches()
         return self._prepared[1]
 
     def _check_uniform(self, tensors) -> None:

@@ -15,7 +15,7 @@ import convmixer_fast as cf
 from convmixer_fast import backends
 from convmixer_fast.backends import BACKENDS, OP_NAMES, Backend, measured, resolve_ops
 from convmixer_fast.backends.eager import OPS as EAGER_OPS
-from helpers import reference_model
+from helpers import reference_model, run_in_threads
 
 CPU = torch.device("cpu")
 IDENTITY = {"device": "test", "convmixer_fast": "0", "torch": "0", "triton": None}
@@ -75,11 +75,7 @@ def test_threads_measure_one_at_a_time_and_a_signature_once(tmp_path):
     ops = [measured.MeasuredOp("pointwise", {n: recorder.entry(n) for n in ("triton", "cuda")}, CPU, store=store,
                                timer=slow_timer) for _ in range(2)]
     results = []
-    threads = [threading.Thread(target=lambda op=op: results.append(op(torch.zeros(4, 8), "gelu"))) for op in ops]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_in_threads(lambda index: results.append(ops[index](torch.zeros(4, 8), "gelu")), len(ops))
     assert results == ["cuda", "cuda"]
     assert recorder.timed == 2 and overlaps == [False, False]  # each candidate once, never two at a time
 

@@ -270,15 +270,12 @@ class MeasuredOp:
         """The stored choice for the arguments' signature, else the fastest measured on them (and
         stored); None where measuring is impossible now."""
         name = signature(self.op, args)
-        backend = self.store.get(name)
-        if backend in self.candidates:  # (a choice of a backend that is no candidate here is measured anew)
-            return backend
-        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        with _MEASURING:
-            backend = self.store.get(name)  # measured meanwhile by another thread?
-            if backend in self.candidates:
+        with _MEASURING:  # (a thread that waited finds the choice the other stored)
+            backend = self.store.get(name)
+            if backend in self.candidates:  # (a choice of a backend that is no candidate here is measured anew)
                 return backend
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return None
             return self._measure(name, args, kwargs)
 
     def _measure(self, name: str, args: tuple, kwargs: dict) -> str:
