@@ -169,6 +169,9 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
+        if use_ema:
+            raise CheckpointError(f"{path} is a safetensors file, which holds one set of weights: no EMA entry "
+                                  "(load it without use_ema)")
         try:
             from safetensors.torch import load_file
         except ImportError as error:
@@ -184,19 +187,19 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
                if weights_only else "")
         ) from error
     if isinstance(checkpoint, dict):
-        ema = [w for w in EMA_WRAPPERS if isinstance(checkpoint.get(w), dict)]
+        def first_entry(names):  # the first of names whose entry is a dict, or None
+            return next((name for name in names if isinstance(checkpoint.get(name), dict)), None)
+
+        ema, plain = first_entry(EMA_WRAPPERS), first_entry(CHECKPOINT_WRAPPERS)
         if use_ema:
-            if not ema:
+            if ema is None:
                 raise CheckpointError(f"{path} holds no EMA weights (an entry {' or '.join(EMA_WRAPPERS)}); its "
                                       f"entries: {', '.join(map(str, list(checkpoint)[:10]))}")
-            return checkpoint[ema[0]]
-        for wrapper in CHECKPOINT_WRAPPERS:
-            if isinstance(checkpoint.get(wrapper), dict):
-                return checkpoint[wrapper]
-        if ema:
-            raise CheckpointError(f"{path} holds only EMA weights (under {ema[0]!r}): "
+            return checkpoint[ema]
+        if plain is None and ema is not None:
+            raise CheckpointError(f"{path} holds only EMA weights (under {ema!r}): "
                                   "load_checkpoint(path, use_ema=True) takes them")
-        return checkpoint
+        return checkpoint[plain] if plain is not None else checkpoint
     if isinstance(checkpoint, torch.nn.Module):
         return checkpoint.state_dict()
     raise CheckpointError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")

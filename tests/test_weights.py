@@ -127,6 +127,10 @@ def test_training_checkpoints_with_ema_weights(tmp_path):
     torch.save(plain.state_dict(), plain_file)
     with pytest.raises(cf.CheckpointError, match="holds no EMA weights .* its entries: 0.weight, 0.bias"):
         cf.load_checkpoint(plain_file, use_ema=True)
+    safetensors_file = tmp_path / "plain.safetensors"
+    safetensors_file.write_bytes(b"")  # (refused before it is read)
+    with pytest.raises(cf.CheckpointError, match="is a safetensors file, which holds one set of weights"):
+        cf.load_checkpoint(safetensors_file, use_ema=True)
 
 
 def test_checkpoint_file_errors(tmp_path):
