@@ -21,23 +21,29 @@ def create_model(
     name: str,
     pretrained: bool = False,
     checkpoint_path: str | os.PathLike | None = None,
+    *,
+    use_ema: bool | None = None,
     **overrides,
 ) -> ConvMixer:
     """A ``ConvMixer`` of a named configuration.
 
-    ``checkpoint_path`` loads a local checkpoint (any layout, see ``load_checkpoint``);
-    ``pretrained=True`` fetches timm's ImageNet weights through timm and the Hugging Face hub (needs
-    timm and network access). ``overrides`` replace constructor arguments (e.g. ``backend=``).
+    ``checkpoint_path`` loads a local checkpoint (any layout, see ``load_checkpoint``; as in timm's
+    ``create_model``, a training checkpoint's EMA weights where it has them, unless ``use_ema``
+    says otherwise); ``pretrained=True`` fetches timm's ImageNet weights through timm and the
+    Hugging Face hub (needs timm and network access). ``overrides`` replace constructor arguments
+    (e.g. ``backend=``).
     """
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
     if pretrained and checkpoint_path is not None:
         raise ValueError("pass pretrained=True or checkpoint_path, not both")
+    if use_ema is not None and checkpoint_path is None:
+        raise ValueError("use_ema applies to checkpoint_path's file; pass checkpoint_path too")
     if pretrained:
         return _from_timm(name, overrides)
     model = ConvMixer(**{**MODEL_CONFIGS[name], **overrides})
     if checkpoint_path is not None:
-        model.load_state_dict(load_checkpoint(checkpoint_path))
+        model.load_state_dict(load_checkpoint(checkpoint_path, use_ema=use_ema))
     return model
 
 

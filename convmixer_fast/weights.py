@@ -155,23 +155,28 @@ EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential movi
 
 
 def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
-                    use_ema: bool = False) -> dict[str, torch.Tensor]:
+                    use_ema: bool | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` / ``.pth.tar`` / ``.pt`` / ``.safetensors`` file into a state dict on the CPU.
 
-    A training checkpoint whose weights sit under ``"state_dict"`` or ``"model"`` is unwrapped;
-    ``use_ema=True`` takes its EMA weights instead (``"state_dict_ema"`` as timm's train.py saves
-    them, or ``"model_ema"``). Pickled files are read with ``torch.load(weights_only=True)``
-    (argparse.Namespace entries, as timm's training checkpoints carry, are allowed); pass
-    ``weights_only=False`` only for files you trust. Pass the result to ``ConvMixer.load_state_dict``
-    (any layout of this module's docstring).
+    A training checkpoint's weights are unwrapped from its entries: its EMA weights
+    (``"state_dict_ema"`` as timm's train.py saves them, or ``"model_ema"``) or its plain ones
+    (``"state_dict"`` or ``"model"``). ``use_ema=None`` (the default) follows timm's
+    ``create_model(checkpoint_path=)`` / ``load_checkpoint``: the EMA weights where the file has
+    them, else the plain ones; ``use_ema=True`` requires the EMA weights and ``False`` the plain
+    ones, raising ``CheckpointError`` where the file lacks them. Pickled files are read with
+    ``torch.load(weights_only=True)`` (argparse.Namespace entries, as timm's training checkpoints
+    carry, are allowed); pass ``weights_only=False`` only for files you trust. Pass the result to
+    ``ConvMixer.load_state_dict`` (any layout of this module's docstring).
     """
+    if use_ema is not None and not isinstance(use_ema, bool):
+        raise ValueError(f"use_ema must be None (as timm: EMA weights where present), True or False, got {use_ema!r}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         if use_ema:
             raise CheckpointError(f"{path} is a safetensors file, which holds one set of weights: no EMA entry "
-                                  "(load it without use_ema)")
+                                  "(load it without use_ema=True)")
         try:
             from safetensors.torch import load_file
         except ImportError as error:
@@ -191,14 +196,14 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
             return next((name for name in names if isinstance(checkpoint.get(name), dict)), None)
 
         ema, plain = first_entry(EMA_WRAPPERS), first_entry(CHECKPOINT_WRAPPERS)
-        if use_ema:
-            if ema is None:
-                raise CheckpointError(f"{path} holds no EMA weights (an entry {' or '.join(EMA_WRAPPERS)}); its "
-                                      f"entries: {', '.join(map(str, list(checkpoint)[:10]))}")
-            return checkpoint[ema]
-        if plain is None and ema is not None:
+        if use_ema is True and ema is None:
+            raise CheckpointError(f"{path} holds no EMA weights (an entry {' or '.join(EMA_WRAPPERS)}); its "
+                                  f"entries: {', '.join(map(str, list(checkpoint)[:10]))}")
+        if use_ema is False and plain is None and ema is not None:
             raise CheckpointError(f"{path} holds only EMA weights (under {ema!r}): "
-                                  "load_checkpoint(path, use_ema=True) takes them")
+                                  "load_checkpoint(path) or use_ema=True takes them")
+        if ema is not None and use_ema is not False:
+            return checkpoint[ema]
         return checkpoint[plain] if plain is not None else checkpoint
     if isinstance(checkpoint, torch.nn.Module):
         return checkpoint.state_dict()

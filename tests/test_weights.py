@@ -110,27 +110,58 @@ def test_checkpoint_files(reference, image, tmp_path, suffix, wrapper):
                            patch_size=P, n_classes=N).head.weight.shape == (N, DIM)
 
 
-def test_training_checkpoints_with_ema_weights(tmp_path):
-    """timm's train.py saves "state_dict" and "state_dict_ema": the plain weights by default, the EMA
-    ones with use_ema=True; a file with only one kind says how to get it."""
+@pytest.fixture
+def ema_checkpoints(tmp_path):
+    """(plain weights, EMA weights, files): timm's train.py saves "state_dict" and "state_dict_ema"
+    ("both"); "ema_only" holds "model_ema" alone; "plain" a bare state dict."""
     plain, ema = reference_model(DIM, DEPTH, K, P, N, seed=1), reference_model(DIM, DEPTH, K, P, N, seed=2)
-    both, ema_only = tmp_path / "both.pth.tar", tmp_path / "ema.pth"
-    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 3}, both)
-    torch.save({"model_ema": ema.state_dict()}, ema_only)
-    for path, use_ema, expected in ((both, False, plain), (both, True, ema), (ema_only, True, ema)):
-        loaded = cf.load_checkpoint(path, use_ema=use_ema)
-        assert all(torch.equal(loaded[k], v) for k, v in expected.state_dict().items())
+    files = {name: tmp_path / f"{name}.pth.tar" for name in ("both", "ema_only", "plain")}
+    torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 3}, files["both"])
+    torch.save({"model_ema": ema.state_dict()}, files["ema_only"])
+    torch.save(plain.state_dict(), files["plain"])
+    return plain.state_dict(), ema.state_dict(), files
+
+
+def _same_weights(loaded: dict, expected: dict) -> bool:
+    return loaded.keys() == expected.keys() and all(torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_training_checkpoints_with_ema_weights(ema_checkpoints, tmp_path):
+    """By default the EMA weights where a file has them (timm's rule), else the plain ones;
+    use_ema=True / False insist on one kind and say what the file holds instead."""
+    plain, ema, files = ema_checkpoints
+    for name, use_ema, expected in (("both", None, ema), ("both", True, ema), ("both", False, plain),
+                                    ("ema_only", None, ema), ("ema_only", True, ema),
+                                    ("plain", None, plain), ("plain", False, plain)):
+        assert _same_weights(cf.load_checkpoint(files[name], use_ema=use_ema), expected), (name, use_ema)
+    model = cf.create_model("convmixer_cifar10", checkpoint_path=files["both"], dim=DIM, depth=DEPTH,
+                            kernel_size=K, patch_size=P, n_classes=N)
+    assert torch.equal(model.head.weight, ema[f"{3 + DEPTH + 2}.weight"])
+    model = cf.create_model("convmixer_cifar10", checkpoint_path=files["both"], use_ema=False, dim=DIM,
+                            depth=DEPTH, kernel_size=K, patch_size=P, n_classes=N)
+    assert torch.equal(model.head.weight, plain[f"{3 + DEPTH + 2}.weight"])
+
     with pytest.raises(cf.CheckpointError, match=r"holds only EMA weights \(under 'model_ema'\): "
-                                                 r"load_checkpoint\(path, use_ema=True\)"):
-        cf.load_checkpoint(ema_only)
-    plain_file = tmp_path / "plain.pth"
-    torch.save(plain.state_dict(), plain_file)
+                                                 r"load_checkpoint\(path\) or use_ema=True takes them"):
+        cf.load_checkpoint(files["ema_only"], use_ema=False)
     with pytest.raises(cf.CheckpointError, match="holds no EMA weights .* its entries: 0.weight, 0.bias"):
-        cf.load_checkpoint(plain_file, use_ema=True)
+        cf.load_checkpoint(files["plain"], use_ema=True)
     safetensors_file = tmp_path / "plain.safetensors"
     safetensors_file.write_bytes(b"")  # (refused before it is read)
     with pytest.raises(cf.CheckpointError, match="is a safetensors file, which holds one set of weights"):
         cf.load_checkpoint(safetensors_file, use_ema=True)
+    with pytest.raises(ValueError, match="use_ema must be None .*, True or False, got 'yes'"):
+        cf.load_checkpoint(files["both"], use_ema="yes")
+    with pytest.raises(ValueError, match="use_ema applies to checkpoint_path's file"):
+        cf.create_model("convmixer_cifar10", use_ema=True)
+
+
+def test_checkpoint_weights_are_the_ones_timm_loads(ema_checkpoints):
+    """The default picks what timm's create_model(checkpoint_path=) and load_checkpoint pick."""
+    timm_models = pytest.importorskip("timm.models")
+    _, _, files = ema_checkpoints
+    for path in files.values():
+        assert _same_weights(cf.load_checkpoint(path), timm_models.load_state_dict(str(path))), path.name
 
 
 def test_checkpoint_file_errors(tmp_path):
