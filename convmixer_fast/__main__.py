@@ -7,6 +7,63 @@ import json
 import sys
 
 
+def _whole_number(low: int):
+    """An argparse type: an integer of at least ``low``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # (NaN too)
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _device_name(text: str) -> str:
+    """An argparse type: a device name torch parses (whether it is usable here is asked later,
+    by ``bench.cli_device``), not meta (whose tensors hold no values to check or time)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device name: {text!r} (e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "meta":
+        raise argparse.ArgumentTypeError("meta tensors hold no values to check or time; name a real device")
+    return text
+
+
+ARCHITECTURE_FIELDS = ("dim", "depth", "kernel_size", "patch_size", "n_classes")
+
+
+def _architecture(text: str) -> dict:
+    """An argparse type: ``DIM,DEPTH,KERNEL,PATCH[,CLASSES]`` as ConvMixer's arguments, checked."""
+    from .model import check_architecture
+
+    fields = text.split(",")
+    if len(fields) not in (4, 5) or not all(field.strip().lstrip("-").isdigit() for field in fields):
+        raise argparse.ArgumentTypeError(f"expected DIM,DEPTH,KERNEL,PATCH[,CLASSES] as integers, got {text!r}")
+    try:
+        config = dict(zip(ARCHITECTURE_FIELDS, (int(field) for field in fields)))
+        check_architecture(**config)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+    return config
+
+
 def _info(args) -> int:
     import platform
 
@@ -47,20 +104,27 @@ def _verify(args) -> int:
     import torch
 
     from .backends import BackendUnavailableError
-    from .configs import MODEL_CONFIGS
+    from .bench import cli_device
+    from .configs import MODEL_CONFIGS, check_image_size
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device_name = cli_device(args.device, "verify")
+    if device_name is None:
+        return 2
+    device = torch.device(device_name)
     dtypes = [DTYPES[name] for name in args.dtype or ["bf16" if device.type == "cuda" else "fp32"]]
     if args.config:
-        values = [int(v) for v in args.config.split(",")]
-        if len(values) not in (4, 5):
-            sys.exit("--config takes DIM,DEPTH,KERNEL,PATCH[,CLASSES]")
-        config = dict(zip(("dim", "depth", "kernel_size", "patch_size", "n_classes"), values), act_layer=args.act)
-        configs = [(f"config {args.config} ({args.act})", config)]
+        label = ",".join(str(value) for value in args.config.values())
+        configs = [(f"config {label} ({args.act})", {**args.config, "act_layer": args.act})]
     else:
         names = args.model or ["convmixer_1536_20" if device.type == "cuda" else "convmixer_cifar10"]
         configs = [(name, MODEL_CONFIGS[name]) for name in names]
+    try:
+        for name, config in configs:
+            check_image_size(name, config, args.image_size)
+    except ValueError as error:
+        print(f"verify: {error}", file=sys.stderr)
+        return 2
     backends = args.backend or ["auto"]
     runs = []
     for name, config in configs:
@@ -138,14 +202,14 @@ def main(argv=None) -> int:
     which = verify.add_mutually_exclusive_group()
     which.add_argument("--model", nargs="+", action="extend", choices=list(MODEL_CONFIGS),
                        help="named configs (default: convmixer_1536_20 on a GPU, convmixer_cifar10 on CPU)")
-    which.add_argument("--config", help="DIM,DEPTH,KERNEL,PATCH[,CLASSES] (with --act)")
+    which.add_argument("--config", type=_architecture, help="DIM,DEPTH,KERNEL,PATCH[,CLASSES] (with --act)")
     verify.add_argument("--act", choices=("gelu", "relu"), default="gelu")
     verify.add_argument("--backend", nargs="+", action="extend", choices=BACKEND_NAMES, help="default: auto")
     verify.add_argument("--dtype", nargs="+", action="extend", choices=("fp32", "fp16", "bf16"),
                         help="default: bf16 on a GPU, fp32 on CPU")
-    verify.add_argument("--device", help="default: cuda if available, else cpu")
-    verify.add_argument("--batch", type=int, default=2)
-    verify.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
+    verify.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
+    verify.add_argument("--batch", type=_whole_number(1), default=2)
+    verify.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", action="store_true", help="print {ok, runs: [each model, dtype and backend with "
                         "its rows]} as JSON")
@@ -163,12 +227,13 @@ def main(argv=None) -> int:
                                 "and a cuBLAS GEMM floor, checked against the reference first")
     bench.add_argument("--model", nargs="+", action="extend", choices=list(MODEL_CONFIGS),
                        help="default: the three ImageNet configs on a GPU, convmixer_cifar10 on CPU")
-    bench.add_argument("--batch", nargs="+", action="extend", type=int, help="default: 1 8 64 256 on a GPU, 8 on CPU")
+    bench.add_argument("--batch", nargs="+", action="extend", type=_whole_number(1),
+                       help="default: 1 8 64 256 on a GPU, 8 on CPU")
     bench.add_argument("--dtype", nargs="+", action="extend", choices=("fp32", "fp16", "bf16"),
                        help="precision of convmixer_fast and gemm-floor (the eager peers have their own); "
                        "default: bf16 fp16 on a GPU, fp32 on CPU")
-    bench.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
-    bench.add_argument("--device", help="default: cuda if available, else cpu")
+    bench.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
+    bench.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
     bench.add_argument("--providers", nargs="+", action="extend", metavar="NAME",
                        help="names or shell patterns, e.g. 'convmixer_fast-*' (default: all but the opt-in ones)")
     bench.add_argument("--list-providers", action="store_true", help="list the providers and their availability")
@@ -178,9 +243,9 @@ def main(argv=None) -> int:
     saved_result.add_argument("--targets", metavar="PATH", help="judge the saved result PATH against the "
                               "project's performance targets (convmixer_fast/targets.py) and exit, measuring "
                               "nothing; exit 1 unless all pass")
-    bench.add_argument("--repeats", type=int, help="most timed repeats per provider and workload (default: 20 on a "
+    bench.add_argument("--repeats", type=_whole_number(1), help="most timed repeats per provider and workload (default: 20 on a "
                        "GPU, 5 on CPU; fewer when one provider would take more than ~0.5 s, but at least 3)")
-    bench.add_argument("--warmup", type=int, default=3, help="untimed calls before timing (default: 3)")
+    bench.add_argument("--warmup", type=_whole_number(0), default=3, help="untimed calls before timing (default: 3)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
                        "benchmarks/results/<gpu>-<date>.json; none on CPU)")
@@ -190,7 +255,7 @@ def main(argv=None) -> int:
                        "run's workloads replace the same ones there, the others stay; the plot shows them all")
     bench.add_argument("--compare", metavar="PATH", help="print the img/s change against a saved result; exit 1 "
                        "if any entry is slower by more than --max-regression")
-    bench.add_argument("--max-regression", type=float, default=0.1, metavar="FRAC",
+    bench.add_argument("--max-regression", type=_fraction, default=0.1, metavar="FRAC",
                        help="allowed slowdown for --compare (default: 0.1, i.e. 10%%)")
     bench.set_defaults(run=_bench)
 
@@ -198,16 +263,17 @@ def main(argv=None) -> int:
                               "the measured GEMM / fp32 FMA rate, bytes at the measured copy bandwidth)")
     ops.add_argument("--model", choices=list(MODEL_CONFIGS), help="default: convmixer_1536_20 on a GPU, "
                      "convmixer_cifar10 on CPU")
-    ops.add_argument("--batch", type=int, help="default: 256 on a GPU, 2 on CPU")
-    ops.add_argument("--image-size", type=int, help="default: 224 (32 for patch size <= 2)")
+    ops.add_argument("--batch", type=_whole_number(1), help="default: 256 on a GPU, 2 on CPU")
+    ops.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
     ops.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16 on a GPU, fp32 on CPU")
     ops.add_argument("--backends", nargs="+", action="extend", choices=[n for n in BACKEND_NAMES if n != "auto"],
                      help="default: every backend available on the device")
     ops.add_argument("--ops", nargs="+", action="extend", choices=("stem", "depthwise_block", "pointwise", "head"),
                      help="default: all four")
-    ops.add_argument("--device", help="default: cuda if available, else cpu")
-    ops.add_argument("--repeats", type=int, help="most timed repeats per op (default: 20 on a GPU, 5 on CPU)")
-    ops.add_argument("--warmup", type=int, help="untimed calls before timing (default: 3)")
+    ops.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
+    ops.add_argument("--repeats", type=_whole_number(1), help="most timed repeats per op (default: 20 on a GPU, 5 "
+                     "on CPU)")
+    ops.add_argument("--warmup", type=_whole_number(0), help="untimed calls before timing (default: 3)")
     ops.add_argument("--seed", type=int, default=0)
     ops.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
                      "benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json; none on CPU)")

@@ -821,7 +821,10 @@ def result_document(device: dict, run: dict, providers: list[Provider]) -> dict:
 
 def load_result(path: str | os.PathLike) -> dict:
     """Read a result JSON, checking it is one this version understands."""
-    result = json.loads(Path(path).read_text())
+    try:
+        result = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not a JSON file ({error})") from None
     if not isinstance(result, dict) or result.get("schema") != RESULT_SCHEMA:
         raise ValueError(f"{path}: not a convmixer_fast bench result of schema {RESULT_SCHEMA}")
     return result
@@ -1014,18 +1017,32 @@ def _measure_peaks(workloads: list[Workload], device: str) -> dict[str, float]:
 
 
 def cli_device(requested: str | None, command: str) -> str | None:
-    """The device a benchmark command runs on: ``requested``, else cuda where torch sees a GPU, else
-    cpu; a GPU is made the current device (events, graphs and synchronize use it). None, after
-    saying why on stderr, when a GPU is asked for and torch sees none."""
+    """The device a command runs on: ``requested`` (a name ``torch.device`` parses), else cuda where
+    torch sees a GPU, else cpu; a GPU is made the current device (events, graphs and synchronize use
+    it). None, after saying why on stderr, when the device cannot be used here (no such GPU, or a
+    device type this torch cannot allocate on)."""
     import torch
 
     device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
             print(f"{command}: --device {device}, but torch sees no CUDA GPU", file=sys.stderr)
             return None
-        if torch.device(device).index is not None:
-            torch.cuda.set_device(torch.device(device))
+        if parsed.index is not None:
+            if parsed.index >= count:
+                print(f"{command}: --device {device}, but torch sees {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}",
+                      file=sys.stderr)
+                return None
+            torch.cuda.set_device(parsed)
+    elif parsed.type != "cpu":
+        try:
+            torch.empty(1, device=parsed)
+        except Exception as error:  # no such backend in this torch build, no such device
+            reason = (str(error).strip() or type(error).__name__).splitlines()[0].split(". ")[0]  # (torch's go on)
+            print(f"{command}: --device {device} cannot be used here: {reason}", file=sys.stderr)
+            return None
     return device
 
 
@@ -1060,7 +1077,15 @@ def run_cli(args) -> int:
         _list_providers(device)
         return 0
 
+    from .configs import MODEL_CONFIGS, check_image_size
+
     models, batches, dtypes = default_plan(device)
+    try:
+        for model in args.model or models:
+            check_image_size(model, MODEL_CONFIGS[model], args.image_size)
+    except ValueError as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 2
     workloads = make_workloads(device, args.model or models, args.batch or batches, args.dtype or dtypes,
                                args.image_size)
     max_repeats = args.repeats or (GPU_REPEATS if on_gpu else CPU_REPEATS)

@@ -17,6 +17,13 @@ MODEL_CONFIGS: dict[str, dict] = {
 PRETRAINED_IN_TIMM = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14")
 
 
+def check_image_size(name: str, config: dict, image_size: int | None) -> None:
+    """ValueError unless square images of ``image_size`` (None: the commands' default, always large
+    enough) hold at least one patch of the model ``name`` / ``config``."""
+    if image_size is not None and image_size < config["patch_size"]:
+        raise ValueError(f"image size {image_size} is smaller than {name}'s patch size {config['patch_size']}")
+
+
 def create_model(
     name: str,
     pretrained: bool = False,

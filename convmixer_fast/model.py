@@ -83,6 +83,16 @@ def activation_name(act_layer) -> str:
     raise ValueError(f"act_layer must be nn.GELU, nn.ReLU, 'gelu' or 'relu', got {act_layer!r}")
 
 
+def check_architecture(**sizes: int) -> None:
+    """ValueError naming the first of the given architecture sizes (``ConvMixer``'s ``dim``,
+    ``depth``, ``kernel_size``, ``patch_size``, ``n_classes``, ``in_chans``) the model cannot take."""
+    for name, value in sizes.items():
+        high = MAX_KERNEL_SIZE if name == "kernel_size" else None
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (high and value > high):
+            expected = f"in [1, {high}]" if high else ">= 1"
+            raise ValueError(f"{name} must be an integer {expected}, got {value!r}")
+
+
 class _Buffers(NamedTuple):
     """Preallocated activations for one input shape: two alternating token maps, pooling workspace."""
 
@@ -148,12 +158,8 @@ class ConvMixer(nn.Module):
             if n_classes not in (1000, num_classes):
                 raise ValueError(f"n_classes={n_classes} and num_classes={num_classes} disagree; pass one")
             n_classes = num_classes
-        for name, value, low in (("dim", dim, 1), ("depth", depth, 1), ("patch_size", patch_size, 1),
-                                 ("n_classes", n_classes, 1), ("in_chans", in_chans, 1)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if not isinstance(kernel_size, int) or not 1 <= kernel_size <= MAX_KERNEL_SIZE:
-            raise ValueError(f"kernel_size must be an integer in [1, {MAX_KERNEL_SIZE}], got {kernel_size!r}")
+        check_architecture(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size,
+                           n_classes=n_classes, in_chans=in_chans)
         self.dim, self.depth, self.kernel_size, self.patch_size = dim, depth, kernel_size, patch_size
         self.n_classes = self.num_classes = n_classes
         self.in_chans = in_chans

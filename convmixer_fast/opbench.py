@@ -564,7 +564,7 @@ def default_result_path(device_name: str, model: str, batch: int, date: str) -> 
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench-ops`` (arguments from ``__main__``): 0; 1 when an op is WRONG
     or fails; 2 on bad arguments."""
-    from .configs import MODEL_CONFIGS
+    from .configs import MODEL_CONFIGS, check_image_size
 
     device = bench.cli_device(args.device, "bench-ops")
     if device is None:
@@ -577,8 +577,10 @@ def run_cli(args) -> int:
     dtype_name = args.dtype or (GPU_DTYPE if on_gpu else CPU_DTYPE)
     dtype = bench._torch_dtype(dtype_name)
     ops = tuple(dict.fromkeys(args.ops or OP_NAMES))
-    if batch < 1 or image_size < config["patch_size"]:
-        print(f"bench-ops: need batch >= 1 and image size >= the patch size {config['patch_size']}", file=sys.stderr)
+    try:
+        check_image_size(model, config, image_size)
+    except ValueError as error:
+        print(f"bench-ops: {error}", file=sys.stderr)
         return 2
     backends = list(dict.fromkeys(args.backends or default_backends(device)))
     warmup = bench.WARMUP_CALLS if args.warmup is None else args.warmup

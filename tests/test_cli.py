@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from convmixer_fast.__main__ import main
 
@@ -40,11 +41,50 @@ def test_verify_runs_every_combination_and_an_unavailable_backend_fails_alone(ca
 
 
 def test_verify_fails_past_tolerance(capsys, monkeypatch):
-    import torch
-
     from convmixer_fast import verify
 
     monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.bfloat16, 0.0)
     code = main(["verify", "--config", "16,1,3,2,5", "--image-size", "8", "--backend", "eager", "--dtype", "bf16"])
     out = capsys.readouterr().out
     assert code == 1 and "FAIL" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["verify", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    (["verify", "--config", "16,x,3,2"], "argument --config: expected DIM,DEPTH,KERNEL,PATCH[,CLASSES] as integers"),
+    (["verify", "--config", "16,1,3"], "argument --config: expected DIM,DEPTH,KERNEL,PATCH"),
+    (["verify", "--config", "0,1,3,2"], "argument --config: '0,1,3,2': dim must be an integer >= 1, got 0"),
+    (["verify", "--config", "16,1,33,2"], "kernel_size must be an integer in [1, 31], got 33"),
+    (["verify", "--device", "foo"], "argument --device: not a device name: 'foo'"),
+    (["verify", "--device", "meta"], "argument --device: meta tensors hold no values"),
+    (["verify", "--device", "xpu"], "verify: --device xpu cannot be used here: "),
+    (["verify", "--model", "convmixer_768_32", "--image-size", "6"],
+     "verify: image size 6 is smaller than convmixer_768_32's patch size 7"),
+    (["verify", "--config", "16,1,3,4", "--image-size", "3"], "image size 3 is smaller than config 16,1,3,4"),
+    (["bench", "--batch", "2", "-1"], "argument --batch: expected an integer >= 1, got -1"),
+    (["bench", "--repeats", "0"], "argument --repeats: expected an integer >= 1, got 0"),
+    (["bench", "--warmup", "-1"], "argument --warmup: expected an integer >= 0, got -1"),
+    (["bench", "--max-regression", "nan"], "argument --max-regression: expected a number >= 0, got nan"),
+    (["bench", "--device", "cpu", "--image-size", "1"], "bench: image size 1 is smaller than convmixer_cifar10's"),
+    (["bench", "--targets", __file__], "bench: " + __file__ + ": not a JSON file"),
+    (["bench-ops", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
+    (["bench-ops", "--device", "cpu", "--image-size", "1"], "bench-ops: image size 1 is smaller than"),
+])
+def test_bad_arguments_exit_2_saying_what_was_expected(capsys, argv, message):
+    """A usage error, no traceback, and nothing run (each of these would have crashed or measured
+    nothing)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    assert code == 2 and message in captured.err, captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
+@pytest.mark.parametrize("command", ["verify", "bench", "bench-ops"])
+def test_a_missing_gpu_is_a_usage_error(capsys, command):
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    assert main([command, "--device", f"cuda:{count}"]) == 2
+    said = f"sees {count} CUDA GPU(s): cuda:0 to cuda:{count - 1}" if count else "sees no CUDA GPU"
+    assert f"{command}: --device cuda:{count}, but torch {said}" in capsys.readouterr().err
