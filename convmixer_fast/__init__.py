@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from .backends import BackendUnavailableError
 from .configs import MODEL_CONFIGS, create_model
+from .convert import UnsupportedModelError
 from .model import ConvMixer, InferenceOnlyError, InputError
 from .weights import CheckpointError, load_checkpoint
 
@@ -23,5 +24,6 @@ __all__ = [
     "InputError",
     "InferenceOnlyError",
     "BackendUnavailableError",
+    "UnsupportedModelError",
     "__version__",
 ]

@@ -28,6 +28,22 @@ def _activation(module: nn.Module) -> str:
     return names.pop()
 
 
+AVERAGING_POOL_TYPES = ("avg", "fast")  # timm's SelectAdaptivePool2d pool types that take the mean
+
+
+def _check_average_pooling(module: nn.Module) -> None:
+    """The classifier must see the mean over positions. timm's ConvMixer names its pooling in
+    ``global_pool.pool_type`` (``pooling`` in older timm): "avgmax", "max" or "" (none) would give
+    other logits; a max pool anywhere (nn's, timm's avg-max ones) is refused too."""
+    for attribute in ("global_pool", "pooling"):
+        pool_type = getattr(getattr(module, attribute, None), "pool_type", None)
+        if isinstance(pool_type, str):
+            _check(pool_type in AVERAGING_POOL_TYPES, f"only average pooling is supported, got {attribute} with "
+                                                      f"pool_type={pool_type!r} (timm's global_pool='avg' is)")
+    max_pools = [type(m).__name__ for m in module.modules() if "MaxPool" in type(m).__name__]
+    _check(not max_pools, f"only average pooling is supported, found {', '.join(max_pools)}")
+
+
 def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     """``(ConvMixer constructor kwargs, eps of every BatchNorm in order)`` of an eager ConvMixer."""
     _check(isinstance(module, nn.Module), f"expected an nn.Module, got {type(module).__name__}")
@@ -56,13 +72,11 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
                f"BatchNorm2d must have affine=True and track_running_stats=True, got {bn}")
+    _check_average_pooling(module)  # (before the classifier's width: timm's "catavgmax" doubles it)
     _check(len(linears) == 1, f"expected one nn.Linear classifier, found {len(linears)} (a timm model with "
                               "num_classes=0 has none: n_classes >= 1 is required)")
     head = linears[0]
     _check(head.in_features == dim and head.bias is not None, f"expected Linear({dim}, n_classes, bias=True), got {head}")
-    pool_type = getattr(getattr(module, "pooling", None), "pool_type", "avg")
-    _check(pool_type == "avg" and not any(isinstance(m, (nn.AdaptiveMaxPool2d, nn.MaxPool2d)) for m in module.modules()),
-           f"only average pooling is supported, got {pool_type!r}")
     config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=head.out_features,
                   in_chans=in_chans, act_layer=_activation(module))
     return config, [bn.eps for bn in bns]

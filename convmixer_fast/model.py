@@ -241,7 +241,8 @@ class ConvMixer(nn.Module):
     def from_eager(cls, module: nn.Module, *, backend: str = "auto", cuda_graphs: bool = True) -> "ConvMixer":
         """Convert an eager ConvMixer (the original ``nn.Sequential``, its README one-liner, a timm
         ``ConvMixer`` or ``convmixer_fast.reference``): architecture detected, weights copied, on the
-        module's device and dtype."""
+        module's device and dtype. Anything else (another pooling than the mean, such as timm's
+        ``global_pool="avgmax"``; other layer shapes) raises ``UnsupportedModelError``."""
         from .convert import describe_eager
 
         config, eps = describe_eager(module)

@@ -26,10 +26,25 @@ def reference_model(dim, depth, kernel_size, patch_size, n_classes, act="gelu", 
     return randomize_weights_(model, seed=seed, image_size=max(16, 3 * patch_size))
 
 
-class TimmLikeConvMixer(nn.Module):
-    """timm's ConvMixer module tree (stem / blocks / pooling / head), for machines without timm."""
+class TimmLikePool(nn.Module):
+    """timm's SelectAdaptivePool2d for the pool types that keep the width: its ``pool_type``, and
+    "avgmax" (the mean of average and max pooling) as timm computes it."""
 
-    def __init__(self, dim, depth, kernel_size=9, patch_size=7, in_chans=3, num_classes=1000, act_layer=nn.GELU):
+    def __init__(self, pool_type: str = "avg"):
+        super().__init__()
+        self.pool_type = pool_type
+
+    def forward(self, x):
+        if self.pool_type == "avgmax":
+            return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        return x.mean((2, 3))
+
+
+class TimmLikeConvMixer(nn.Module):
+    """timm's ConvMixer module tree (stem / blocks / global_pool / head), for machines without timm."""
+
+    def __init__(self, dim, depth, kernel_size=9, patch_size=7, in_chans=3, num_classes=1000, global_pool="avg",
+                 act_layer=nn.GELU):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), act_layer(), nn.BatchNorm2d(dim))
         self.blocks = nn.Sequential(*[
@@ -38,10 +53,11 @@ class TimmLikeConvMixer(nn.Module):
                                        nn.BatchNorm2d(dim))),
                 nn.Conv2d(dim, dim, 1), act_layer(), nn.BatchNorm2d(dim))
             for _ in range(depth)])
+        self.global_pool = TimmLikePool(global_pool)
         self.head = nn.Linear(dim, num_classes)
 
     def forward(self, x):
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
+        return self.head(self.global_pool(self.blocks(self.stem(x))))
 
 
 def one_liner_model(h, d, k, p, n):

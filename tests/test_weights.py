@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import convmixer_fast as cf
-from convmixer_fast.convert import UnsupportedModelError
 from helpers import TimmLikeConvMixer, one_liner_model, reference_model
 
 DIM, DEPTH, K, P, N = 12, 2, 5, 3, 6
@@ -82,12 +81,35 @@ def test_from_eager_copies_batchnorm_eps(image):
         torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
 
 
+def test_from_eager_refuses_pooling_other_than_the_mean(reference, image):
+    """timm's global_pool="avgmax" keeps every shape and changes the logits (by 0.035 on a small
+    timm model, before this was checked): it and every other non-average pooling are refused."""
+    eager = _copy_weights(reference.state_dict(), TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N,
+                                                                    global_pool="avgmax"))
+    assert not torch.allclose(eager(image), reference(image), atol=1e-3)  # (what would go wrong)
+    with pytest.raises(cf.UnsupportedModelError, match="got global_pool with pool_type='avgmax'"):
+        cf.ConvMixer.from_eager(eager)
+    eager = reference_model(DIM, DEPTH, K, P, N)
+    eager[3 + DEPTH] = torch.nn.AdaptiveMaxPool2d(1)
+    with pytest.raises(cf.UnsupportedModelError, match="found AdaptiveMaxPool2d"):
+        cf.ConvMixer.from_eager(eager)
+
+
+@pytest.mark.parametrize("global_pool", ["avgmax", "max", "catavgmax", ""])
+def test_from_eager_refuses_real_timm_pooling_other_than_the_mean(global_pool):
+    convmixer = pytest.importorskip("timm.models.convmixer")
+    eager = convmixer.ConvMixer(DIM, DEPTH, K, P, num_classes=N, global_pool=global_pool)
+    with pytest.raises(cf.UnsupportedModelError, match=f"pool_type={global_pool!r}"):
+        cf.ConvMixer.from_eager(eager)
+    assert cf.ConvMixer.from_eager(convmixer.ConvMixer(DIM, DEPTH, K, P, num_classes=N, global_pool="fast")).depth == DEPTH
+
+
 def test_from_eager_rejects_other_models():
-    with pytest.raises(UnsupportedModelError, match="Conv2d layers"):
+    with pytest.raises(cf.UnsupportedModelError, match="Conv2d layers"):
         cf.ConvMixer.from_eager(torch.nn.Sequential(torch.nn.Linear(3, 4)))
     eager = reference_model(DIM, DEPTH, K, P, N)
     eager[3][0].fn[0].padding = (1, 1)
-    with pytest.raises(UnsupportedModelError, match="block 0: expected a depthwise Conv2d"):
+    with pytest.raises(cf.UnsupportedModelError, match="block 0: expected a depthwise Conv2d"):
         cf.ConvMixer.from_eager(eager)
 
 
