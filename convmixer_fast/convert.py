@@ -1,11 +1,16 @@
 """Reading the architecture off an eager ConvMixer module (for ``ConvMixer.from_eager``).
 
 Works on the module tree, not on names, so the original ``nn.Sequential``, the README one-liner,
-timm's ``ConvMixer`` and ``convmixer_fast.reference`` are all understood.
+timm's ``ConvMixer`` and ``convmixer_fast.reference`` are all understood. The tree cannot show what
+the module's ``forward`` does with its layers (a residual left out, layers in another order), so
+the converted model's logits are then held to the module's (``check_same_logits``).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+import torch
 from torch import nn
 
 
@@ -80,3 +85,45 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=head.out_features,
                   in_chans=in_chans, act_layer=_activation(module))
     return config, [bn.eps for bn in bns]
+
+
+def check_same_logits(module: nn.Module, model) -> None:
+    """UnsupportedModelError unless the ConvMixer ``model`` converted from ``module`` gives its
+    logits, within ``verify``'s fp32 model tolerance, on a random batch of 2 images of k + 1 patches
+    a side plus a pixel (the depthwise kernel's whole extent, a partial patch). Run on the module's
+    device, in eval mode (its mode is restored), without autocast, through the ``eager`` backend,
+    leaving torch's random state alone. fp32 modules only: a 16-bit module's own rounding would
+    need a looser tolerance than the errors this is for; a meta module has no values."""
+    from .verify import errors, tolerances
+
+    first = next(module.parameters())
+    if first.dtype != torch.float32 or first.device.type == "meta":
+        return
+    side = (model.kernel_size + 1) * model.patch_size + 1
+    image = torch.randn(2, model.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(first.device)
+    # The module's convolutions may run in TF32 (cuDNN's default on a GPU), the model's matmuls too.
+    tf32 = first.device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+    tolerance = tolerances(torch.float32, first.device, tf32=tf32)[1]
+    no_autocast = (torch.autocast(first.device.type, enabled=False)
+                   if torch.amp.is_autocast_available(first.device.type) else contextlib.nullcontext())
+    was_training, settings = module.training, (model.backend, model.cuda_graphs)
+    model.backend, model.cuda_graphs = "eager", False
+    try:
+        module.eval()
+        with torch.no_grad(), no_autocast:
+            expected, logits = module(image), model(image)
+    finally:
+        module.train(was_training)
+        model.backend, model.cuda_graphs = settings
+    _check(isinstance(expected, torch.Tensor) and expected.shape == logits.shape,
+           f"the module's forward returned {_describe(expected)} for a [2, {model.in_chans}, {side}, {side}] "
+           f"image batch, not [2, {model.n_classes}] logits")
+    _, relative = errors(logits, expected)
+    _check(relative <= tolerance,
+           f"the module's layers match a ConvMixer's, but its logits differ from the converted model's by "
+           f"{relative:.2e} of their largest (tolerance {tolerance:.0e}) on a random image batch: its forward "
+           "computes something else (a residual left out, layers in another order, extra operations?)")
+
+
+def _describe(value) -> str:
+    return f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"

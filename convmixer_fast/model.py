@@ -241,9 +241,11 @@ class ConvMixer(nn.Module):
     def from_eager(cls, module: nn.Module, *, backend: str = "auto", cuda_graphs: bool = True) -> "ConvMixer":
         """Convert an eager ConvMixer (the original ``nn.Sequential``, its README one-liner, a timm
         ``ConvMixer`` or ``convmixer_fast.reference``): architecture detected, weights copied, on the
-        module's device and dtype. Anything else (another pooling than the mean, such as timm's
-        ``global_pool="avgmax"``; other layer shapes) raises ``UnsupportedModelError``."""
-        from .convert import describe_eager
+        module's device and dtype, and (for an fp32 module) its logits checked against the module's
+        on a small random batch (``convert.check_same_logits``). Anything else (another pooling than
+        the mean, such as timm's ``global_pool="avgmax"``; other layer shapes; a forward that uses
+        the layers otherwise, e.g. without the residual) raises ``UnsupportedModelError``."""
+        from .convert import check_same_logits, describe_eager
 
         config, eps = describe_eager(module)
         model = cls(**config, backend=backend, cuda_graphs=cuda_graphs)
@@ -252,6 +254,7 @@ class ConvMixer(nn.Module):
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
             bn.eps = value
         model.load_state_dict(module.state_dict())
+        check_same_logits(module, model)
         return model
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import convmixer_fast as cf
+from convmixer_fast.convert import check_same_logits
 from helpers import TimmLikeConvMixer, one_liner_model, reference_model
 
 DIM, DEPTH, K, P, N = 12, 2, 5, 3, 6
@@ -102,6 +103,40 @@ def test_from_eager_refuses_real_timm_pooling_other_than_the_mean(global_pool):
     with pytest.raises(cf.UnsupportedModelError, match=f"pool_type={global_pool!r}"):
         cf.ConvMixer.from_eager(eager)
     assert cf.ConvMixer.from_eager(convmixer.ConvMixer(DIM, DEPTH, K, P, num_classes=N, global_pool="fast")).depth == DEPTH
+
+
+class _WithoutResidual(TimmLikeConvMixer):
+    """A ConvMixer's layers, used without the residual: the module tree cannot tell."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block[1:](block[0].fn(x))
+        return self.head(x.mean((2, 3)))
+
+
+class _Features(TimmLikeConvMixer):
+    def forward(self, x):
+        return {"logits": super().forward(x)}
+
+
+def test_from_eager_holds_the_logits_to_the_modules(reference, image):
+    """The layers of a ConvMixer used otherwise are refused (converted, a missing residual gave
+    logits 1.4 off on a small model); a training-mode module converts and stays in training mode;
+    the check leaves torch's random state alone."""
+    for variant, message in ((_WithoutResidual, "logits differ from the converted model's by .* \\(a residual left out"),
+                             (_Features, r"forward returned a dict for a \[2, 3, 19, 19\] image batch")):
+        eager = _copy_weights(reference.state_dict(), variant(DIM, DEPTH, K, P, num_classes=N))
+        with pytest.raises(cf.UnsupportedModelError, match=message):
+            cf.ConvMixer.from_eager(eager)
+    eager = _copy_weights(reference.state_dict(), TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N)).train()
+    model = cf.ConvMixer.from_eager(eager)
+    assert eager.training and (model.backend, model.cuda_graphs) == ("auto", True)
+    state = torch.get_rng_state()
+    check_same_logits(eager, model)
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
 
 
 def test_from_eager_rejects_other_models():
