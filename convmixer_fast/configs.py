@@ -15,6 +15,11 @@ MODEL_CONFIGS: dict[str, dict] = {
     "convmixer_cifar10": dict(dim=256, depth=8, kernel_size=5, patch_size=2, n_classes=10, act_layer="gelu"),
 }
 PRETRAINED_IN_TIMM = ("convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14")
+# How timm's ImageNet weights of these configs expect their images (timm's ``_cfg`` in
+# timm/models/convmixer.py; ``timm.data.resolve_model_data_config(model)`` reads it): without it
+# timm's pipelines would crop 87.5% of the image instead of 96%.
+IMAGENET_DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 0.96,
+                        "crop_mode": "center", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
 def check_image_size(name: str, config: dict, image_size: int | None) -> None:
@@ -38,7 +43,7 @@ def create_model(
     ``create_model``, a training checkpoint's EMA weights where it has them, unless ``use_ema``
     says otherwise); ``pretrained=True`` fetches timm's ImageNet weights through timm and the
     Hugging Face hub (needs timm and network access). ``overrides`` replace constructor arguments
-    (e.g. ``backend=``).
+    (e.g. ``backend=``). The ImageNet configs carry timm's data config (``pretrained_cfg``).
     """
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
@@ -49,6 +54,8 @@ def create_model(
     if pretrained:
         return _from_timm(name, overrides)
     model = ConvMixer(**{**MODEL_CONFIGS[name], **overrides})
+    if name in PRETRAINED_IN_TIMM:
+        model.pretrained_cfg = dict(IMAGENET_DATA_CONFIG)
     if checkpoint_path is not None:
         model.load_state_dict(load_checkpoint(checkpoint_path, use_ema=use_ema))
     return model

@@ -167,6 +167,10 @@ class ConvMixer(nn.Module):
         self.activation = activation_name(act_layer)
         self.backend = check_backend_name(backend)
         self.cuda_graphs = bool(cuda_graphs)
+        # timm's data config of the weights (input size, interpolation, crop, mean / std), which
+        # timm.data.resolve_model_data_config reads: set by create_model for the ImageNet configs,
+        # copied by from_eager from a timm module; empty (timm's defaults) otherwise.
+        self.pretrained_cfg: dict = {}
         act = ACTIVATION_LAYERS[self.activation]
 
         self.stem = nn.Sequential(nn.Conv2d(in_chans, dim, patch_size, stride=patch_size), act(), nn.BatchNorm2d(dim))
@@ -254,6 +258,8 @@ class ConvMixer(nn.Module):
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
             bn.eps = value
         model.load_state_dict(module.state_dict())
+        data_config = getattr(module, "pretrained_cfg", None)
+        model.pretrained_cfg = dict(data_config) if isinstance(data_config, dict) else {}
         check_same_logits(module, model)
         return model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import convmixer_fast as cf
-from convmixer_fast.configs import MODEL_CONFIGS
+from convmixer_fast.configs import MODEL_CONFIGS, PRETRAINED_IN_TIMM
 from helpers import DYNAMIC_IMAGE, reference_model
 
 CONFIGS = [  # dim, depth, kernel, patch, classes, act, image H, W
@@ -166,6 +166,18 @@ def test_create_model_configs():
         cf.create_model("convmixer_9")
     with pytest.raises(ValueError, match="no published pretrained weights"):
         cf.create_model("convmixer_cifar10", pretrained=True)
+    assert model.pretrained_cfg["crop_pct"] == 0.96 and cf.create_model("convmixer_cifar10").pretrained_cfg == {}
+
+
+@pytest.mark.parametrize("name", PRETRAINED_IN_TIMM)
+def test_timm_resolves_the_data_config_of_timm_s_model(name):
+    """timm's pipelines (resolve_model_data_config) preprocess for our model as for timm's: the
+    named ImageNet configs and a model converted from timm's carry its data config."""
+    timm = pytest.importorskip("timm")
+    eager = timm.create_model(name, pretrained=False)
+    expected = timm.data.resolve_model_data_config(eager)
+    assert timm.data.resolve_model_data_config(cf.create_model(name)) == expected
+    assert timm.data.resolve_model_data_config(cf.ConvMixer.from_eager(eager)) == expected
 
 
 def test_create_model_pretrained_without_timm_says_why(monkeypatch):
