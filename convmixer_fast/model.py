@@ -19,10 +19,11 @@ forward in a CUDA graph (after one more warm-up run on a side stream, on the all
 will own); that call and every later one copy the input into the graph's static input, replay, and
 return a copy of the static logits, so a returned tensor is never overwritten by a later call. Up to
 ``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped); any change of the parameters
-drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile,
-and calls made while the caller is capturing a graph itself: they are simply recorded into it, on
-fresh allocations from the caller's graph pool (not the model's reusable buffers); such a graph reads
-the prepared parameters, which a parameter change replaces, so capture it again after one. A capture
+drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile
+or torch.jit.trace (on fresh allocations: a trace would keep a buffer as a constant), and calls
+made while the caller is capturing a graph itself: they are simply recorded into it, on fresh
+allocations from the caller's graph pool (not the model's reusable buffers); such a graph reads the
+prepared parameters, which a parameter change replaces, so capture it again after one. A capture
 that fails warns once, and that signature then runs uncaptured.
 
 Threads and streams: a model may be called from several threads and on several CUDA streams. Its
@@ -119,6 +120,13 @@ def _capturing(x: torch.Tensor) -> bool:
             and torch.cuda.is_current_stream_capturing())
 
 
+def _traced() -> bool:
+    """Whether torch.compile or torch.jit.trace is recording the forward: then it runs on fresh
+    allocations without the model's buffers or graphs (a trace would keep a buffer as a constant
+    and write every later call's activations into it; a graph replay is no traceable op)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def _remember(cache: OrderedDict, key, value) -> None:
     """Put ``key`` in the per-shape ``cache`` as its most recent entry, dropping the least recent
     beyond ``MAX_CACHED_SHAPES``."""
@@ -209,6 +217,13 @@ class ConvMixer(nn.Module):
         # input signature -> None (seen once: warm), _CapturedForward, or _UNCAPTURABLE
         self._graphs: OrderedDict[tuple, _CapturedForward | str | None] = OrderedDict()
         self._replay_stream: torch.cuda.Stream | None = None  # where the last graph replay was queued
+
+    def __prepare_scriptable__(self):  # torch.jit.script calls this first
+        raise TypeError(
+            "convmixer_fast.ConvMixer cannot be compiled by TorchScript (torch.jit.script): its forward "
+            "chooses kernels in Python. Use torch.jit.trace(model, example_images), torch.export.export "
+            "or torch.compile instead"
+        )
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
@@ -403,8 +418,9 @@ class ConvMixer(nn.Module):
     def _resolve_ops(self, device: torch.device) -> ResolvedOps:
         """The ops of each step, resolved once per (backend, device, dtype): availability probes
         are host work that does not belong in every forward. "auto" measures where it has a choice,
-        except while torch.compile traces (there, the first candidate of each op)."""
-        if torch.compiler.is_compiling():  # resolved at trace time (assume_constant_result)
+        except while torch.compile or torch.jit.trace records (there, the first candidate of each
+        op: timing runs do not belong in a recording)."""
+        if _traced():  # (torch.compile: resolved at trace time, through assume_constant_result)
             return resolve_ops(self.backend, device, self._param_dtype, self.dim)
         key = (self.backend, device, self._param_dtype)
         resolved = self._resolved_ops.get(key)
@@ -428,7 +444,7 @@ class ConvMixer(nn.Module):
         return (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device, stream)
 
     def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
-        if not resolved.preallocates or torch.compiler.is_compiling():
+        if not resolved.preallocates or _traced():
             return None
         key = self._buffer_key(image)
         buffers = self._activation_buffers.get(key)
@@ -480,8 +496,7 @@ class ConvMixer(nn.Module):
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graphs_apply(self, x: torch.Tensor) -> bool:
-        return (self.cuda_graphs and x.device.type == "cuda" and not torch.compiler.is_compiling()
-                and not _capturing(x))
+        return self.cuda_graphs and x.device.type == "cuda" and not _traced() and not _capturing(x)
 
     def _graphed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""

@@ -59,7 +59,7 @@ def test_outputs_do_not_alias_the_reused_buffers(kernel_backend):
     assert len(model._activation_buffers) == 1  # one input shape, one buffer set
 
 
-def test_compile_fullgraph_and_export(kernel_backend):
+def test_compile_fullgraph_export_and_trace(kernel_backend):
     skip_unless_backend_runs_model(kernel_backend, torch.float16, 16)
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5).to(DEVICE), backend=kernel_backend.name)
     model = model.half()
@@ -77,6 +77,15 @@ def test_compile_fullgraph_and_export(kernel_backend):
         assert any(f"{kernel_backend.name}_pointwise" in name for name in names), names
         exported = torch.export.export(model, (x,), dynamic_shapes=(DYNAMIC_IMAGE,))
         torch.testing.assert_close(exported.module()(other), other_expected, rtol=2e-3, atol=2e-3)
+        # torch.jit.trace records the kernels on fresh allocations, not the model's buffers or graphs
+        # (a buffer would become a constant of the trace, shared by every call).
+        model._activation_buffers.clear()
+        traced = torch.jit.trace(model, (x,), check_trace=False)  # (the check would call the model itself)
+        assert not model._activation_buffers
+        assert f"{kernel_backend.name}_pointwise" in str(traced.graph)
+        traced_logits = traced(x)
+        torch.testing.assert_close(traced(other), other_expected, rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(traced_logits, expected, rtol=2e-3, atol=2e-3)
 
 
 def test_concurrent_calls_from_threads(kernel_backend):

@@ -212,7 +212,7 @@ def test_a_callers_autocast_does_not_reach_the_model(backend):
         torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
-def test_compile_and_export_eager_backend():
+def test_compile_export_and_trace_eager_backend():
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 4), backend="eager")
     x, other = torch.randn(2, 3, 10, 10), torch.randn(3, 3, 13, 8)
     with torch.no_grad():
@@ -223,6 +223,10 @@ def test_compile_and_export_eager_backend():
         torch.testing.assert_close(torch.export.export(model, (x,)).module()(x), expected, rtol=1e-5, atol=1e-5)
         exported = torch.export.export(model, (x,), dynamic_shapes=(DYNAMIC_IMAGE,))
         torch.testing.assert_close(exported.module()(other), other_expected, rtol=1e-5, atol=1e-5)
+        traced = torch.jit.trace(model, (x,))
+        torch.testing.assert_close(traced(other), other_expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match=r"cannot be compiled by TorchScript \(torch.jit.script\).*torch.jit.trace"):
+        torch.jit.script(torch.nn.Sequential(model))  # (a model inside a scripted module too)
 
 
 def test_prepared_operands_are_contiguous_and_16_byte_aligned():
