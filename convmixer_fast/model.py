@@ -7,13 +7,19 @@ device and dtype and re-prepared when any parameter or buffer changes (``.to()``
 in-place edits: detected through the tensors' version counters).
 
 Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
-the model dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
+the compute dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
 least ``patch_size`` (rows/columns past the last whole patch are ignored, like the strided conv).
 Values are not scanned: NaN / Inf propagate to the logits as in the eager model (a scan would cost
 a pass and a host-device sync per call).
 
+Autocast: the compute dtype, that of the kernels and the outputs, is the model dtype, except that
+an fp32 model called under ``torch.autocast`` to float16 / bfloat16 on the input's device type
+computes in that dtype (as an eager model's convolutions and matmuls would): its weights are
+prepared a second time, rounded once to it, and kept beside the fp32 set. A 16-bit model keeps its
+own dtype.
+
 CUDA graphs (``cuda_graphs=True``, the default): on a CUDA device ``forward`` runs the first call
-with a new input signature (shape, strides, dtype, device, TF32 setting) as usual: the warm-up that
+with a new input signature (shape, strides, dtype, device, compute dtype, TF32 setting) as usual: the warm-up that
 compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
 forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
 will own); that call and every later one copy the input into the graph's static input, replay, and
@@ -48,6 +54,7 @@ import torch
 from torch import nn
 
 from .backends import ResolvedOps, check_backend_name, resolve_ops
+from .backends.eager import has_autocast
 from .ops._checks import MAX_KERNEL_SIZE
 from .prepare import PreparedParams, prepare_params
 from .reference import Residual
@@ -55,6 +62,7 @@ from .weights import CheckpointError, infer_config, to_canonical
 
 ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # a caller's autocast to these reaches an fp32 model
 MAX_CACHED_SHAPES = 8  # activation buffers and CUDA graphs kept for this many input shapes each
 # (least recently used dropped)
 
@@ -118,6 +126,14 @@ def _capturing(x: torch.Tensor) -> bool:
     buffers (which a later call may free under that graph). False while torch.compile traces."""
     return (x.device.type == "cuda" and not torch.compiler.is_compiling()
             and torch.cuda.is_current_stream_capturing())
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The 16-bit dtype the caller's autocast asks for on ``device_type``, or None."""
+    if not has_autocast(device_type) or not torch.is_autocast_enabled(device_type):
+        return None
+    dtype = torch.get_autocast_dtype(device_type)
+    return dtype if dtype in AUTOCAST_DTYPES else None
 
 
 def _traced() -> bool:
@@ -209,9 +225,10 @@ class ConvMixer(nn.Module):
         """The caches derived from the parameters and the calls made (``_RUNTIME_STATE``): never
         copied or pickled (``__getstate__``), rebuilt empty."""
         self._lock = threading.RLock()  # held while a call uses the shared state below
-        self._prepared: tuple[int, PreparedParams] | None = None  # (sum of weight versions, params)
+        # (sum of weight versions, compute dtype -> params): the model dtype's, and an autocast dtype's
+        self._prepared: tuple[int, dict[torch.dtype, PreparedParams]] | None = None
         self._weight_tensors: list[torch.Tensor] | None = None
-        # (B, Hp, Wp, dtype, device, CUDA stream) -> buffers
+        # (B, Hp, Wp, compute dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
         # input signature -> None (seen once: warm), _CapturedForward, or _UNCAPTURABLE
@@ -335,8 +352,9 @@ class ConvMixer(nn.Module):
         self._invalidate_prepared()
         return result
 
-    def _prepared_params(self) -> PreparedParams:
-        """Prepared operands, recomputed after ``.to()`` / ``load_state_dict`` or an in-place edit.
+    def _prepared_params(self, dtype: torch.dtype | None = None) -> PreparedParams:
+        """Prepared operands with weights in ``dtype`` (default: the model's), recomputed after
+        ``.to()`` / ``load_state_dict`` or an in-place edit.
 
         In-place edits are seen through the tensors' version counters, which only grow: their sum
         changes whenever any of them does (one pass over a cached list, no per-tensor key). Tensors
@@ -344,7 +362,7 @@ class ConvMixer(nn.Module):
         are not seen (``load_state_dict`` and ``.to()`` still refresh everything).
         """
         if torch.compiler.is_compiling():
-            return prepare_params(self)  # traced into the graph; no Python-side cache
+            return prepare_params(self, dtype)  # traced into the graph; no Python-side cache
         if self._weight_tensors is None:
             self._weight_tensors = [t for _, t in self.named_parameters()] + [
                 t for name, t in self.named_buffers() if not name.endswith("num_batches_tracked")
@@ -358,9 +376,13 @@ class ConvMixer(nn.Module):
         version = sum(t._version for t in tensors if not t.is_inference())
         if self._prepared is None or self._prepared[0] != version:
             self._check_uniform(tensors)
-            self._prepared = (version, prepare_params(self))
+            self._prepared = (version, {})
             self._drop_shape_caches()
-        return self._prepared[1]
+        dtype = dtype or self._param_dtype
+        prepared = self._prepared[1]
+        if dtype not in prepared:
+            prepared[dtype] = prepare_params(self, dtype)
+        return prepared[dtype]
 
     def _check_uniform(self, tensors) -> None:
         devices = {t.device for t in tensors}
@@ -381,6 +403,14 @@ class ConvMixer(nn.Module):
     @property
     def _param_dtype(self) -> torch.dtype:
         return self.head.weight.dtype
+
+    def _compute_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype the kernels run in and the outputs come in: the model's; for an fp32 model
+        under the caller's autocast to float16 / bfloat16 on ``device``'s type, that dtype (as an
+        eager model's convolutions and matmuls would)."""
+        if self._param_dtype == torch.float32:
+            return _autocast_dtype(device.type) or torch.float32
+        return self._param_dtype
 
     # ------------------------------------------------------------------ forward
     def _require_eval(self) -> None:
@@ -415,14 +445,16 @@ class ConvMixer(nn.Module):
                 "run it under torch.no_grad() / torch.inference_mode() or pass x.detach()"
             )
 
-    def _resolve_ops(self, device: torch.device) -> ResolvedOps:
-        """The ops of each step, resolved once per (backend, device, dtype): availability probes
+    def _resolve_ops(self, device: torch.device, dtype: torch.dtype | None = None) -> ResolvedOps:
+        """The ops of each step for the compute ``dtype`` (default: the model's), resolved once per
+        (backend, device, dtype): availability probes
         are host work that does not belong in every forward. "auto" measures where it has a choice,
         except while torch.compile or torch.jit.trace records (there, the first candidate of each
         op: timing runs do not belong in a recording)."""
+        dtype = dtype or self._param_dtype
         if _traced():  # (torch.compile: resolved at trace time, through assume_constant_result)
-            return resolve_ops(self.backend, device, self._param_dtype, self.dim)
-        key = (self.backend, device, self._param_dtype)
+            return resolve_ops(self.backend, device, dtype, self.dim)
+        key = (self.backend, device, dtype)
         resolved = self._resolved_ops.get(key)
         if resolved is None:
             resolved = self._resolved_ops[key] = resolve_ops(*key, self.dim, measure=True)
@@ -438,19 +470,19 @@ class ConvMixer(nn.Module):
         """The model's lock (module docstring), or nothing while torch.compile traces."""
         return contextlib.nullcontext() if torch.compiler.is_compiling() else self._lock
 
-    def _buffer_key(self, image: torch.Tensor) -> tuple:
+    def _buffer_key(self, image: torch.Tensor, dtype: torch.dtype) -> tuple:
         B, _, H, W = image.shape
         stream = torch.cuda.current_stream(image.device).cuda_stream if image.device.type == "cuda" else None
-        return (B, H // self.patch_size, W // self.patch_size, self._param_dtype, self._param_device, stream)
+        return (B, H // self.patch_size, W // self.patch_size, dtype, self._param_device, stream)
 
-    def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps) -> _Buffers | None:
+    def _buffers_for(self, image: torch.Tensor, resolved: ResolvedOps, dtype: torch.dtype) -> _Buffers | None:
         if not resolved.preallocates or _traced():
             return None
-        key = self._buffer_key(image)
+        key = self._buffer_key(image, dtype)
         buffers = self._activation_buffers.get(key)
         if buffers is None:
             shape = key[:3] + (self.dim,)  # allocated on the key's stream, used only there
-            tokens = tuple(torch.empty(shape, dtype=self._param_dtype, device=self._param_device) for _ in range(2))
+            tokens = tuple(torch.empty(shape, dtype=dtype, device=self._param_device) for _ in range(2))
             pooled = torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
             buffers = _Buffers(tokens, pooled)
         _remember(self._activation_buffers, key, buffers)
@@ -462,12 +494,13 @@ class ConvMixer(nn.Module):
         ``preallocated=False``: every activation freshly allocated (what a CUDA graph captures:
         its allocations then belong to the graph's private memory pool)."""
         self._require_eval()
-        params = self._prepared_params()
-        resolved = self._resolve_ops(image.device)
+        dtype = self._compute_dtype(image.device)
+        params = self._prepared_params(dtype)
+        resolved = self._resolve_ops(image.device, dtype)
         ops = resolved.ops
         if image.dtype == torch.float64:
-            image = image.to(self._param_dtype)
-        buffers = self._buffers_for(image, resolved) if preallocated else None
+            image = image.to(dtype)
+        buffers = self._buffers_for(image, resolved, dtype) if preallocated else None
         a, b = buffers.tokens if buffers is not None else (None, None)
         act = params.act
         x = ops.stem(image, params.stem.weight, *params.stem.epilogue, act, out=a)
@@ -481,10 +514,11 @@ class ConvMixer(nn.Module):
         return x, params, ops, pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, in_chans, H, W]`` float images -> ``[B, n_classes]`` logits in the model dtype."""
+        """``[B, in_chans, H, W]`` float images -> ``[B, n_classes]`` logits in the compute dtype
+        (the model's; under autocast, see ``_compute_dtype``)."""
         self._check_input(x)
         if x.shape[0] == 0:
-            return x.new_empty((0, self.n_classes), dtype=self._param_dtype)
+            return x.new_empty((0, self.n_classes), dtype=self._compute_dtype(x.device))
         with self._exclusive():
             if self._graphs_apply(x):
                 return self._graphed_forward(x)
@@ -502,7 +536,7 @@ class ConvMixer(nn.Module):
         """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""
         self._require_eval()
         self._prepared_params()  # a parameter change drops the graphs before the lookup
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend,
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, self._compute_dtype(x.device),
                torch.backends.cuda.matmul.allow_tf32)
         if key not in self._graphs:  # first call: the warm-up
             logits = self._logits(x)
@@ -517,7 +551,7 @@ class ConvMixer(nn.Module):
             _remember(self._graphs, key, captured)
             if captured is _UNCAPTURABLE:
                 return self._logits(x)
-            self._activation_buffers.pop(self._buffer_key(x), None)  # the graph has its own
+            self._activation_buffers.pop(self._buffer_key(x, self._compute_dtype(x.device)), None)  # the graph's own
         if x.device.type == "cuda":
             stream = torch.cuda.current_stream(x.device)
             if self._replay_stream is not None and self._replay_stream != stream:
@@ -560,24 +594,27 @@ class ConvMixer(nn.Module):
         self._check_input(x)
         if x.shape[0] == 0:
             shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
-            return x.new_empty(shape, dtype=self._param_dtype).permute(0, 3, 1, 2)
+            return x.new_empty(shape, dtype=self._compute_dtype(x.device)).permute(0, 3, 1, 2)
         with self._exclusive():
             tokens, *_ = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x))
         return tokens.permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Average-pool a ``[B, dim, H, W]`` feature map and classify it (``pre_logits``: pooled only)."""
+        """Average-pool a ``[B, dim, H, W]`` feature map (in the model dtype or the compute dtype)
+        and classify it (``pre_logits``: pooled only), in the compute dtype."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputError(f"expected a [B, {self.dim}, H, W] feature map, got {shape}")
-        if x.device != self._param_device or x.dtype != self._param_dtype:
+        dtype = self._compute_dtype(self._param_device)
+        if x.device != self._param_device or x.dtype not in (self._param_dtype, dtype):
             raise InputError(
                 f"feature map is {x.dtype} on {x.device}, the model is {self._param_dtype} on {self._param_device}"
+                + (f" (computing in {dtype} under autocast)" if dtype != self._param_dtype else "")
             )
-        tokens = x.permute(0, 2, 3, 1).contiguous()
+        tokens = x.permute(0, 2, 3, 1).to(dtype).contiguous()
         if pre_logits:
-            return tokens.float().mean(dim=(1, 2)).to(self._param_dtype)
+            return tokens.float().mean(dim=(1, 2)).to(dtype)
         with self._exclusive():
-            params = self._prepared_params()
-            ops = self._resolve_ops(x.device).ops
+            params = self._prepared_params(dtype)
+            ops = self._resolve_ops(x.device, dtype).ops
             return ops.head(tokens, params.head.weight, params.head.bias)

@@ -1,9 +1,10 @@
 """Parameter preparation: from the module's weights to the operands the kernels read (DESIGN.md §2).
 
-Done once per (device, dtype) and again when the weights change (``ConvMixer`` caches the result):
+Done once per (device, dtype) and again when the weights change (``ConvMixer`` caches the result;
+an fp32 model under a caller's 16-bit autocast gets a second set, in that dtype):
 - every BatchNorm becomes a per-channel fp32 ``scale = gamma / sqrt(var + eps)`` and
   ``shift = beta - mean * scale`` (it follows the activation, so it stays an epilogue affine);
-- conv biases become fp32 vectors; weights stay in the model dtype, in kernel layouts: stem
+- conv biases become fp32 vectors; weights in the compute dtype (rounded once), in kernel layouts: stem
   ``[C, Cin, p, p]``, depthwise ``[k, k, C]``, pointwise ``[C, C]``, head ``[N, C]``;
 - the last BatchNorm is folded into the classifier for the logits path (``head_folded``):
   ``W' = W * scale``, ``b' = b + W @ shift``. Pooling is linear, so this is exact algebra; the last
@@ -84,24 +85,30 @@ def _epilogue(conv_bias: torch.Tensor, bn: nn.BatchNorm2d) -> Epilogue:
 
 
 @torch.no_grad()
-def prepare_params(model) -> PreparedParams:
-    """Prepared operands of a ``convmixer_fast.ConvMixer`` on its own device and dtype."""
+def prepare_params(model, dtype: torch.dtype | None = None) -> PreparedParams:
+    """Prepared operands of a ``convmixer_fast.ConvMixer`` on its own device, weights in ``dtype``
+    (default: the model's; an fp32 model under a caller's 16-bit autocast asks for that dtype)."""
     dim = model.dim
+    dtype = dtype or model.head.weight.dtype
+
+    def weight(t: torch.Tensor) -> torch.Tensor:
+        return kernel_operand(t.to(dtype))
+
     stem_conv, _, stem_bn = model.stem
-    stem = Linear(kernel_operand(stem_conv.weight), _epilogue(stem_conv.bias, stem_bn))
+    stem = Linear(weight(stem_conv.weight), _epilogue(stem_conv.bias, stem_bn))
     blocks = []
     for residual, pw_conv, _, pw_bn in model.blocks:
         dw_conv, _, dw_bn = residual.fn
-        depthwise = Linear(kernel_operand(dw_conv.weight[:, 0].permute(1, 2, 0)), _epilogue(dw_conv.bias, dw_bn))
-        pointwise = Linear(kernel_operand(pw_conv.weight.reshape(dim, dim)), _epilogue(pw_conv.bias, pw_bn))
+        depthwise = Linear(weight(dw_conv.weight[:, 0].permute(1, 2, 0)), _epilogue(dw_conv.bias, dw_bn))
+        pointwise = Linear(weight(pw_conv.weight.reshape(dim, dim)), _epilogue(pw_conv.bias, pw_bn))
         blocks.append(Block(depthwise, pointwise))
 
     # The logits path applies the last affine inside the head: the last block writes act(z).
     last_scale, last_shift = batchnorm_affine(model.blocks[-1][3])
     head_weight = model.head.weight.detach()
-    head = Linear(kernel_operand(head_weight), bias=kernel_operand(model.head.bias.float()))
+    head = Linear(weight(head_weight), bias=kernel_operand(model.head.bias.float()))
     head_folded = Linear(
-        (head_weight.float() * last_scale).to(head_weight.dtype).contiguous(),
+        (head_weight.float() * last_scale).to(dtype).contiguous(),
         bias=(model.head.bias.float() + head_weight.float() @ last_shift).float(),
     )
     real = blocks[-1].pointwise.epilogue

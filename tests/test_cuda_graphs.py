@@ -65,13 +65,15 @@ def test_first_call_warms_up_second_captures_later_calls_replay(stand_in_capture
     assert not model._activation_buffers  # the captured shape's buffers were released
 
 
-def test_signature_includes_strides_and_dtype(stand_in_capture):
+def test_signature_includes_strides_dtype_and_autocast(stand_in_capture):
     model = small_model()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         for variant in (x, x.contiguous(memory_format=torch.channels_last), x.double()):
             model(variant), model(variant)
-    assert len(stand_in_capture) == 3
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # an fp32 model then computes in bf16
+            logits = [model(x), model(x), model(x)]
+    assert len(stand_in_capture) == 4 and all(out.dtype == torch.bfloat16 for out in logits)
 
 
 def test_graphs_are_bounded_least_recent_dropped(stand_in_capture):
@@ -250,6 +252,24 @@ def test_graphs_follow_modes_and_parameter_changes():
         model.head.bias.add_(1.0)
         after = model(x)
     torch.testing.assert_close(after.float(), before.float() + 1.0, rtol=0, atol=2e-2)
+
+
+@NEEDS_GPU
+def test_an_fp32_model_under_autocast_replays_its_bf16_graph():
+    """Autocast is part of the signature: an fp32 model's bf16 graph (its bf16 kernels and weights)
+    under autocast, its fp32 graph without, each equal to its uncaptured forward."""
+    reference = reference_model(32, 2, 3, 4, 5).to(DEVICE)
+    model = cf.ConvMixer.from_eager(reference, backend="triton")  # (one backend: the same kernels in both)
+    plain = cf.ConvMixer.from_eager(reference, backend="triton", cuda_graphs=False)
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    with torch.no_grad():
+        for autocast in (True, False, True, False):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+                outputs = [model(x) for _ in range(3)]
+                expected = plain(x)
+            assert all(out.dtype == expected.dtype == (torch.bfloat16 if autocast else torch.float32) for out in outputs)
+            for out in outputs:
+                torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
 
 def gated_streams(model, first, second, streams):

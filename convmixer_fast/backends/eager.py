@@ -15,7 +15,7 @@ from . import BackendOps
 
 
 @torch.compiler.assume_constant_result  # (torch 2.11's dynamo cannot trace the C function)
-def _has_autocast(device_type: str) -> bool:
+def has_autocast(device_type: str) -> bool:
     """Whether ``device_type`` has autocast at all ("meta", say, has not)."""
     return torch.amp.is_autocast_available(device_type)
 
@@ -29,7 +29,7 @@ def _writing_into_out(reference_fn):
     @functools.wraps(reference_fn)
     def op(*args, out=None, pooled=None):
         device_type = args[0].device.type
-        autocasting = _has_autocast(device_type) and torch.is_autocast_enabled(device_type)
+        autocasting = has_autocast(device_type) and torch.is_autocast_enabled(device_type)
         with torch.autocast(device_type, enabled=False) if autocasting else contextlib.nullcontext():
             result = reference_fn(*args)
         return result if out is None else out.copy_(result)
