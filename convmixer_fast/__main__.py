@@ -243,8 +243,9 @@ def main(argv=None) -> int:
     saved_result.add_argument("--targets", metavar="PATH", help="judge the saved result PATH against the "
                               "project's performance targets (convmixer_fast/targets.py) and exit, measuring "
                               "nothing; exit 1 unless all pass")
-    bench.add_argument("--repeats", type=_whole_number(1), help="most timed repeats per provider and workload (default: 20 on a "
-                       "GPU, 5 on CPU; fewer when one provider would take more than ~0.5 s, but at least 3)")
+    bench.add_argument("--repeats", type=_whole_number(1), help="most timed repeats per provider and workload "
+                       "(default: 20 on a GPU, 5 on CPU; fewer when one provider would take more than ~0.5 s, but at "
+                       "least 3)")
     bench.add_argument("--warmup", type=_whole_number(0), default=3, help="untimed calls before timing (default: 3)")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "

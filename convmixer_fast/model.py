@@ -19,8 +19,8 @@ prepared a second time, rounded once to it, and kept beside the fp32 set. A 16-b
 own dtype.
 
 CUDA graphs (``cuda_graphs=True``, the default): on a CUDA device ``forward`` runs the first call
-with a new input signature (shape, strides, dtype, device, compute dtype, TF32 setting) as usual: the warm-up that
-compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
+with a new input signature (shape, strides, dtype, device, compute dtype, TF32 setting) as usual:
+the warm-up that compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
 forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
 will own); that call and every later one copy the input into the graph's static input, replay, and
 return a copy of the static logits, so a returned tensor is never overwritten by a later call. Up to
@@ -447,10 +447,9 @@ class ConvMixer(nn.Module):
 
     def _resolve_ops(self, device: torch.device, dtype: torch.dtype | None = None) -> ResolvedOps:
         """The ops of each step for the compute ``dtype`` (default: the model's), resolved once per
-        (backend, device, dtype): availability probes
-        are host work that does not belong in every forward. "auto" measures where it has a choice,
-        except while torch.compile or torch.jit.trace records (there, the first candidate of each
-        op: timing runs do not belong in a recording)."""
+        (backend, device, dtype): availability probes are host work that does not belong in every
+        forward. "auto" measures where it has a choice, except while torch.compile or torch.jit.trace
+        records (there, the first candidate of each op: timing runs do not belong in a recording)."""
         dtype = dtype or self._param_dtype
         if _traced():  # (torch.compile: resolved at trace time, through assume_constant_result)
             return resolve_ops(self.backend, device, dtype, self.dim)

@@ -267,7 +267,8 @@ def test_an_fp32_model_under_autocast_replays_its_bf16_graph():
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
                 outputs = [model(x) for _ in range(3)]
                 expected = plain(x)
-            assert all(out.dtype == expected.dtype == (torch.bfloat16 if autocast else torch.float32) for out in outputs)
+            dtype = torch.bfloat16 if autocast else torch.float32
+            assert all(out.dtype == expected.dtype == dtype for out in outputs)
             for out in outputs:
                 torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
