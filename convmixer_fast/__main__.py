@@ -104,8 +104,8 @@ def _verify(args) -> int:
     import torch
 
     from .backends import BackendUnavailableError
-    from .bench import cli_device
-    from .configs import MODEL_CONFIGS, check_image_size
+    from .bench import cli_device, cli_image_size_fits
+    from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
     device_name = cli_device(args.device, "verify")
@@ -119,11 +119,7 @@ def _verify(args) -> int:
     else:
         names = args.model or ["convmixer_1536_20" if device.type == "cuda" else "convmixer_cifar10"]
         configs = [(name, MODEL_CONFIGS[name]) for name in names]
-    try:
-        for name, config in configs:
-            check_image_size(name, config, args.image_size)
-    except ValueError as error:
-        print(f"verify: {error}", file=sys.stderr)
+    if not cli_image_size_fits("verify", configs, args.image_size):
         return 2
     backends = args.backend or ["auto"]
     runs = []

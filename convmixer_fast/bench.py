@@ -1016,6 +1016,17 @@ def _measure_peaks(workloads: list[Workload], device: str) -> dict[str, float]:
     return peaks
 
 
+def cli_image_size_fits(command: str, models: list[tuple[str, dict]], image_size: int | None) -> bool:
+    """Whether square images of ``image_size`` (None: the commands' default, always large enough)
+    hold a patch of each ``(name, config)``; says which does not on stderr."""
+    for name, config in models:
+        if image_size is not None and image_size < config["patch_size"]:
+            print(f"{command}: image size {image_size} is smaller than {name}'s patch size {config['patch_size']}",
+                  file=sys.stderr)
+            return False
+    return True
+
+
 def cli_device(requested: str | None, command: str) -> str | None:
     """The device a command runs on: ``requested`` (a name ``torch.device`` parses), else cuda where
     torch sees a GPU, else cpu; a GPU is made the current device (events, graphs and synchronize use
@@ -1077,14 +1088,10 @@ def run_cli(args) -> int:
         _list_providers(device)
         return 0
 
-    from .configs import MODEL_CONFIGS, check_image_size
+    from .configs import MODEL_CONFIGS
 
     models, batches, dtypes = default_plan(device)
-    try:
-        for model in args.model or models:
-            check_image_size(model, MODEL_CONFIGS[model], args.image_size)
-    except ValueError as error:
-        print(f"bench: {error}", file=sys.stderr)
+    if not cli_image_size_fits("bench", [(m, MODEL_CONFIGS[m]) for m in args.model or models], args.image_size):
         return 2
     workloads = make_workloads(device, args.model or models, args.batch or batches, args.dtype or dtypes,
                                args.image_size)

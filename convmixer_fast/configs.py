@@ -22,13 +22,6 @@ IMAGENET_DATA_CONFIG = {"input_size": (3, 224, 224), "interpolation": "bicubic",
                         "crop_mode": "center", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
-def check_image_size(name: str, config: dict, image_size: int | None) -> None:
-    """ValueError unless square images of ``image_size`` (None: the commands' default, always large
-    enough) hold at least one patch of the model ``name`` / ``config``."""
-    if image_size is not None and image_size < config["patch_size"]:
-        raise ValueError(f"image size {image_size} is smaller than {name}'s patch size {config['patch_size']}")
-
-
 def create_model(
     name: str,
     pretrained: bool = False,

@@ -534,8 +534,9 @@ class ConvMixer(nn.Module):
     def _graphed_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``forward`` through the CUDA graph of ``x``'s signature (module docstring)."""
         self._require_eval()
-        self._prepared_params()  # a parameter change drops the graphs before the lookup
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, self._compute_dtype(x.device),
+        dtype = self._compute_dtype(x.device)
+        self._prepared_params(dtype)  # a parameter change drops the graphs before the lookup
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, dtype,
                torch.backends.cuda.matmul.allow_tf32)
         if key not in self._graphs:  # first call: the warm-up
             logits = self._logits(x)
@@ -550,7 +551,7 @@ class ConvMixer(nn.Module):
             _remember(self._graphs, key, captured)
             if captured is _UNCAPTURABLE:
                 return self._logits(x)
-            self._activation_buffers.pop(self._buffer_key(x, self._compute_dtype(x.device)), None)  # the graph's own
+            self._activation_buffers.pop(self._buffer_key(x, dtype), None)  # the graph has its own
         if x.device.type == "cuda":
             stream = torch.cuda.current_stream(x.device)
             if self._replay_stream is not None and self._replay_stream != stream:

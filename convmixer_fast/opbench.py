@@ -54,7 +54,6 @@ it measured; ``run["complete"]`` turns True at the end.
 
 from __future__ import annotations
 
-import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -564,7 +563,7 @@ def default_result_path(device_name: str, model: str, batch: int, date: str) -> 
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench-ops`` (arguments from ``__main__``): 0; 1 when an op is WRONG
     or fails; 2 on bad arguments."""
-    from .configs import MODEL_CONFIGS, check_image_size
+    from .configs import MODEL_CONFIGS
 
     device = bench.cli_device(args.device, "bench-ops")
     if device is None:
@@ -577,10 +576,7 @@ def run_cli(args) -> int:
     dtype_name = args.dtype or (GPU_DTYPE if on_gpu else CPU_DTYPE)
     dtype = bench._torch_dtype(dtype_name)
     ops = tuple(dict.fromkeys(args.ops or OP_NAMES))
-    try:
-        check_image_size(model, config, image_size)
-    except ValueError as error:
-        print(f"bench-ops: {error}", file=sys.stderr)
+    if not bench.cli_image_size_fits("bench-ops", [(model, config)], image_size):
         return 2
     backends = list(dict.fromkeys(args.backends or default_backends(device)))
     warmup = bench.WARMUP_CALLS if args.warmup is None else args.warmup
