@@ -59,6 +59,8 @@ def _architecture(text: str) -> dict:
     try:
         config = dict(zip(ARCHITECTURE_FIELDS, (int(field) for field in fields)))
         check_architecture(**config)
+        if config.get("n_classes") == 0:
+            raise ValueError("CLASSES must be >= 1: verify and bench compare logits")
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
     return config

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from .model import ConvMixer
-from .weights import load_checkpoint
+from .weights import load_checkpoint, without_classifier
 
 MODEL_CONFIGS: dict[str, dict] = {
     "convmixer_1536_20": dict(dim=1536, depth=20, kernel_size=9, patch_size=7, n_classes=1000, act_layer="gelu"),
@@ -36,7 +36,9 @@ def create_model(
     ``create_model``, a training checkpoint's EMA weights where it has them, unless ``use_ema``
     says otherwise); ``pretrained=True`` fetches timm's ImageNet weights through timm and the
     Hugging Face hub (needs timm and network access). ``overrides`` replace constructor arguments
-    (e.g. ``backend=``). The ImageNet configs carry timm's data config (``pretrained_cfg``).
+    (e.g. ``backend=``, ``num_classes=``). ``num_classes=0`` (no classifier: ``forward`` returns the
+    features) loads the checkpoint's weights but its classifier's, as timm's ``pretrained=True``
+    does. The ImageNet configs carry timm's data config (``pretrained_cfg``).
     """
     if name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
@@ -44,13 +46,18 @@ def create_model(
         raise ValueError("pass pretrained=True or checkpoint_path, not both")
     if use_ema is not None and checkpoint_path is None:
         raise ValueError("use_ema applies to checkpoint_path's file; pass checkpoint_path too")
+    if "num_classes" in overrides:  # (timm's spelling; it replaces the config's n_classes)
+        if "n_classes" in overrides:
+            raise ValueError("pass n_classes or num_classes, not both")
+        overrides["n_classes"] = overrides.pop("num_classes")
     if pretrained:
         return _from_timm(name, overrides)
     model = ConvMixer(**{**MODEL_CONFIGS[name], **overrides})
     if name in PRETRAINED_IN_TIMM:
         model.pretrained_cfg = dict(IMAGENET_DATA_CONFIG)
     if checkpoint_path is not None:
-        model.load_state_dict(load_checkpoint(checkpoint_path, use_ema=use_ema))
+        state_dict = load_checkpoint(checkpoint_path, use_ema=use_ema)
+        model.load_state_dict(state_dict if model.n_classes else without_classifier(state_dict))
     return model
 
 
@@ -64,14 +71,17 @@ def _from_timm(name: str, overrides: dict) -> ConvMixer:
             f"pretrained=True needs timm (pip install timm) and network access to the Hugging Face hub "
             f"(importing timm failed: {error}); alternatively pass checkpoint_path= to a local file"
         ) from error
+    options = {key: overrides.pop(key) for key in ("backend", "cuda_graphs") if key in overrides}
+    head = {"num_classes" if key == "n_classes" else key: overrides.pop(key)
+            for key in ("n_classes", "global_pool") if key in overrides}
+    if overrides:
+        raise ValueError("pretrained=True takes only backend=, cuda_graphs=, num_classes= and global_pool= as "
+                         f"overrides, got {sorted(overrides)}")
     try:
-        eager = timm.create_model(name, pretrained=True)
+        eager = timm.create_model(name, pretrained=True, **head)
     except Exception as error:  # network, hub or cache errors
         raise RuntimeError(
             f"timm could not load pretrained weights for {name!r}: {error}; "
             "check network access to the Hugging Face hub, or pass checkpoint_path= to a local file"
         ) from error
-    options = {key: overrides.pop(key) for key in ("backend", "cuda_graphs") if key in overrides}
-    if overrides:
-        raise ValueError(f"pretrained=True takes only backend= and cuda_graphs= as overrides, got {sorted(overrides)}")
     return ConvMixer.from_eager(eager, **options)

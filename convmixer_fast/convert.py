@@ -3,7 +3,8 @@
 Works on the module tree, not on names, so the original ``nn.Sequential``, the README one-liner,
 timm's ``ConvMixer`` and ``convmixer_fast.reference`` are all understood. The tree cannot show what
 the module's ``forward`` does with its layers (a residual left out, layers in another order), so
-the converted model's logits are then held to the module's (``check_same_logits``).
+the converted model's logits (features, without a classifier) are then held to the module's
+(``check_same_logits``).
 """
 
 from __future__ import annotations
@@ -33,20 +34,29 @@ def _activation(module: nn.Module) -> str:
     return names.pop()
 
 
-AVERAGING_POOL_TYPES = ("avg", "fast")  # timm's SelectAdaptivePool2d pool types that take the mean
+def _global_pool(module: nn.Module, has_classifier: bool) -> str:
+    """The module's pooling as ``ConvMixer``'s ``global_pool``: timm's ConvMixer names it in
+    ``global_pool.pool_type`` (``pooling`` in older timm), where "avgmax", "max", ... would give
+    other numbers; a max pool anywhere is refused too. Otherwise a classifier sees the mean (the
+    logits check holds it to that), and a module without one pools if it holds an average pool."""
+    from .model import AVERAGING_POOL_TYPES
 
-
-def _check_average_pooling(module: nn.Module) -> None:
-    """The classifier must see the mean over positions. timm's ConvMixer names its pooling in
-    ``global_pool.pool_type`` (``pooling`` in older timm): "avgmax", "max" or "" (none) would give
-    other logits; a max pool anywhere (nn's, timm's avg-max ones) is refused too."""
+    named = None
     for attribute in ("global_pool", "pooling"):
         pool_type = getattr(getattr(module, attribute, None), "pool_type", None)
         if isinstance(pool_type, str):
-            _check(pool_type in AVERAGING_POOL_TYPES, f"only average pooling is supported, got {attribute} with "
-                                                      f"pool_type={pool_type!r} (timm's global_pool='avg' is)")
+            _check(pool_type.lower() in AVERAGING_POOL_TYPES or (pool_type == "" and not has_classifier),
+                   f"only average pooling (or none, without a classifier) is supported, got {attribute} with "
+                   f"pool_type={pool_type!r} (timm's global_pool='avg', or '' with num_classes=0, is)")
+            named = "avg" if pool_type else ""
+            break
     max_pools = [type(m).__name__ for m in module.modules() if "MaxPool" in type(m).__name__]
     _check(not max_pools, f"only average pooling is supported, found {', '.join(max_pools)}")
+    if named is not None:
+        return named
+    if has_classifier:
+        return "avg"
+    return "avg" if any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)) for m in module.modules()) else ""
 
 
 def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
@@ -77,13 +87,17 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
                f"BatchNorm2d must have affine=True and track_running_stats=True, got {bn}")
-    _check_average_pooling(module)  # (before the classifier's width: timm's "catavgmax" doubles it)
-    _check(len(linears) == 1, f"expected one nn.Linear classifier, found {len(linears)} (a timm model with "
-                              "num_classes=0 has none: n_classes >= 1 is required)")
-    head = linears[0]
-    _check(head.in_features == dim and head.bias is not None, f"expected Linear({dim}, n_classes, bias=True), got {head}")
-    config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=head.out_features,
-                  in_chans=in_chans, act_layer=_activation(module))
+    # (The pooling before the classifier's width: timm's "catavgmax" doubles it.)
+    global_pool = _global_pool(module, has_classifier=bool(linears))
+    _check(len(linears) <= 1, f"expected one nn.Linear classifier (or none), found {len(linears)}")
+    n_classes = 0  # no classifier: the features, as a timm model with num_classes=0 returns them
+    if linears:
+        head = linears[0]
+        _check(head.in_features == dim and head.out_features >= 1 and head.bias is not None,
+               f"expected Linear({dim}, n_classes, bias=True), got {head}")
+        n_classes = head.out_features
+    config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=n_classes, in_chans=in_chans,
+                  act_layer=_activation(module), global_pool=global_pool)
     return config, [bn.eps for bn in bns]
 
 
@@ -96,7 +110,7 @@ SAME_LOGITS_TOLERANCE = {"fp32": 1e-3, "tf32": 5e-2}
 
 def check_same_logits(module: nn.Module, model) -> None:
     """UnsupportedModelError unless the ConvMixer ``model`` converted from ``module`` gives its
-    logits, within ``SAME_LOGITS_TOLERANCE``, on a random batch of 2 images of k + 1 patches
+    logits (or its features, without a classifier), within ``SAME_LOGITS_TOLERANCE``, on a random batch of 2 images of k + 1 patches
     a side plus a pixel (the depthwise kernel's whole extent, a partial patch). Run on the module's
     device, in eval mode (its mode is restored), without autocast, through the ``eager`` backend,
     leaving torch's random state alone. fp32 modules only: a 16-bit module's own rounding would
@@ -119,16 +133,17 @@ def check_same_logits(module: nn.Module, model) -> None:
     try:
         module.eval()
         with torch.no_grad(), no_autocast:
-            expected, logits = module(image), model(image)
+            expected, output = module(image), model(image)
     finally:
         module.train(was_training)
         model.backend, model.cuda_graphs = settings
-    _check(isinstance(expected, torch.Tensor) and expected.shape == logits.shape,
+    what = "logits" if model.n_classes else "features"
+    _check(isinstance(expected, torch.Tensor) and expected.shape == output.shape,
            f"the module's forward returned {_describe(expected)} for a [2, {model.in_chans}, {side}, {side}] "
-           f"image batch, not [2, {model.n_classes}] logits")
-    _, relative = errors(logits, expected)
+           f"image batch, not {list(output.shape)} {what}")
+    _, relative = errors(output, expected)
     _check(relative <= tolerance,
-           f"the module's layers match a ConvMixer's, but its logits differ from the converted model's by "
+           f"the module's layers match a ConvMixer's, but its {what} differ from the converted model's by "
            f"{relative:.2e} of their largest (tolerance {tolerance:.0e}) on a random image batch: its forward "
            "computes something else (a residual left out, layers in another order, extra operations?)")
 

@@ -4,7 +4,8 @@ Inference only. The module holds ordinary ``nn.Conv2d`` / ``nn.BatchNorm2d`` / `
 (so ``.to()``, ``.half()``, ``state_dict()`` behave as usual); ``forward`` runs the folded
 computation of DESIGN.md §2 on the parameters prepared by ``prepare.prepare_params``, cached per
 device and dtype and re-prepared when any parameter or buffer changes (``.to()``, ``load_state_dict``,
-in-place edits: detected through the tensors' version counters).
+in-place edits: detected through the tensors' version counters; ``head`` or ``blocks`` replaced on
+the model: ``__setattr__``).
 
 Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
 the compute dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
@@ -23,7 +24,7 @@ with a new input signature (shape, strides, dtype, device, compute dtype, TF32 s
 the warm-up that compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
 forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
 will own); that call and every later one copy the input into the graph's static input, replay, and
-return a copy of the static logits, so a returned tensor is never overwritten by a later call. Up to
+return a copy of the static output, so a returned tensor is never overwritten by a later call. Up to
 ``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped); any change of the parameters
 drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile
 or torch.jit.trace (on fresh allocations: a trace would keep a buffer as a constant), and calls
@@ -36,7 +37,7 @@ Threads and streams: a model may be called from several threads and on several C
 shared state (prepared parameters, ``auto``'s choices, activation buffers, graphs) is used under
 one lock per model, held while a call queues its work (the GPU still overlaps the calls' kernels).
 Activation buffers are kept per CUDA stream, so calls on different streams never share them; a
-graph's static input and logits are shared, so a replay on another stream than the previous one
+graph's static input and output are shared, so a replay on another stream than the previous one
 first waits for that stream's queued work. The per-call cost on one stream is a lock and a stream
 lookup. Copies (``copy.deepcopy``, pickling, ``torch.save(model)``) carry the parameters and
 settings, none of these caches; so do ``nn.DataParallel``'s replicas.
@@ -53,7 +54,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .backends import ResolvedOps, check_backend_name, resolve_ops
+from .backends import BackendOps, ResolvedOps, check_backend_name, resolve_ops
 from .backends.eager import has_autocast
 from .ops._checks import MAX_KERNEL_SIZE
 from .prepare import PreparedParams, prepare_params
@@ -63,6 +64,7 @@ from .weights import CheckpointError, infer_config, to_canonical
 ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
 IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # a caller's autocast to these reaches an fp32 model
+AVERAGING_POOL_TYPES = ("avg", "fast", "fastavg")  # timm's global_pool values (any case) taking the mean
 MAX_CACHED_SHAPES = 8  # activation buffers and CUDA graphs kept for this many input shapes each
 # (least recently used dropped)
 
@@ -94,12 +96,28 @@ def activation_name(act_layer) -> str:
 
 def check_architecture(**sizes: int) -> None:
     """ValueError naming the first of the given architecture sizes (``ConvMixer``'s ``dim``,
-    ``depth``, ``kernel_size``, ``patch_size``, ``n_classes``, ``in_chans``) the model cannot take."""
+    ``depth``, ``kernel_size``, ``patch_size``, ``n_classes``, ``in_chans``) the model cannot take
+    (``n_classes=0``: no classifier, as timm's ``num_classes=0``)."""
     for name, value in sizes.items():
-        high = MAX_KERNEL_SIZE if name == "kernel_size" else None
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (high and value > high):
-            expected = f"in [1, {high}]" if high else ">= 1"
+        low, high = (0 if name == "n_classes" else 1), (MAX_KERNEL_SIZE if name == "kernel_size" else None)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+            expected = f"in [{low}, {high}]" if high else f">= {low}"
             raise ValueError(f"{name} must be an integer {expected}, got {value!r}")
+
+
+def check_global_pool(global_pool, n_classes: int) -> str:
+    """timm's ``global_pool`` as the model keeps it: "avg" (the mean over positions; timm's "fast"
+    and "fastavg" are the same mean) or "" (no pooling: the feature map, which takes no classifier). ValueError
+    for anything else (timm's max pools give other numbers) or for "" with a classifier."""
+    if isinstance(global_pool, str) and global_pool.lower() in AVERAGING_POOL_TYPES:
+        return "avg"
+    if global_pool != "":
+        raise ValueError(f"global_pool must be 'avg' (the mean over positions, as the ConvMixer paper) or '' "
+                         f"(none, with num_classes=0), got {global_pool!r}")
+    if n_classes:
+        raise ValueError(f"global_pool='' leaves the [B, dim, H, W] feature map, which takes no classifier: "
+                         f"pass num_classes=0 with it, not {n_classes}")
+    return ""
 
 
 class _Buffers(NamedTuple):
@@ -114,7 +132,17 @@ class _CapturedForward(NamedTuple):
 
     graph: "torch.cuda.CUDAGraph"
     image: torch.Tensor  # static input, the signature's shape / strides / dtype
-    logits: torch.Tensor  # static output
+    output: torch.Tensor  # static output: the logits (or the features, without a classifier)
+
+
+class _Run(NamedTuple):
+    """What ``ConvMixer._tokens`` computed, and what the head needs."""
+
+    tokens: torch.Tensor  # [B, Hp, Wp, C] the last block's output, a fresh tensor
+    kept: list[torch.Tensor]  # [B, Hp, Wp, C] the outputs of the blocks asked for, fresh tensors
+    params: PreparedParams
+    ops: BackendOps
+    pooled: torch.Tensor | None  # [B, C] fp32 pooling workspace, or None: allocate
 
 
 _UNCAPTURABLE = "uncapturable"  # a signature whose capture failed: it runs without a graph
@@ -156,7 +184,10 @@ class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
 
     Args follow the original repo (``n_classes``) and timm (``num_classes``, ``in_chans``,
-    ``act_layer``). ``backend`` is "auto" (per op, the fastest backend available for the input's
+    ``act_layer``, ``global_pool``). ``n_classes=0`` builds no classifier (``head`` is
+    ``nn.Identity``, as timm's ``num_classes=0``): ``forward`` then returns the pooled features
+    ``[B, dim]``, or with ``global_pool=""`` the feature map ``[B, dim, H//p, W//p]``
+    (``check_global_pool``). ``backend`` is "auto" (per op, the fastest backend available for the input's
     device and the model's dtype, measured per shape), "triton", "cuda" or "eager" (see
     ``convmixer_fast.backends``). ``cuda_graphs``: replay ``forward`` from a CUDA graph per input
     shape on a GPU (module docstring); an attribute, switchable at any time. Parameters are frozen
@@ -176,6 +207,7 @@ class ConvMixer(nn.Module):
         backend: str = "auto",
         cuda_graphs: bool = True,
         num_classes: int | None = None,
+        global_pool: str = "avg",
     ):
         super().__init__()
         if num_classes is not None:
@@ -184,10 +216,11 @@ class ConvMixer(nn.Module):
             n_classes = num_classes
         check_architecture(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size,
                            n_classes=n_classes, in_chans=in_chans)
+        self._global_pool = check_global_pool(global_pool, n_classes)
         self.dim, self.depth, self.kernel_size, self.patch_size = dim, depth, kernel_size, patch_size
         self.n_classes = self.num_classes = n_classes
         self.in_chans = in_chans
-        self.num_features = dim
+        self.num_features = self.head_hidden_size = dim  # (timm's names: the classifier's input width)
         self.activation = activation_name(act_layer)
         self.backend = check_backend_name(backend)
         self.cuda_graphs = bool(cuda_graphs)
@@ -213,7 +246,7 @@ class ConvMixer(nn.Module):
                 for _ in range(depth)
             ]
         )
-        self.head = nn.Linear(dim, n_classes)
+        self.head = nn.Linear(dim, n_classes) if n_classes else nn.Identity()
         self.requires_grad_(False)
         self.eval()
         self._reset_runtime_state()
@@ -259,34 +292,151 @@ class ConvMixer(nn.Module):
         replica._reset_runtime_state()
         return replica
 
+    def __setattr__(self, name: str, value) -> None:
+        """A submodule replaced after construction is seen: timm's classifier surgery
+        (``model.head = nn.Linear(dim, n)``, or ``nn.Identity()`` for none: ``n_classes`` follows)
+        or fewer blocks (``model.blocks = model.blocks[:n]``: ``depth`` follows). The new module is
+        frozen, and the prepared parameters and graphs are dropped. (A Parameter swapped into a
+        submodule is not seen: copy into the old one in place, or use ``load_state_dict``.)"""
+        replaced = "_lock" in self.__dict__ and name in self._modules  # (not while __init__ builds them)
+        if replaced and name == "head":
+            n_classes = self._classifier_width(value)
+        if replaced and name == "blocks" and not (isinstance(value, nn.Sequential) and len(value) >= 1):
+            raise ValueError(f"model.blocks must be an nn.Sequential of at least one block, got {value!r}")
+        super().__setattr__(name, value)
+        if replaced:
+            if name == "head":
+                self.n_classes = self.num_classes = n_classes
+            if name == "blocks":
+                self.depth = len(value)
+            if isinstance(value, nn.Module):
+                value.requires_grad_(False)
+            self._invalidate_prepared()
+
+    def _classifier_width(self, head) -> int:
+        """``n_classes`` of a module assigned to ``model.head``: ValueError unless it is
+        ``nn.Linear(dim, n >= 1)`` with a bias or ``nn.Identity()`` (0: no classifier)."""
+        if isinstance(head, nn.Identity):
+            return 0
+        if isinstance(head, nn.Linear) and head.in_features == self.dim and head.out_features >= 1 \
+                and head.bias is not None:
+            check_global_pool(self._global_pool, head.out_features)
+            return head.out_features
+        raise ValueError(f"model.head must be nn.Linear({self.dim}, n_classes) with a bias, or nn.Identity() "
+                         f"for none, got {head!r}")
+
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, depth={self.depth}, kernel_size={self.kernel_size}, patch_size={self.patch_size}, "
-            f"n_classes={self.n_classes}, in_chans={self.in_chans}, act={self.activation!r}, backend={self.backend!r}, "
-            f"cuda_graphs={self.cuda_graphs}"
+            f"n_classes={self.n_classes}, in_chans={self.in_chans}, act={self.activation!r}, "
+            f"global_pool={self._global_pool!r}, backend={self.backend!r}, cuda_graphs={self.cuda_graphs}"
         )
 
     @property
     def config(self) -> dict:
         """The constructor arguments that define the architecture."""
         return dict(dim=self.dim, depth=self.depth, kernel_size=self.kernel_size, patch_size=self.patch_size,
-                    n_classes=self.n_classes, in_chans=self.in_chans, act_layer=self.activation)
+                    n_classes=self.n_classes, in_chans=self.in_chans, act_layer=self.activation,
+                    global_pool=self._global_pool)
+
+    # ------------------------------------------------------------------ timm's classifier and feature API
+    @property
+    def global_pool(self) -> str:
+        """"avg" (the mean over positions) or "" (none: ``forward`` returns the feature map);
+        ``reset_classifier`` changes it."""
+        return self._global_pool
+
+    @property
+    def feature_info(self) -> list[dict]:
+        """timm's description of what ``forward_intermediates`` returns: each block's output."""
+        return [dict(num_chs=self.dim, reduction=self.patch_size, module=f"blocks.{index}")
+                for index in range(self.depth)]
+
+    def get_classifier(self) -> nn.Module:
+        """The classifier: ``nn.Linear(dim, n_classes)``, or ``nn.Identity()`` without one."""
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """As timm's: a new classifier of ``num_classes`` outputs (``nn.Linear``'s random
+        initialisation, on the model's device and dtype: load its weights next), none for 0;
+        ``global_pool`` as in the constructor (None: unchanged)."""
+        check_architecture(n_classes=num_classes)
+        pool = check_global_pool(self._global_pool if global_pool is None else global_pool, num_classes)
+        head = (nn.Linear(self.dim, num_classes, device=self._param_device, dtype=self._param_dtype)
+                if num_classes else nn.Identity())
+        with self._lock:
+            self._global_pool = pool
+            self.head = head  # (__setattr__: n_classes follows, the prepared parameters are dropped)
+
+    def _block_indices(self, indices) -> list[int]:
+        """The blocks ``indices`` picks, as timm's ``feature_take_indices``: None all, an int n the
+        last n, a sequence those (negative ones counted from the end); ValueError outside."""
+        if indices is None:
+            indices = self.depth
+        if isinstance(indices, int) and not isinstance(indices, bool):
+            if not 1 <= indices <= self.depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {self.depth}")
+            return list(range(self.depth - indices, self.depth))
+        picked = []
+        for index in indices:
+            if not isinstance(index, int) or isinstance(index, bool) or not -self.depth <= index < self.depth:
+                raise ValueError(f"block index {index!r} is outside the model's {self.depth} blocks "
+                                 f"(0 to {self.depth - 1}, or -{self.depth} to -1 from the end)")
+            picked.append(index % self.depth)
+        if not picked:
+            raise ValueError("indices picks no block")
+        return picked
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
+                              output_fmt: str = "NCHW", intermediates_only: bool = False):
+        """As timm's: the outputs of the blocks ``indices`` picks (None: all; an int n: the last n;
+        a sequence: those, negative ones from the end), in block order, each ``[B, dim, H//p, W//p]``
+        (NCHW shape, channels_last memory, the compute dtype). Returns them alone with ``intermediates_only``,
+        else ``(final feature map, them)``: ``forward_features``' map, or with ``stop_early`` the
+        last picked block's. ``norm`` has nothing to apply: ConvMixer has no final norm."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW' (ConvMixer's feature maps), got {output_fmt!r}")
+        picked = self._block_indices(indices)
+        self._check_input(x)
+        depth = max(picked) + 1 if stop_early else self.depth
+        if x.shape[0] == 0:
+            final, intermediates = self._empty_tokens(x), [self._empty_tokens(x) for _ in set(picked)]
+        else:
+            with self._exclusive():
+                run = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x), keep=picked, depth=depth)
+            final, intermediates = run.tokens, run.kept
+        intermediates = [tokens.permute(0, 3, 1, 2) for tokens in intermediates]
+        return intermediates if intermediates_only else (final.permute(0, 3, 1, 2), intermediates)
+
+    def prune_intermediate_layers(self, indices=1, prune_norm: bool = False, prune_head: bool = True) -> list[int]:
+        """As timm's: drop the blocks after the last one ``indices`` picks (as in
+        ``forward_intermediates``) and, with ``prune_head``, the classifier and pooling
+        (``reset_classifier(0, "")``); returns the picked indices. (No norm to prune.)"""
+        picked = self._block_indices(indices)
+        with self._lock:
+            self.blocks = self.blocks[: max(picked) + 1]  # (__setattr__: depth follows)
+            if prune_head:
+                self.reset_classifier(0, "")
+        return picked
 
     # ------------------------------------------------------------------ weights
     @classmethod
     def from_eager(cls, module: nn.Module, *, backend: str = "auto", cuda_graphs: bool = True) -> "ConvMixer":
         """Convert an eager ConvMixer (the original ``nn.Sequential``, its README one-liner, a timm
-        ``ConvMixer`` or ``convmixer_fast.reference``): architecture detected, weights copied, on the
-        module's device and dtype, and (for an fp32 module) its logits checked against the module's
-        on a small random batch (``convert.check_same_logits``). Anything else (another pooling than
-        the mean, such as timm's ``global_pool="avgmax"``; other layer shapes; a forward that uses
-        the layers otherwise, e.g. without the residual) raises ``UnsupportedModelError``."""
+        ``ConvMixer`` or ``convmixer_fast.reference``; with or without a classifier and pooling, as
+        timm's ``num_classes=0`` / ``global_pool=""``): architecture detected, weights copied, on
+        the module's device and dtype, and (for an fp32 module) its outputs checked against the
+        module's on a small random batch (``convert.check_same_logits``). Anything else (another
+        pooling than the mean, such as timm's ``global_pool="avgmax"``; other layer shapes; a
+        forward that uses the layers otherwise, e.g. without the residual) raises
+        ``UnsupportedModelError``."""
         from .convert import check_same_logits, describe_eager
 
         config, eps = describe_eager(module)
-        model = cls(**config, backend=backend, cuda_graphs=cuda_graphs)
+        with torch.device("meta"):  # no random initialisation (the module's weights replace it; torch's RNG stays)
+            model = cls(**config, backend=backend, cuda_graphs=cuda_graphs)
         first = next(module.parameters())
-        model.to(device=first.device, dtype=first.dtype)
+        model.to(dtype=first.dtype).to_empty(device=first.device)
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
             bn.eps = value
         model.load_state_dict(module.state_dict())
@@ -398,11 +548,11 @@ class ConvMixer(nn.Module):
 
     @property
     def _param_device(self) -> torch.device:
-        return self.head.weight.device
+        return self.stem[0].weight.device
 
     @property
     def _param_dtype(self) -> torch.dtype:
-        return self.head.weight.dtype
+        return self.stem[0].weight.dtype
 
     def _compute_dtype(self, device: torch.device) -> torch.dtype:
         """The dtype the kernels run in and the outputs come in: the model's; for an fp32 model
@@ -487,9 +637,10 @@ class ConvMixer(nn.Module):
         _remember(self._activation_buffers, key, buffers)
         return buffers
 
-    def _tokens(self, image: torch.Tensor, fold_last_bn: bool, preallocated: bool = True):
-        """Stem and blocks on a checked image: the final NHWC token map [B, Hp, Wp, C] (a fresh
-        tensor), plus what the head needs (prepared params, backend ops, pooling workspace).
+    def _tokens(self, image: torch.Tensor, fold_last_bn: bool, preallocated: bool = True, keep=(),
+                depth: int | None = None) -> _Run:
+        """Stem and the first ``depth`` blocks (default: all) on a checked, non-empty image: the
+        final NHWC token map, the outputs of the blocks in ``keep``, and what the head needs.
         ``preallocated=False``: every activation freshly allocated (what a CUDA graph captures:
         its allocations then belong to the graph's private memory pool)."""
         self._require_eval()
@@ -503,29 +654,50 @@ class ConvMixer(nn.Module):
         a, b = buffers.tokens if buffers is not None else (None, None)
         act = params.act
         x = ops.stem(image, params.stem.weight, *params.stem.epilogue, act, out=a)
-        blocks = params.blocks_for(fold_last_bn)
+        blocks = params.blocks_for(fold_last_bn)[:depth]
+        kept = []
         for index, block in enumerate(blocks):
             y = ops.depthwise_block(x, block.depthwise.weight, *block.depthwise.epilogue, act, out=b)
-            # The last block writes a fresh tensor: the caller may keep it, buffers get reused.
-            out = a if index < len(blocks) - 1 else None
+            # The last block and those kept write fresh tensors: the caller keeps them, buffers get reused.
+            out = a if index < len(blocks) - 1 and index not in keep else None
             x = ops.pointwise(y, block.pointwise.weight, *block.pointwise.epilogue, act, out=out)
+            if index in keep:
+                kept.append(x)
         pooled = buffers.pooled if buffers is not None else None
-        return x, params, ops, pooled
+        return _Run(x, kept, params, ops, pooled)
+
+    def _empty_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``[0, Hp, Wp, C]`` token map of an empty image batch, in the compute dtype."""
+        shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
+        return x.new_empty(shape, dtype=self._compute_dtype(x.device))
+
+    def _pool(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The features of NHWC ``tokens`` ``[B, Hp, Wp, C]`` a model without a classifier returns:
+        their mean ``[B, C]`` (summed in fp32, rounded once), or with ``global_pool=""`` the map
+        itself, ``[B, C, Hp, Wp]`` (NCHW shape, channels_last memory)."""
+        if not self._global_pool:
+            return tokens.permute(0, 3, 1, 2)
+        return tokens.mean(dim=(1, 2), dtype=torch.float32).to(tokens.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, in_chans, H, W]`` float images -> ``[B, n_classes]`` logits in the compute dtype
-        (the model's; under autocast, see ``_compute_dtype``)."""
+        (the model's; under autocast, see ``_compute_dtype``); without a classifier
+        (``n_classes=0``), the features ``_pool`` gives."""
         self._check_input(x)
         if x.shape[0] == 0:
-            return x.new_empty((0, self.n_classes), dtype=self._compute_dtype(x.device))
+            tokens = self._empty_tokens(x)
+            return tokens.new_empty((0, self.n_classes)) if self.n_classes else self._pool(tokens)
         with self._exclusive():
             if self._graphs_apply(x):
                 return self._graphed_forward(x)
-            return self._logits(x, preallocated=not _capturing(x))
+            return self._outputs(x, preallocated=not _capturing(x))
 
-    def _logits(self, x: torch.Tensor, preallocated: bool = True) -> torch.Tensor:
-        tokens, params, ops, pooled = self._tokens(x, fold_last_bn=True, preallocated=preallocated)
-        return ops.head(tokens, params.head_folded.weight, params.head_folded.bias, pooled=pooled)
+    def _outputs(self, x: torch.Tensor, preallocated: bool = True) -> torch.Tensor:
+        """``forward``'s result for a checked, non-empty image batch."""
+        if not self.n_classes:
+            return self._pool(self._tokens(x, fold_last_bn=False, preallocated=preallocated).tokens)
+        run = self._tokens(x, fold_last_bn=True, preallocated=preallocated)
+        return run.ops.head(run.tokens, run.params.head_folded.weight, run.params.head_folded.bias, pooled=run.pooled)
 
     # ------------------------------------------------------------------ CUDA graphs
     def _graphs_apply(self, x: torch.Tensor) -> bool:
@@ -539,31 +711,31 @@ class ConvMixer(nn.Module):
         key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, dtype,
                torch.backends.cuda.matmul.allow_tf32)
         if key not in self._graphs:  # first call: the warm-up
-            logits = self._logits(x)
+            output = self._outputs(x)
             _remember(self._graphs, key, None)
-            return logits
+            return output
         captured = self._graphs[key]
         self._graphs.move_to_end(key)
         if captured is _UNCAPTURABLE:
-            return self._logits(x)
+            return self._outputs(x)
         if captured is None:
             captured = self._capture(x)
             _remember(self._graphs, key, captured)
             if captured is _UNCAPTURABLE:
-                return self._logits(x)
+                return self._outputs(x)
             self._activation_buffers.pop(self._buffer_key(x, dtype), None)  # the graph has its own
         if x.device.type == "cuda":
             stream = torch.cuda.current_stream(x.device)
             if self._replay_stream is not None and self._replay_stream != stream:
-                # The static input and logits are the previous replay's until its stream gets there.
+                # The static input and output are the previous replay's until its stream gets there.
                 stream.wait_stream(self._replay_stream)
             self._replay_stream = stream
         captured.image.copy_(x)
         captured.graph.replay()
-        return captured.logits.clone()
+        return captured.output.clone()
 
     def _capture(self, x: torch.Tensor) -> _CapturedForward | str:
-        """``_logits`` on fresh allocations, warmed up on a side stream, then captured on it (on
+        """``_outputs`` on fresh allocations, warmed up on a side stream, then captured on it (on
         ``x``'s GPU: torch's default capture stream belongs to whichever GPU was current first)."""
         with torch.inference_mode(False):  # a normal tensor: later calls copy into it in any mode
             image = torch.empty_like(x)  # same strides
@@ -573,13 +745,13 @@ class ConvMixer(nn.Module):
             stream = torch.cuda.Stream()
             stream.wait_stream(caller_stream)
             with torch.cuda.stream(stream):
-                self._logits(image, preallocated=False)
+                self._outputs(image, preallocated=False)
             caller_stream.wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             try:
                 # thread_local: other threads' allocations or syncs do not break this capture.
                 with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-                    logits = self._logits(image, preallocated=False)
+                    output = self._outputs(image, preallocated=False)
             except Exception as error:
                 torch.cuda.set_stream(caller_stream)  # (left on the capture stream when capture_end raises)
                 warnings.warn(
@@ -587,21 +759,21 @@ class ConvMixer(nn.Module):
                     f"{x.dtype}; it runs without one (set model.cuda_graphs = False to stop trying): {error}"
                 )
                 return _UNCAPTURABLE
-        return _CapturedForward(graph, image, logits)
+        return _CapturedForward(graph, image, output)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The feature map before pooling, ``[B, dim, H//p, W//p]`` (NCHW shape, channels_last memory)."""
         self._check_input(x)
         if x.shape[0] == 0:
-            shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
-            return x.new_empty(shape, dtype=self._compute_dtype(x.device)).permute(0, 3, 1, 2)
+            return self._empty_tokens(x).permute(0, 3, 1, 2)
         with self._exclusive():
-            tokens, *_ = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x))
+            tokens = self._tokens(x, fold_last_bn=False, preallocated=not _capturing(x)).tokens
         return tokens.permute(0, 3, 1, 2)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Average-pool a ``[B, dim, H, W]`` feature map (in the model dtype or the compute dtype)
-        and classify it (``pre_logits``: pooled only), in the compute dtype."""
+        and classify it, in the compute dtype; ``pre_logits`` or no classifier: the features
+        ``forward`` would give without one (``_pool``)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputError(f"expected a [B, {self.dim}, H, W] feature map, got {shape}")
@@ -612,8 +784,8 @@ class ConvMixer(nn.Module):
                 + (f" (computing in {dtype} under autocast)" if dtype != self._param_dtype else "")
             )
         tokens = x.permute(0, 2, 3, 1).to(dtype).contiguous()
-        if pre_logits:
-            return tokens.float().mean(dim=(1, 2)).to(dtype)
+        if pre_logits or not self.n_classes:
+            return self._pool(tokens)
         with self._exclusive():
             params = self._prepared_params(dtype)
             ops = self._resolve_ops(x.device, dtype).ops

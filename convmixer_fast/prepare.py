@@ -6,7 +6,8 @@ an fp32 model under a caller's 16-bit autocast gets a second set, in that dtype)
   ``shift = beta - mean * scale`` (it follows the activation, so it stays an epilogue affine);
 - conv biases become fp32 vectors; weights in the compute dtype (rounded once), in kernel layouts: stem
   ``[C, Cin, p, p]``, depthwise ``[k, k, C]``, pointwise ``[C, C]``, head ``[N, C]``;
-- the last BatchNorm is folded into the classifier for the logits path (``head_folded``):
+- the last BatchNorm is folded into the classifier for the logits path (``head_folded``; a model
+  without a classifier, ``num_classes=0``, has neither ``head`` nor ``head_folded``):
   ``W' = W * scale``, ``b' = b + W @ shift``. Pooling is linear, so this is exact algebra; the last
   pointwise block then runs with the identity affine (``last_pointwise_unfolded`` keeps the real
   one for ``forward_features``).
@@ -51,8 +52,8 @@ class PreparedParams:
     stem: Linear  # weight [C, Cin, p, p]
     blocks: tuple[Block, ...]  # the last block's pointwise epilogue has the identity affine
     last_pointwise_unfolded: Epilogue  # the real affine of the last block
-    head: Linear  # weight [N, C], fp32 bias: applies to the features
-    head_folded: Linear  # the head with the last BatchNorm folded in: applies to the logits path
+    head: Linear | None  # weight [N, C], fp32 bias: applies to the features (None: no classifier)
+    head_folded: Linear | None  # the head with the last BatchNorm folded in: applies to the logits path
 
     def blocks_for(self, fold_last_bn: bool) -> tuple[Block, ...]:
         """The blocks for the logits path (folded) or for features (the real last affine)."""
@@ -89,7 +90,7 @@ def prepare_params(model, dtype: torch.dtype | None = None) -> PreparedParams:
     """Prepared operands of a ``convmixer_fast.ConvMixer`` on its own device, weights in ``dtype``
     (default: the model's; an fp32 model under a caller's 16-bit autocast asks for that dtype)."""
     dim = model.dim
-    dtype = dtype or model.head.weight.dtype
+    dtype = dtype or model.stem[0].weight.dtype
 
     def weight(t: torch.Tensor) -> torch.Tensor:
         return kernel_operand(t.to(dtype))
@@ -104,13 +105,15 @@ def prepare_params(model, dtype: torch.dtype | None = None) -> PreparedParams:
         blocks.append(Block(depthwise, pointwise))
 
     # The logits path applies the last affine inside the head: the last block writes act(z).
-    last_scale, last_shift = batchnorm_affine(model.blocks[-1][3])
-    head_weight = model.head.weight.detach()
-    head = Linear(weight(head_weight), bias=kernel_operand(model.head.bias.float()))
-    head_folded = Linear(
-        (head_weight.float() * last_scale).to(dtype).contiguous(),
-        bias=(model.head.bias.float() + head_weight.float() @ last_shift).float(),
-    )
+    head = head_folded = None
+    if isinstance(model.head, nn.Linear):
+        last_scale, last_shift = batchnorm_affine(model.blocks[-1][3])
+        head_weight = model.head.weight.detach()
+        head = Linear(weight(head_weight), bias=kernel_operand(model.head.bias.float()))
+        head_folded = Linear(
+            (head_weight.float() * last_scale).to(dtype).contiguous(),
+            bias=(model.head.bias.float() + head_weight.float() @ last_shift).float(),
+        )
     real = blocks[-1].pointwise.epilogue
     identity = Epilogue(real.bias, torch.ones_like(real.scale), torch.zeros_like(real.shift))
     blocks[-1] = Block(blocks[-1].depthwise, Linear(blocks[-1].pointwise.weight, identity))

@@ -150,6 +150,15 @@ def infer_config(tensors: dict[str, torch.Tensor]) -> dict:
     return config
 
 
+def without_classifier(state_dict) -> dict[str, torch.Tensor]:
+    """The state dict (any layout) without its classifier's weights, canonical keys (keys that fit
+    no rule kept as they were, for ``load_state_dict`` to report): what a model without a
+    classifier loads, as timm's ``num_classes=0`` leaves the pretrained classifier out."""
+    canonical = to_canonical(state_dict)
+    kept = {key: value for key, value in canonical.tensors.items() if not key.startswith("head.")}
+    return {**kept, **{key: state_dict[key] for key in canonical.unmatched}}
+
+
 CHECKPOINT_WRAPPERS = ("state_dict", "model")  # where training checkpoints keep the weights
 EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential moving average (timm: the former)
 

@@ -27,8 +27,8 @@ def reference_model(dim, depth, kernel_size, patch_size, n_classes, act="gelu", 
 
 
 class TimmLikePool(nn.Module):
-    """timm's SelectAdaptivePool2d for the pool types that keep the width: its ``pool_type``, and
-    "avgmax" (the mean of average and max pooling) as timm computes it."""
+    """timm's SelectAdaptivePool2d for the pool types that keep the width: its ``pool_type``,
+    "avgmax" (the mean of average and max pooling) as timm computes it, "" (none)."""
 
     def __init__(self, pool_type: str = "avg"):
         super().__init__()
@@ -37,7 +37,7 @@ class TimmLikePool(nn.Module):
     def forward(self, x):
         if self.pool_type == "avgmax":
             return 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
-        return x.mean((2, 3))
+        return x.mean((2, 3)) if self.pool_type else x
 
 
 class TimmLikeConvMixer(nn.Module):
@@ -54,7 +54,7 @@ class TimmLikeConvMixer(nn.Module):
                 nn.Conv2d(dim, dim, 1), act_layer(), nn.BatchNorm2d(dim))
             for _ in range(depth)])
         self.global_pool = TimmLikePool(global_pool)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
 
     def forward(self, x):
         return self.head(self.global_pool(self.blocks(self.stem(x))))

@@ -55,6 +55,7 @@ def test_verify_fails_past_tolerance(capsys, monkeypatch):
     (["verify", "--config", "16,1,3"], "argument --config: expected DIM,DEPTH,KERNEL,PATCH"),
     (["verify", "--config", "0,1,3,2"], "argument --config: '0,1,3,2': dim must be an integer >= 1, got 0"),
     (["verify", "--config", "16,1,33,2"], "kernel_size must be an integer in [1, 31], got 33"),
+    (["verify", "--config", "16,1,3,2,0"], "CLASSES must be >= 1: verify and bench compare logits"),
     (["verify", "--device", "foo"], "argument --device: not a device name: 'foo'"),
     (["verify", "--device", "meta"], "argument --device: meta tensors hold no values"),
     (["verify", "--device", "xpu"], "verify: --device xpu cannot be used here: "),

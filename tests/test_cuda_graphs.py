@@ -18,7 +18,7 @@ NEEDS_GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph
 
 
 class ReplayingForward:
-    """Stands in for a captured CUDA graph: ``replay`` recomputes the static logits."""
+    """Stands in for a captured CUDA graph: ``replay`` recomputes the static output."""
 
     def __init__(self, model, image):
         self.model, self.image = model, image
@@ -26,7 +26,7 @@ class ReplayingForward:
 
     def replay(self):
         self.replays += 1
-        self.logits.copy_(self.model._logits(self.image, preallocated=False))
+        self.output.copy_(self.model._outputs(self.image, preallocated=False))
 
 
 @pytest.fixture
@@ -38,9 +38,9 @@ def stand_in_capture(monkeypatch):
     def capture(self, x):
         image = x.clone()
         graph = ReplayingForward(self, image)
-        graph.logits = self._logits(image, preallocated=False)
+        graph.output = self._outputs(image, preallocated=False)
         captures.append(graph)
-        return model_module._CapturedForward(graph, image, graph.logits)
+        return model_module._CapturedForward(graph, image, graph.output)
 
     monkeypatch.setattr(cf.ConvMixer, "_graphs_apply", lambda self, x: self.cuda_graphs)
     monkeypatch.setattr(cf.ConvMixer, "_capture", capture)
@@ -55,12 +55,12 @@ def test_first_call_warms_up_second_captures_later_calls_replay(stand_in_capture
     model = small_model()
     images = [torch.randn(2, 3, 8, 8) for _ in range(4)]
     with torch.no_grad():
-        expected = [model._logits(x) for x in images]
+        expected = [model._outputs(x) for x in images]
         outputs = [model(x) for x in images]
     assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 3  # calls 2, 3 and 4
     for output, reference in zip(outputs, expected):
         torch.testing.assert_close(output, reference, rtol=0, atol=0)
-    static = stand_in_capture[0].logits
+    static = stand_in_capture[0].output
     assert all(output.data_ptr() != static.data_ptr() for output in outputs)  # copies, never overwritten
     assert not model._activation_buffers  # the captured shape's buffers were released
 
@@ -116,7 +116,7 @@ def test_a_failed_capture_runs_uncaptured_and_is_not_retried(monkeypatch):
     model = small_model()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
-        expected = model._logits(x)
+        expected = model._outputs(x)
         for _ in range(3):
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
     assert len(attempts) == 1
@@ -153,7 +153,7 @@ def test_threads_replaying_one_graph_get_their_own_logits(stand_in_capture):
     model = small_model()
     images = [torch.randn(2, 3, 8, 8) for _ in range(4)]
     with torch.no_grad():
-        expected = [model._logits(x) for x in images]
+        expected = [model._outputs(x) for x in images]
         model(images[0]), model(images[0])  # warm-up, capture
     results: dict[int, list[torch.Tensor]] = {}
 

@@ -57,7 +57,8 @@ def test_every_layout_gives_identical_logits(reference, image, layout):
 def test_from_eager_detects_architecture(reference, image, make_eager):
     eager = make_eager(reference)
     model = cf.ConvMixer.from_eager(eager, backend="eager")
-    assert model.config == dict(dim=DIM, depth=DEPTH, kernel_size=K, patch_size=P, n_classes=N, in_chans=3, act_layer="gelu")
+    assert model.config == dict(dim=DIM, depth=DEPTH, kernel_size=K, patch_size=P, n_classes=N, in_chans=3,
+                                act_layer="gelu", global_pool="avg")
     with torch.no_grad():
         torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
 
