@@ -37,7 +37,7 @@ def create_model(
     says otherwise); ``pretrained=True`` fetches timm's ImageNet weights through timm and the
     Hugging Face hub (needs timm and network access). ``overrides`` replace constructor arguments
     (e.g. ``backend=``, ``num_classes=``). ``num_classes=0`` (no classifier: ``forward`` returns the
-    features) loads the checkpoint's weights but its classifier's, as timm's ``pretrained=True``
+    features) loads the checkpoint's weights except its classifier's, as timm's ``pretrained=True``
     does. The ImageNet configs carry timm's data config (``pretrained_cfg``).
     """
     if name not in MODEL_CONFIGS:

@@ -110,11 +110,12 @@ SAME_LOGITS_TOLERANCE = {"fp32": 1e-3, "tf32": 5e-2}
 
 def check_same_logits(module: nn.Module, model) -> None:
     """UnsupportedModelError unless the ConvMixer ``model`` converted from ``module`` gives its
-    logits (or its features, without a classifier), within ``SAME_LOGITS_TOLERANCE``, on a random batch of 2 images of k + 1 patches
-    a side plus a pixel (the depthwise kernel's whole extent, a partial patch). Run on the module's
-    device, in eval mode (its mode is restored), without autocast, through the ``eager`` backend,
-    leaving torch's random state alone. fp32 modules only: a 16-bit module's own rounding would
-    need a looser tolerance than the errors this is for; a meta module has no values."""
+    logits (or its features, without a classifier), within ``SAME_LOGITS_TOLERANCE``, on a random
+    batch of 2 images of k + 1 patches a side plus a pixel (the depthwise kernel's whole extent, a
+    partial patch). Run on the module's device, in eval mode (its mode is restored), without
+    autocast, through the ``eager`` backend, leaving torch's random state alone. fp32 modules only:
+    a 16-bit module's own rounding would need a looser tolerance than the errors this is for; a
+    meta module has no values."""
     from .backends.eager import has_autocast
     from .verify import errors
 

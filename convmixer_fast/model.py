@@ -107,8 +107,9 @@ def check_architecture(**sizes: int) -> None:
 
 def check_global_pool(global_pool, n_classes: int) -> str:
     """timm's ``global_pool`` as the model keeps it: "avg" (the mean over positions; timm's "fast"
-    and "fastavg" are the same mean) or "" (no pooling: the feature map, which takes no classifier). ValueError
-    for anything else (timm's max pools give other numbers) or for "" with a classifier."""
+    and "fastavg" are the same mean) or "" (no pooling: the feature map, which takes no
+    classifier). ValueError for anything else (timm's max pools give other numbers) or for "" with
+    a classifier."""
     if isinstance(global_pool, str) and global_pool.lower() in AVERAGING_POOL_TYPES:
         return "avg"
     if global_pool != "":
@@ -187,8 +188,8 @@ class ConvMixer(nn.Module):
     ``act_layer``, ``global_pool``). ``n_classes=0`` builds no classifier (``head`` is
     ``nn.Identity``, as timm's ``num_classes=0``): ``forward`` then returns the pooled features
     ``[B, dim]``, or with ``global_pool=""`` the feature map ``[B, dim, H//p, W//p]``
-    (``check_global_pool``). ``backend`` is "auto" (per op, the fastest backend available for the input's
-    device and the model's dtype, measured per shape), "triton", "cuda" or "eager" (see
+    (``check_global_pool``). ``backend`` is "auto" (per op, the fastest backend available for the
+    input's device and the model's dtype, measured per shape), "triton", "cuda" or "eager" (see
     ``convmixer_fast.backends``). ``cuda_graphs``: replay ``forward`` from a CUDA graph per input
     shape on a GPU (module docstring); an attribute, switchable at any time. Parameters are frozen
     (``requires_grad=False``).
@@ -390,10 +391,11 @@ class ConvMixer(nn.Module):
     def forward_intermediates(self, x: torch.Tensor, indices=None, norm: bool = False, stop_early: bool = False,
                               output_fmt: str = "NCHW", intermediates_only: bool = False):
         """As timm's: the outputs of the blocks ``indices`` picks (None: all; an int n: the last n;
-        a sequence: those, negative ones from the end), in block order, each ``[B, dim, H//p, W//p]``
-        (NCHW shape, channels_last memory, the compute dtype). Returns them alone with ``intermediates_only``,
-        else ``(final feature map, them)``: ``forward_features``' map, or with ``stop_early`` the
-        last picked block's. ``norm`` has nothing to apply: ConvMixer has no final norm."""
+        a sequence: those, negative ones from the end), in block order, each
+        ``[B, dim, H//p, W//p]`` (NCHW shape, channels_last memory, the compute dtype). Returns them
+        alone with ``intermediates_only``, else ``(final feature map, them)``: ``forward_features``'
+        map, or with ``stop_early`` the last picked block's. ``norm`` has nothing to apply:
+        ConvMixer has no final norm."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW' (ConvMixer's feature maps), got {output_fmt!r}")
         picked = self._block_indices(indices)

@@ -2,6 +2,7 @@
 switched on before anything imports triton, so it happens here, before test modules load; likewise
 the switch that keeps the Triton kernels to their first autotune config."""
 
+import importlib.util
 import os
 
 import torch
@@ -38,13 +39,8 @@ def _interpreter_rounds_bf16_to_nearest() -> None:
     interpreter.InterpreterBuilder.cast_impl = cast_impl
 
 
-if os.environ.get("TRITON_INTERPRET") == "1":
-    try:
-        import triton  # noqa: F401
-    except ImportError:  # (the triton tests skip)
-        pass
-    else:
-        _interpreter_rounds_bf16_to_nearest()
+if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None:
+    _interpreter_rounds_bf16_to_nearest()  # (without triton, the triton tests skip)
 
 
 @pytest.fixture(autouse=True)

@@ -62,3 +62,25 @@ def test_unknown_and_unavailable_backends():
     with pytest.raises(cf.BackendUnavailableError, match="backend 'cuda' cannot run on cpu"):
         resolve_ops("cuda", CPU, torch.float32, 16)
     assert resolve_ops("auto", CPU, torch.float32, 16).label == "eager"
+
+
+def test_interpreted_triton_rounds_bf16_to_nearest_as_a_gpu():
+    """conftest's fix of Triton's interpreter holds: a kernel storing fp32 into bf16 rounds to
+    nearest even (torch's rounding, a GPU's), not toward zero as the interpreter did."""
+    from convmixer_fast.ops._interpreter import is_interpreting
+
+    if not is_interpreting():
+        pytest.skip("Triton's interpreter is not in use")
+    triton = pytest.importorskip("triton")
+    import triton.language as tl
+
+    @triton.jit
+    def store(source_ptr, out_ptr, BLOCK: tl.constexpr):
+        offsets = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offsets, tl.load(source_ptr + offsets))  # fp32 -> bf16 at the store
+
+    values = torch.randn(64) * 100
+    out = torch.full((64,), float("nan"), dtype=torch.bfloat16)
+    store[(1,)](values, out, BLOCK=64)
+    assert torch.equal(out, values.to(torch.bfloat16))
+    assert not torch.equal(out, (values.view(torch.int32) & ~0xFFFF).view(torch.float32).bfloat16())  # truncated
