@@ -1,17 +1,20 @@
 """timm's classifier and feature API: no classifier (``num_classes=0``, ``global_pool=""``),
 ``reset_classifier``, a head assigned by hand, ``forward_intermediates``, ``prune_intermediate_layers``;
-against the reference model's layers and, where timm is installed, timm's own ConvMixer."""
+against the reference model's layers and, where timm is installed, timm's own ConvMixer. On CPU
+(the API does not depend on the device; the triton backend where Triton's interpreter runs it),
+and the CUDA graphs of a model without a classifier on a GPU."""
 
 import pytest
 import torch
 from torch import nn
 
 import convmixer_fast as cf
+from convmixer_fast.backends import BACKENDS
 from convmixer_fast.weights import without_classifier
 from helpers import TimmLikeConvMixer, reference_model
 
 DIM, DEPTH, K, P, N = 12, 3, 5, 3, 6
-BACKENDS = ["eager", "triton"]
+MODEL_BACKENDS = ["eager", "triton"]
 TOLERANCE = dict(rtol=1e-5, atol=2e-5)  # fp32, the folded computation against the eager layers
 
 
@@ -34,18 +37,23 @@ def pooled_features(reference, x):
     return reference[:-1](x)  # up to the pooling and flattening, without the classifier
 
 
+def skip_unless_runs_on_cpu(backend: str) -> None:
+    reason = BACKENDS[backend].unavailable_reason(torch.device("cpu"))
+    if reason is not None:
+        pytest.skip(f"{backend} backend: {reason}")
+
+
 def headless(reference, backend="eager", global_pool="avg"):
     model = cf.ConvMixer(DIM, DEPTH, K, P, num_classes=0, global_pool=global_pool, backend=backend)
     model.load_state_dict(without_classifier(reference.state_dict()))
     return model
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_without_a_classifier_forward_returns_the_features(reference, image, backend):
     """num_classes=0: the pooled features [B, dim] (timm's embedding); with global_pool="" the map
     [B, dim, H/p, W/p]; forward_head gives the same from forward_features; empty batches too."""
-    if backend == "triton":
-        pytest.importorskip("triton")
+    skip_unless_runs_on_cpu(backend)
     model = headless(reference, backend)
     assert isinstance(model.get_classifier(), nn.Identity) and model.n_classes == model.num_classes == 0
     unpooled = headless(reference, backend, global_pool="")
@@ -132,12 +140,11 @@ def test_a_head_assigned_after_a_forward_is_used(reference, image):
             model.head = bad
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", MODEL_BACKENDS)
 def test_forward_intermediates_are_the_blocks_outputs(reference, image, backend):
     """As timm's: the picked blocks' outputs in block order (each a fresh tensor, not a reused
     buffer a later block overwrites), and the final map (the last picked block's with stop_early)."""
-    if backend == "triton":
-        pytest.importorskip("triton")
+    skip_unless_runs_on_cpu(backend)
     model = cf.ConvMixer.from_eager(reference, backend=backend)
     with torch.no_grad():
         blocks = [block_output(reference, index, image) for index in range(DEPTH)]
@@ -239,3 +246,18 @@ def test_export_without_a_classifier(reference, image, global_pool):
     with torch.no_grad():
         exported = torch.export.export(model, (image,)).module()
         torch.testing.assert_close(exported(image), model(image), rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("global_pool", ["avg", ""])
+def test_graphs_replay_the_features_on_a_gpu(reference, global_pool):
+    """A model without a classifier is captured and replayed like one with (its static output the
+    features), giving the uncaptured forward's features."""
+    model = headless(reference, backend="auto", global_pool=global_pool).cuda()
+    images = [torch.randn(2, 3, 14, 16, device="cuda") for _ in range(3)]
+    with torch.no_grad():
+        outputs = [model(x) for x in images]  # warm-up, capture, replay
+        model.cuda_graphs = False
+        for output, x in zip(outputs, images):
+            torch.testing.assert_close(output, model(x), rtol=0, atol=0)
+    assert any(captured not in (None, "uncapturable") for captured in model._graphs.values())
