@@ -125,7 +125,7 @@ class _Buffers(NamedTuple):
     """Preallocated activations for one input shape: two alternating token maps, pooling workspace."""
 
     tokens: tuple[torch.Tensor, torch.Tensor]  # [B, Hp, Wp, C] each
-    pooled: torch.Tensor  # [B, C] fp32
+    pooled: torch.Tensor | None  # [B, C] fp32 (None without a classifier: the head's workspace)
 
 
 class _CapturedForward(NamedTuple):
@@ -634,7 +634,8 @@ class ConvMixer(nn.Module):
         if buffers is None:
             shape = key[:3] + (self.dim,)  # allocated on the key's stream, used only there
             tokens = tuple(torch.empty(shape, dtype=dtype, device=self._param_device) for _ in range(2))
-            pooled = torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
+            pooled = (torch.empty(key[0], self.dim, dtype=torch.float32, device=self._param_device)
+                      if self.n_classes else None)
             buffers = _Buffers(tokens, pooled)
         _remember(self._activation_buffers, key, buffers)
         return buffers
