@@ -78,22 +78,19 @@ def test_head_settings_are_checked():
     assert cf.ConvMixer(DIM, DEPTH, K, P, global_pool="fast").global_pool == "avg"  # (timm's fast mean)
 
 
-def test_create_model_without_a_classifier_leaves_the_checkpoints_out(reference, image, tmp_path):
+def test_create_model_without_a_classifier_leaves_the_checkpoints_out(reference, image, tmp_path, monkeypatch):
     """As timm's pretrained=True with num_classes=0: the checkpoint's classifier is not loaded (it
     would not fit); num_classes replaces a config's n_classes (cifar10's 10 included)."""
     path = tmp_path / "weights.pth"
     torch.save(reference.state_dict(), path)  # the original layout: its classifier is "{5 + depth}.*"
     config = dict(dim=DIM, depth=DEPTH, kernel_size=K, patch_size=P, n_classes=N, act_layer="gelu")
-    cf.configs.MODEL_CONFIGS["tiny"] = config
-    try:
-        model = cf.create_model("tiny", checkpoint_path=path, num_classes=0, backend="eager")
-        assert cf.create_model("convmixer_cifar10", num_classes=100).n_classes == 100
-        with pytest.raises(ValueError, match="pass n_classes or num_classes, not both"):
-            cf.create_model("tiny", n_classes=3, num_classes=3)
-        with pytest.raises(cf.CheckpointError, match="shape mismatch"):
-            cf.create_model("tiny", checkpoint_path=path, num_classes=N + 1)
-    finally:
-        del cf.configs.MODEL_CONFIGS["tiny"]
+    monkeypatch.setitem(cf.configs.MODEL_CONFIGS, "tiny", config)
+    model = cf.create_model("tiny", checkpoint_path=path, num_classes=0, backend="eager")
+    assert cf.create_model("convmixer_cifar10", num_classes=100).n_classes == 100
+    with pytest.raises(ValueError, match="pass n_classes or num_classes, not both"):
+        cf.create_model("tiny", n_classes=3, num_classes=3)
+    with pytest.raises(cf.CheckpointError, match="shape mismatch"):
+        cf.create_model("tiny", checkpoint_path=path, num_classes=N + 1)
     with torch.no_grad():
         torch.testing.assert_close(model(image), pooled_features(reference, image), **TOLERANCE)
 
