@@ -34,29 +34,30 @@ def _activation(module: nn.Module) -> str:
     return names.pop()
 
 
-def _global_pool(module: nn.Module, has_classifier: bool) -> str:
-    """The module's pooling as ``ConvMixer``'s ``global_pool``: timm's ConvMixer names it in
-    ``global_pool.pool_type`` (``pooling`` in older timm), where "avgmax", "max", ... would give
-    other numbers; a max pool anywhere is refused too. Otherwise a classifier sees the mean (the
-    logits check holds it to that), and a module without one pools if it holds an average pool."""
-    from .model import AVERAGING_POOL_TYPES
+def _global_pool(module: nn.Module, n_classes: int) -> str:
+    """The module's pooling as ``ConvMixer``'s ``global_pool`` (``model.check_global_pool``
+    judges it): timm's ConvMixer names it in ``global_pool.pool_type`` (``pooling`` in older timm),
+    where "avgmax", "max", ... would give other numbers; a max pool anywhere is refused too.
+    Otherwise a classifier sees the mean (the logits check holds it to that), and a module without
+    one pools if it holds an average pool."""
+    from .model import check_global_pool
 
-    named = None
+    pool = None
     for attribute in ("global_pool", "pooling"):
         pool_type = getattr(getattr(module, attribute, None), "pool_type", None)
         if isinstance(pool_type, str):
-            _check(pool_type.lower() in AVERAGING_POOL_TYPES or (pool_type == "" and not has_classifier),
-                   f"only average pooling (or none, without a classifier) is supported, got {attribute} with "
-                   f"pool_type={pool_type!r} (timm's global_pool='avg', or '' with num_classes=0, is)")
-            named = "avg" if pool_type else ""
+            try:
+                pool = check_global_pool(pool_type, n_classes)
+            except ValueError as error:
+                raise UnsupportedModelError(f"only average pooling (or none, without a classifier) is supported, "
+                                            f"got {attribute} with pool_type={pool_type!r}: {error}") from None
             break
     max_pools = [type(m).__name__ for m in module.modules() if "MaxPool" in type(m).__name__]
     _check(not max_pools, f"only average pooling is supported, found {', '.join(max_pools)}")
-    if named is not None:
-        return named
-    if has_classifier:
-        return "avg"
-    return "avg" if any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)) for m in module.modules()) else ""
+    if pool is not None:
+        return pool
+    averaging = n_classes or any(isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)) for m in module.modules())
+    return "avg" if averaging else ""
 
 
 def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
@@ -87,15 +88,14 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
                f"BatchNorm2d must have affine=True and track_running_stats=True, got {bn}")
-    # (The pooling before the classifier's width: timm's "catavgmax" doubles it.)
-    global_pool = _global_pool(module, has_classifier=bool(linears))
     _check(len(linears) <= 1, f"expected one nn.Linear classifier (or none), found {len(linears)}")
-    n_classes = 0  # no classifier: the features, as a timm model with num_classes=0 returns them
+    n_classes = linears[0].out_features if linears else 0  # 0: the features, as timm's num_classes=0 gives
+    # (The pooling before the classifier's width: timm's "catavgmax" doubles it.)
+    global_pool = _global_pool(module, n_classes)
     if linears:
         head = linears[0]
         _check(head.in_features == dim and head.out_features >= 1 and head.bias is not None,
                f"expected Linear({dim}, n_classes, bias=True), got {head}")
-        n_classes = head.out_features
     config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=n_classes, in_chans=in_chans,
                   act_layer=_activation(module), global_pool=global_pool)
     return config, [bn.eps for bn in bns]

@@ -218,8 +218,7 @@ class ConvMixer(nn.Module):
         check_architecture(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size,
                            n_classes=n_classes, in_chans=in_chans)
         self._global_pool = check_global_pool(global_pool, n_classes)
-        self.dim, self.depth, self.kernel_size, self.patch_size = dim, depth, kernel_size, patch_size
-        self.n_classes = self.num_classes = n_classes
+        self.dim, self.kernel_size, self.patch_size = dim, kernel_size, patch_size
         self.in_chans = in_chans
         self.num_features = self.head_hidden_size = dim  # (timm's names: the classifier's input width)
         self.activation = activation_name(act_layer)
@@ -295,36 +294,43 @@ class ConvMixer(nn.Module):
 
     def __setattr__(self, name: str, value) -> None:
         """A submodule replaced after construction is seen: timm's classifier surgery
-        (``model.head = nn.Linear(dim, n)``, or ``nn.Identity()`` for none: ``n_classes`` follows)
-        or fewer blocks (``model.blocks = model.blocks[:n]``: ``depth`` follows). The new module is
-        frozen, and the prepared parameters and graphs are dropped. (A Parameter swapped into a
-        submodule is not seen: copy into the old one in place, or use ``load_state_dict``.)"""
+        (``model.head = nn.Linear(dim, n)``, or ``nn.Identity()`` for none) or fewer blocks
+        (``model.blocks = model.blocks[:n]``); ``n_classes`` and ``depth`` are read off them. The new
+        module is frozen, and the prepared parameters and graphs are dropped. (A Parameter swapped
+        into a submodule is not seen: copy into the old one in place, or use ``load_state_dict``.)"""
         replaced = "_lock" in self.__dict__ and name in self._modules  # (not while __init__ builds them)
         if replaced and name == "head":
-            n_classes = self._classifier_width(value)
+            self._check_classifier(value)
         if replaced and name == "blocks" and not (isinstance(value, nn.Sequential) and len(value) >= 1):
             raise ValueError(f"model.blocks must be an nn.Sequential of at least one block, got {value!r}")
         super().__setattr__(name, value)
         if replaced:
-            if name == "head":
-                self.n_classes = self.num_classes = n_classes
-            if name == "blocks":
-                self.depth = len(value)
             if isinstance(value, nn.Module):
                 value.requires_grad_(False)
             self._invalidate_prepared()
 
-    def _classifier_width(self, head) -> int:
-        """``n_classes`` of a module assigned to ``model.head``: ValueError unless it is
-        ``nn.Linear(dim, n >= 1)`` with a bias or ``nn.Identity()`` (0: no classifier)."""
+    def _check_classifier(self, head) -> None:
+        """ValueError unless a module assigned to ``model.head`` is ``nn.Linear(dim, n >= 1)`` with
+        a bias (and the pooling takes a classifier) or ``nn.Identity()`` (no classifier)."""
         if isinstance(head, nn.Identity):
-            return 0
+            return
         if isinstance(head, nn.Linear) and head.in_features == self.dim and head.out_features >= 1 \
                 and head.bias is not None:
             check_global_pool(self._global_pool, head.out_features)
-            return head.out_features
+            return
         raise ValueError(f"model.head must be nn.Linear({self.dim}, n_classes) with a bias, or nn.Identity() "
                          f"for none, got {head!r}")
+
+    @property
+    def n_classes(self) -> int:
+        """The classifier's outputs; 0 without one (``head`` is ``nn.Identity``)."""
+        return self.head.out_features if isinstance(self.head, nn.Linear) else 0
+
+    num_classes = n_classes  # (timm's name)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
 
     def extra_repr(self) -> str:
         return (
@@ -367,23 +373,24 @@ class ConvMixer(nn.Module):
                 if num_classes else nn.Identity())
         with self._lock:
             self._global_pool = pool
-            self.head = head  # (__setattr__: n_classes follows, the prepared parameters are dropped)
+            self.head = head  # (__setattr__: the prepared parameters are dropped)
 
     def _block_indices(self, indices) -> list[int]:
         """The blocks ``indices`` picks, as timm's ``feature_take_indices``: None all, an int n the
         last n, a sequence those (negative ones counted from the end); ValueError outside."""
+        depth = self.depth
         if indices is None:
-            indices = self.depth
+            indices = depth
         if isinstance(indices, int) and not isinstance(indices, bool):
-            if not 1 <= indices <= self.depth:
-                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {self.depth}")
-            return list(range(self.depth - indices, self.depth))
+            if not 1 <= indices <= depth:
+                raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
+            return list(range(depth - indices, depth))
         picked = []
         for index in indices:
-            if not isinstance(index, int) or isinstance(index, bool) or not -self.depth <= index < self.depth:
-                raise ValueError(f"block index {index!r} is outside the model's {self.depth} blocks "
-                                 f"(0 to {self.depth - 1}, or -{self.depth} to -1 from the end)")
-            picked.append(index % self.depth)
+            if not isinstance(index, int) or isinstance(index, bool) or not -depth <= index < depth:
+                raise ValueError(f"block index {index!r} is outside the model's {depth} blocks "
+                                 f"(0 to {depth - 1}, or -{depth} to -1 from the end)")
+            picked.append(index % depth)
         if not picked:
             raise ValueError("indices picks no block")
         return picked
@@ -416,7 +423,7 @@ class ConvMixer(nn.Module):
         (``reset_classifier(0, "")``); returns the picked indices. (No norm to prune.)"""
         picked = self._block_indices(indices)
         with self._lock:
-            self.blocks = self.blocks[: max(picked) + 1]  # (__setattr__: depth follows)
+            self.blocks = self.blocks[: max(picked) + 1]
             if prune_head:
                 self.reset_classifier(0, "")
         return picked

@@ -106,7 +106,7 @@ def prepare_params(model, dtype: torch.dtype | None = None) -> PreparedParams:
 
     # The logits path applies the last affine inside the head: the last block writes act(z).
     head = head_folded = None
-    if isinstance(model.head, nn.Linear):
+    if model.n_classes:
         last_scale, last_shift = batchnorm_affine(model.blocks[-1][3])
         head_weight = model.head.weight.detach()
         head = Linear(weight(head_weight), bias=kernel_operand(model.head.bias.float()))
