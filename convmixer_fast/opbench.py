@@ -380,9 +380,10 @@ def default_backends(device: str) -> list[str]:
     return [name for name, backend in BACKENDS.items() if backend.unavailable_reason(torch.device(device)) is None]
 
 
-def op_variants(backend: str, op: str, device: str) -> list[str]:
-    """The backend's other kernels of ``op`` (``Backend.load_variants``) where it runs on ``device``."""
-    if BACKENDS[backend].unavailable_reason(torch.device(device)) is not None:
+def op_variants(backend: str, op: str, device: str, dtype: torch.dtype, channels: int) -> list[str]:
+    """The backend's other kernels of ``op`` (``Backend.load_variants``) where the backend itself is
+    timed on it (``backend_skip_reason``)."""
+    if backend_skip_reason(backend, op, device, dtype, channels) is not None:
         return []
     return list(BACKENDS[backend].load_variants().get(op, {}))
 
@@ -624,7 +625,7 @@ def run_cli(args) -> int:
         print(TABLE_HEADER, flush=True)
         for op in ops:
             for backend in backends:
-                for variant in (None, *op_variants(backend, op, device)):
+                for variant in (None, *op_variants(backend, op, device, dtype, config["dim"])):
                     row = measure_op(cases[op], backend, dtype=dtype, device=device, channels=config["dim"],
                                      tolerance=kernel_tolerance, warmup=warmup, max_repeats=max_repeats,
                                      variant=variant)

@@ -75,20 +75,107 @@ def test_allocates_output(kernel_backend):
     torch.testing.assert_close(result, expected, atol=4e-3, rtol=4e-3)
 
 
+TMA_CONFIGS = [c for c in pw.CONFIGS if c.kwargs["TMA"]]
+
+
+def skip_unless_tma_applies(config, y, weight):
+    if config.kwargs["TMA"] and not pw.tma_loads_apply(y, weight):
+        pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
+
+
 @pytest.mark.parametrize("config", pw.CONFIGS, ids=[pw.config_label(c) for c in pw.CONFIGS])
 def test_every_config(config):
     """Each autotune config on a shape spanning several tiles (N and M not multiples of a block)."""
     lead, K, N = (300,), 80, 300
     y, weight, bias, scale, shift = make_inputs(lead, K, N, torch.float16, seed=1)
+    skip_unless_tma_applies(config, y, weight)
     out = nan_out((*lead, N), torch.float16)
     pw._launch(y, weight, bias, scale, shift, "gelu", out, config=config)
     expected = pointwise_reference(y, weight, bias, scale, shift, "gelu")
     torch.testing.assert_close(out, expected, atol=4e-3, rtol=4e-3)
 
 
+@pytest.mark.parametrize("dtype, atol, rtol", DTYPES[1:])
+@pytest.mark.parametrize("config", TMA_CONFIGS, ids=[pw.config_label(c) for c in TMA_CONFIGS])
+def test_tma_configs_past_the_tensor_ends(config, dtype, atol, rtol):
+    """The persistent TMA configs where the TMA unit fills past M, N and K with zeros (none a
+    multiple of its block; K a multiple of 8, as a descriptor's row pitch needs) and each program
+    walks several tiles (``persistent_programs``: 3 under the interpreter)."""
+    lead, K, N = (3, 7, 17), 72, 200
+    y, weight, bias, scale, shift = make_inputs(lead, K, N, dtype, seed=3)
+    skip_unless_tma_applies(config, y, weight)
+    out = nan_out((*lead, N), dtype)
+    pw._launch(y, weight, bias, scale, shift, "relu", out, config=config)
+    expected = pointwise_reference(y, weight, bias, scale, shift, "relu")
+    assert not out.isnan().any()
+    torch.testing.assert_close(out, expected, atol=atol, rtol=rtol)
+
+
+def test_tma_loads_apply_only_where_a_descriptor_can_describe_the_operands():
+    y, weight, *_ = make_inputs((5, 7), 80, 24, torch.float16)
+    has_tma = y.device.type == "cpu" or torch.cuda.get_device_capability()[0] >= 9  # the interpreter, or Hopper on
+    assert pw.tma_loads_apply(y, weight) == has_tma
+    assert pw.tma_loads_apply(y.bfloat16(), weight.bfloat16()) == has_tma
+    assert not pw.tma_loads_apply(y.float(), weight.float())  # TMA configs are for 16-bit operands
+    y36, weight36, *_ = make_inputs((5, 7), 36, 24, torch.float16)
+    assert not pw.tma_loads_apply(y36, weight36)  # rows of 72 bytes: not a multiple of 16
+    shifted = torch.empty(1 + y.numel(), dtype=y.dtype, device=DEVICE)[1:].view(y.shape)  # 2 bytes past 16
+    assert not pw.tma_loads_apply(shifted.copy_(y), weight)
+
+
+def test_misaligned_tokens_run_without_tma():
+    """Tokens 2 bytes past a 16-byte boundary: the op (autotuned) takes the configs without TMA and
+    is right; a TMA config forced on them says why it cannot run."""
+    y, weight, bias, scale, shift = make_inputs((9, 11), 64, 40, torch.float16, seed=4)
+    shifted = torch.empty(1 + y.numel(), dtype=y.dtype, device=DEVICE)[1:].view(y.shape).copy_(y)
+    out = nan_out((9, 11, 40), torch.float16)
+    pw.pointwise(shifted, weight, bias, scale, shift, "gelu", out=out)
+    torch.testing.assert_close(out, pointwise_reference(y, weight, bias, scale, shift, "gelu"), atol=4e-3, rtol=4e-3)
+    with pytest.raises(ValueError, match="a TMA config needs float16/bfloat16 operands, 16-byte aligned"):
+        pw._launch(shifted, weight, bias, scale, shift, "gelu", out, config=TMA_CONFIGS[0])
+
+
+@pytest.mark.parametrize("kind", ["pointer", "tma"])
+def test_variants_run_one_form_each(kind):
+    """The triton backend's variants of the op (what ``bench-ops`` times as "triton:pointer" and
+    "triton:tma"): each autotuned over its own form of config, checked and allocating as the op."""
+    from convmixer_fast.backends import BACKENDS
+
+    variant = BACKENDS["triton"].load_variants()["pointwise"][kind]
+    y, weight, bias, scale, shift = make_inputs((3, 5, 7), 64, 40, torch.bfloat16, seed=5)
+    if kind == "tma" and not pw.tma_loads_apply(y, weight):
+        pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
+    out = nan_out((3, 5, 7, 40), torch.bfloat16)
+    assert variant(y, weight, bias, scale, shift, "gelu", out=out) is out
+    torch.testing.assert_close(out, pointwise_reference(y, weight, bias, scale, shift, "gelu"), atol=3e-2, rtol=2e-2)
+    if kind == "tma":
+        with pytest.raises(ValueError, match="a TMA config needs float16/bfloat16 operands"):
+            variant(y.float(), weight.float(), bias, scale, shift, "gelu")
+
+
+def test_tma_scratch_allocator_is_torchs_and_the_callers_stays():
+    """The allocator Triton asks for a TMA launch's descriptor memory is torch's on the launch
+    device, set in a copy of the caller's context: the caller's own setting is untouched."""
+    from triton.runtime import _allocation  # the allocator's context variable (no public getter)
+
+    def callers_allocator(size, alignment, stream):
+        raise AssertionError("the caller's allocator was used")
+
+    token = _allocation._allocator.set(callers_allocator)
+    try:
+        seen = []
+        pw.contextvars.copy_context().run(
+            pw._with_torch_scratch, torch.device(DEVICE), lambda: seen.append(_allocation._allocator.get()(256, 128, None))
+        )
+        assert seen[0].device.type == torch.device(DEVICE).type and seen[0].numel() == 256
+        assert _allocation._allocator.get() is callers_allocator
+    finally:
+        _allocation._allocator.reset(token)
+
+
 def test_grouped_order_many_row_tiles():
     """More row tiles than GROUP_M, with a short last group: every tile written exactly once."""
-    config = pw.triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4}, num_warps=4)
+    config = pw.triton.Config({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 4, "TMA": False}, num_warps=4)
     y, weight, bias, scale, shift = make_inputs((1100,), 40, 37, torch.float32, seed=2)
     out = nan_out((1100, 37), torch.float32)
     pw._launch(y, weight, bias, scale, shift, "relu", out, config=config)

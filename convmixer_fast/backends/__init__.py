@@ -91,6 +91,12 @@ def _load_triton_ops() -> BackendOps:
     return triton.OPS
 
 
+def _load_triton_variants() -> dict[str, dict[str, Callable]]:
+    from . import triton
+
+    return triton.VARIANTS
+
+
 def _gpu_unavailable_reason(device: torch.device) -> str | None:
     """Why the CUDA GPU ``device`` cannot run the kernels (both kernel backends need bf16 tensor cores)."""
     if not torch.cuda.is_available():
@@ -165,6 +171,7 @@ BACKENDS: dict[str, Backend] = {
             _triton_unavailable_reason,
             _load_triton_ops,
             preallocates=True,
+            load_variants=_load_triton_variants,
         ),
         Backend(
             "cuda",

@@ -9,13 +9,21 @@ the result is rounded once at the store. Reference: ``reference.pointwise_refere
 fp32 inputs use TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` is True (exact fp32
 otherwise), like ``torch.matmul``.
 
+The autotuner chooses among two kinds of configs (``CONFIGS``): one program per output tile with
+pointer loads (``gemm_tile``, cp.async on Hopper), and, where ``tma_loads_apply`` (16-bit operands,
+aligned, a GPU with a TMA unit), persistent programs that walk the tiles and load the operands
+through the TMA unit from tensor descriptors built on the device (``tma_gemm_tile``).
+
 The tile helpers (``grouped_output_tile``, ``gemm_tile``, ``epilogue_store``) are shared with the
 stem kernel (``stem.py``), whose A operand is the patchified image instead of a token matrix.
 """
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import math
+from typing import Callable
 
 import torch
 import triton
@@ -42,26 +50,44 @@ from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
 
 
 @triton.jit
-def grouped_output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
-    """This program's tile of the [M, N] output, in grouped order: (``offs_m`` [BLOCK_M], its
-    unclamped rows for the store; ``n_start``, its first column; ``rows`` [BLOCK_M] and ``cols``
-    [BLOCK_N], rows and columns wrapped into range for the loads, which then need no mask).
+def grouped_tile(tile, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """(``tile_m``, ``tile_n``): the row and column tile of output tile number ``tile`` of the
+    [M, N] output, in grouped order.
 
     GROUP_M consecutive row tiles sweep the column tiles together, so programs running at the same
     time share their A rows and weight columns in L2 instead of streaming the whole weight per row.
     """
-    pid = tl.program_id(0)
     num_tiles_m = tl.cdiv(M, BLOCK_M)
     num_tiles_n = tl.cdiv(N, BLOCK_N)
     tiles_per_group = GROUP_M * num_tiles_n
-    group = pid // tiles_per_group
+    group = tile // tiles_per_group
     first_tile_m = group * GROUP_M
     group_rows = tl.minimum(num_tiles_m - first_tile_m, GROUP_M)  # the last group may be short
-    tile_m = first_tile_m + (pid % tiles_per_group) % group_rows
-    tile_n = (pid % tiles_per_group) // group_rows
+    tile_m = first_tile_m + (tile % tiles_per_group) % group_rows
+    tile_n = (tile % tiles_per_group) // group_rows
+    return tile_m, tile_n
+
+
+@triton.jit
+def grouped_output_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's tile of the [M, N] output (``grouped_tile`` of the program id): (``offs_m``
+    [BLOCK_M], its unclamped rows for the store; ``n_start``, its first column; ``rows`` [BLOCK_M]
+    and ``cols`` [BLOCK_N], rows and columns wrapped into range for the loads, which then need no
+    mask)."""
+    tile_m, tile_n = grouped_tile(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
     offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)  # [BLOCK_M]
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)  # [BLOCK_N]
     return offs_m, tile_n * BLOCK_N, offs_m % M, offs_n % N
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, DOT_IN_FP32: tl.constexpr):
+    """``acc + a @ b`` in fp32; DOT_IN_FP32: on exact fp32 copies of the 16-bit operands (the same
+    products), only for Triton's CPU interpreter, whose bf16 tl.dot returns garbage (triton 3.6
+    and 3.9)."""
+    if DOT_IN_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
 
 @triton.jit
@@ -90,9 +116,8 @@ def gemm_tile(
       ``column_offset = cin * stride_ac + i * stride_ah + j * stride_aw`` (the stem's patchify:
       the row offset points at the patch's top-left pixel of channel 0).
     A values are converted to the weight dtype before the dot. Rows / columns must be clamped to
-    valid indices by the caller; K is masked here unless EVEN_K (K % BLOCK_K == 0).
-    DOT_IN_FP32 runs the dot on exact fp32 copies of the 16-bit operands (the same products): only
-    for Triton's CPU interpreter, whose bf16 tl.dot returns garbage (triton 3.6 and 3.9).
+    valid indices by the caller; K is masked here unless EVEN_K (K % BLOCK_K == 0). DOT_* as in
+    ``_dot``.
     """
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # [BLOCK_M, BLOCK_N]
     weight_row_offsets = weight_rows * K  # [BLOCK_N]
@@ -116,10 +141,31 @@ def gemm_tile(
             a_tile = tl.load(a_ptrs, mask=k_in_range[None, :], other=0.0)
             w_tile = tl.load(w_ptrs, mask=k_in_range[:, None], other=0.0)
         a_tile = a_tile.to(w_tile.dtype)  # [BLOCK_M, BLOCK_K] in the weight (model) dtype
-        if DOT_IN_FP32:
-            acc = tl.dot(a_tile.to(tl.float32), w_tile.to(tl.float32), acc, input_precision="ieee")
-        else:
-            acc = tl.dot(a_tile, w_tile, acc, input_precision=DOT_PRECISION)
+        acc = _dot(a_tile, w_tile, acc, DOT_PRECISION, DOT_IN_FP32)
+    return acc
+
+
+@triton.jit
+def tma_gemm_tile(
+    a_desc,  # [M, K] tensor descriptor, blocks [BLOCK_M, BLOCK_K]
+    weight_desc,  # [N, K] tensor descriptor, blocks [BLOCK_N, BLOCK_K]
+    m_start,
+    n_start,
+    K,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_IN_FP32: tl.constexpr,
+):
+    """fp32 ``acc[BLOCK_M, BLOCK_N] = A[m_start:, :] @ weight[n_start:, :]ᵀ`` over the whole K, the
+    operand tiles loaded by the TMA unit, which fills rows and columns past the tensors' ends with
+    zeros (no clamping, no K mask). DOT_* as in ``_dot``."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # [BLOCK_M, BLOCK_N]
+    for k_start in range(0, K, BLOCK_K):
+        a_tile = a_desc.load([m_start, k_start])  # [BLOCK_M, BLOCK_K]
+        w_tile = weight_desc.load([n_start, k_start])  # [BLOCK_N, BLOCK_K]
+        acc = _dot(a_tile, w_tile.T, acc, DOT_PRECISION, DOT_IN_FP32)
     return acc
 
 
@@ -209,27 +255,70 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+# Programs of a persistent launch (configs with TMA=True) per SM: two, so that where a config's
+# shared memory lets both be resident one's epilogue overlaps the other's main loop, as a
+# non-persistent launch overlaps its CTAs; where it does not, the second wave takes its share of the
+# tiles after the first. Under the interpreter, where there are no SMs to count,
+# INTERPRETER_PERSISTENT_PROGRAMS: few, so that the tests see programs walk several tiles.
+PERSISTENT_PROGRAMS_PER_SM = 2
+INTERPRETER_PERSISTENT_PROGRAMS = 3
+
+
+@functools.cache
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def persistent_programs(device: torch.device) -> int:
+    """Programs a persistent GEMM launches at most: ``PERSISTENT_PROGRAMS_PER_SM`` per SM of
+    ``device`` (the interpreter: ``INTERPRETER_PERSISTENT_PROGRAMS``)."""
+    if device.type != "cuda":
+        return INTERPRETER_PERSISTENT_PROGRAMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return PERSISTENT_PROGRAMS_PER_SM * _multiprocessors(index)
+
+
+def _with_torch_scratch(device: torch.device, launch: Callable[[], None]) -> None:
+    """``launch()`` with Triton's allocator set to torch's on ``device``: kernels that build tensor
+    descriptors on the device keep them in global scratch memory that the launch asks that allocator
+    for (128 bytes per descriptor and program, released when the launch returns, stream-ordered as
+    torch's allocations are, so CUDA graph capture takes it from the graph's pool). Run in a copy of
+    the caller's context (``contextvars``): the caller's own allocator setting stays as it was."""
+    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+    launch()
+
+
 def launch_gemm(tuned, kernel, args: tuple, act: str, dtype: torch.dtype, M: int, N: int, K: int,
-                config: triton.Config | None, **constexprs) -> None:
-    """Launch a GEMM kernel of this tiling (one program per ``BLOCK_M x BLOCK_N`` output tile) on
-    ``args`` (the first one a tensor on the launch device), the epilogue's ``act`` and the operand
-    ``dtype``'s dot settings, and the kernel's own ``constexprs``: through its autotuner ``tuned``,
-    or at ``config`` (tests), with ``EVEN_K`` as the ``even_k`` heuristic sets it. An empty output
-    launches nothing."""
+                config: triton.Config | None, tma: bool = False, **constexprs) -> None:
+    """Launch a GEMM kernel of this tiling on ``args`` (the first one a tensor on the launch
+    device), the epilogue's ``act`` and the operand ``dtype``'s dot settings, and the kernel's own
+    ``constexprs``: through its autotuner ``tuned``, or at ``config`` (tests), with ``EVEN_K`` as the
+    ``even_k`` heuristic sets it. One program per ``BLOCK_M x BLOCK_N`` output tile, except for
+    configs with ``TMA`` True (``tma``: such configs may run; the pointwise kernel's), which are
+    persistent: ``persistent_programs`` programs at most, each walking tiles, with the allocator of
+    ``_with_torch_scratch`` for their tensor descriptors. An empty output launches nothing."""
     if M == 0 or N == 0:
         return
     meta = {"ACTIVATION": ACTIVATION_CODES[act], "DOT_PRECISION": dot_precision(dtype),
             "DOT_IN_FP32": dot_in_fp32(dtype), **constexprs, **TRITON_COMPILE_OPTIONS}
+    device = args[0].device
 
     def grid(kw):
-        return (triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"]),)
+        tiles = triton.cdiv(M, kw["BLOCK_M"]) * triton.cdiv(N, kw["BLOCK_N"])
+        return (min(tiles, persistent_programs(device)) if kw.get("TMA") else tiles,)
 
-    with device_guard(args[0]):
+    def launch():
         if config is None:
             tuned[grid](*args, **meta)
         else:
             kw = dict(config.kwargs, EVEN_K=K % config.kwargs["BLOCK_K"] == 0)
             kernel[grid(kw)](*args, **meta, **kw, num_warps=config.num_warps, num_stages=config.num_stages)
+
+    with device_guard(args[0]):
+        if tma:
+            contextvars.copy_context().run(_with_torch_scratch, device, launch)
+        else:
+            launch()
 
 
 def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, constexprs: dict, K: int,
@@ -266,15 +355,23 @@ def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, con
 
 # Tuned for H100 (bf16, dim 768/1024/1536, M = 1024 .. 262144). The first config is the one the
 # interpreter uses. Shared memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
+# TMA=False: one program per output tile, operands through pointer loads (cp.async on Hopper);
+# TMA=True: persistent (``persistent_programs`` walk the tiles in grouped order), operands through the
+# TMA unit from tensor descriptors built on the device; these run where ``tma_loads_apply``.
 CONFIGS = [
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=4),
-    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": False}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True}, num_warps=4, num_stages=4),
 ]
+TMA_DTYPES = (torch.float16, torch.bfloat16)  # the tensor-core operands TMA configs are for
 
 
 @triton.jit
@@ -296,30 +393,84 @@ def pointwise_kernel(
     BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
     EVEN_K: tl.constexpr,
+    TMA: tl.constexpr,
 ):
-    offs_m, n_start, rows, cols = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    acc = gemm_tile(
-        y_ptr, rows.to(tl.int64) * K, weight_ptr, cols, K, 1, 0, 0,
-        0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, DOT_IN_FP32,
-    )  # [BLOCK_M, BLOCK_N] fp32
-    epilogue_store(
-        acc, offs_m, n_start, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
-        ACTIVATION, BLOCK_M, BLOCK_N,
+    if TMA:
+        y_desc = tl.make_tensor_descriptor(y_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K])
+        weight_desc = tl.make_tensor_descriptor(
+            weight_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K]
+        )
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        for tile in tl.range(tl.program_id(0), num_tiles, tl.num_programs(0)):
+            tile_m, tile_n = grouped_tile(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            acc = tma_gemm_tile(
+                y_desc, weight_desc, tile_m * BLOCK_M, tile_n * BLOCK_N, K,
+                BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION, DOT_IN_FP32,
+            )  # [BLOCK_M, BLOCK_N] fp32
+            epilogue_store(
+                acc, tile_m * BLOCK_M + tl.arange(0, BLOCK_M), tile_n * BLOCK_N, M, N,
+                bias_ptr, scale_ptr, shift_ptr, out_ptr, ACTIVATION, BLOCK_M, BLOCK_N,
+            )
+    else:
+        offs_m, n_start, rows, cols = grouped_output_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        acc = gemm_tile(
+            y_ptr, rows.to(tl.int64) * K, weight_ptr, cols, K, 1, 0, 0,
+            0, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K, DOT_PRECISION, DOT_IN_FP32,
+        )  # [BLOCK_M, BLOCK_N] fp32
+        epilogue_store(
+            acc, offs_m, n_start, M, N, bias_ptr, scale_ptr, shift_ptr, out_ptr,
+            ACTIVATION, BLOCK_M, BLOCK_N,
+        )
+
+
+# Which configs each autotuner of the kernel benchmarks: "any", the op's, every config that applies
+# (without the TMA ones where ``tma_loads_apply`` is False: that case runs "pointer", as the
+# autotuner's cache key, M, N, K and dtypes, cannot tell the two apart); "pointer" and "tma", one
+# form each, also for ``bench-ops`` to time each form on its own (``VARIANTS``).
+CONFIG_KINDS = {
+    "any": lambda config: True,
+    "pointer": lambda config: not config.kwargs["TMA"],
+    "tma": lambda config: config.kwargs["TMA"],
+}
+_pointwise_tuned = {
+    kind: autotune([c for c in CONFIGS if keeps(c)], key=["M", "N", "K"])(
+        triton.heuristics({"EVEN_K": even_k})(pointwise_kernel)
     )
+    for kind, keeps in CONFIG_KINDS.items()
+}
 
 
-_pointwise_tuned = autotune(CONFIGS, key=["M", "N", "K"])(
-    triton.heuristics({"EVEN_K": even_k})(pointwise_kernel)
-)
+@functools.cache
+def _tma_capable(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
-def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | None = None) -> None:
-    """Launch on already validated tensors; ``config`` forces one config (tests), else autotune."""
+def tma_loads_apply(y: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the TMA configs may run on these operands: 16-bit (``TMA_DTYPES``), on a GPU with
+    a TMA unit (compute capability 9.0 and later) or in the interpreter, with what a tensor
+    descriptor needs: both base addresses and the row pitch (K elements) multiples of 16 bytes."""
+    if y.dtype not in TMA_DTYPES or (weight.shape[1] * y.element_size()) % 16:
+        return False
+    if y.data_ptr() % 16 or weight.data_ptr() % 16:
+        return False
+    if y.device.type == "cuda":
+        return _tma_capable(y.device.index if y.device.index is not None else torch.cuda.current_device())
+    return is_interpreting()
+
+
+def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | None = None, kind: str = "any") -> None:
+    """Launch on already validated tensors; ``config`` forces one config (tests), else the
+    autotuner of ``kind`` (``CONFIG_KINDS``) chooses."""
     N, K = weight.shape
     M = math.prod(y.shape[:-1])
-    launch_gemm(_pointwise_tuned, pointwise_kernel, (y, weight, bias, scale, shift, out, M, N, K), act, y.dtype,
-                M, N, K, config)
-
+    tma = tma_loads_apply(y, weight)
+    if not tma and (kind == "tma" or (config is not None and config.kwargs["TMA"])):
+        raise ValueError(f"pointwise: a TMA config needs float16/bfloat16 operands, 16-byte aligned, with K * "
+                         f"{y.element_size()} bytes a multiple of 16 and a GPU with a TMA unit; got {y.dtype}, K={K}, "
+                         f"addresses {y.data_ptr() % 16} and {weight.data_ptr() % 16} mod 16, device {y.device}")
+    tuned = _pointwise_tuned["pointer" if kind == "any" and not tma else kind]
+    launch_gemm(tuned, pointwise_kernel, (y, weight, bias, scale, shift, out, M, N, K), act, y.dtype, M, N, K,
+                config, tma=tma)
 
 
 triton_pointwise = epilogue_custom_op(
@@ -338,6 +489,19 @@ pointwise = epilogue_entry(
     (``ops._checks``).
     """,
 )
+
+
+# The op with one form of config each, for ``bench-ops`` to time on its own until the measurements
+# settle which stay (benchmarks/NOTES.md §8); "tma" raises ValueError where ``tma_loads_apply`` is False.
+VARIANTS = {
+    "pointwise": {
+        kind: epilogue_entry(
+            "pointwise", pointwise_outputs, functools.partial(_launch, kind=kind),
+            f"``pointwise`` autotuned over its {kind!r} configs only (``CONFIG_KINDS``).",
+        )
+        for kind in ("pointer", "tma")
+    }
+}
 
 
 # --------------------------------------------------------------------------------------------
