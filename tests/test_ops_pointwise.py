@@ -113,7 +113,7 @@ def test_tma_configs_past_the_tensor_ends(config, dtype, atol, rtol):
 
 def test_tma_loads_apply_only_where_a_descriptor_can_describe_the_operands():
     y, weight, *_ = make_inputs((5, 7), 80, 24, torch.float16)
-    has_tma = y.device.type == "cpu" or torch.cuda.get_device_capability()[0] >= 9  # the interpreter, or Hopper on
+    has_tma = y.device.type == "cpu" or torch.cuda.get_device_capability()[0] >= 9  # interpreter, or Hopper+
     assert pw.tma_loads_apply(y, weight) == has_tma
     assert pw.tma_loads_apply(y.bfloat16(), weight.bfloat16()) == has_tma
     assert not pw.tma_loads_apply(y.float(), weight.float())  # TMA configs are for 16-bit operands
@@ -155,19 +155,27 @@ def test_variants_run_one_form_each(kind):
 
 def test_tma_scratch_allocator_is_torchs_and_the_callers_stays():
     """The allocator Triton asks for a TMA launch's descriptor memory is torch's on the launch
-    device, set in a copy of the caller's context: the caller's own setting is untouched."""
+    device (``_with_torch_scratch``), set in a copy of the caller's context: a TMA launch neither
+    uses nor replaces the caller's own setting."""
     from triton.runtime import _allocation  # the allocator's context variable (no public getter)
 
     def callers_allocator(size, alignment, stream):
         raise AssertionError("the caller's allocator was used")
 
+    y, weight, bias, scale, shift = make_inputs((5, 7), 64, 40, torch.float16, seed=6)
+    if not pw.tma_loads_apply(y, weight):
+        pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
     token = _allocation._allocator.set(callers_allocator)
     try:
+        out = nan_out((5, 7, 40), torch.float16)
+        pw._launch(y, weight, bias, scale, shift, "gelu", out, config=TMA_CONFIGS[-1])
+        torch.testing.assert_close(out, pointwise_reference(y, weight, bias, scale, shift, "gelu"), atol=4e-3, rtol=4e-3)
+        assert _allocation._allocator.get() is callers_allocator
         seen = []
         pw.contextvars.copy_context().run(
-            pw._with_torch_scratch, torch.device(DEVICE), lambda: seen.append(_allocation._allocator.get()(256, 128, None))
+            pw._with_torch_scratch, y.device, lambda: seen.append(_allocation._allocator.get()(256, 128, None))
         )
-        assert seen[0].device.type == torch.device(DEVICE).type and seen[0].numel() == 256
+        assert seen[0].device == y.device and seen[0].numel() == 256
         assert _allocation._allocator.get() is callers_allocator
     finally:
         _allocation._allocator.reset(token)
