@@ -78,8 +78,8 @@ def test_allocates_output(kernel_backend):
 TMA_CONFIGS = [c for c in pw.CONFIGS if c.kwargs["TMA"]]
 
 
-def skip_unless_tma_applies(config, y, weight):
-    if config.kwargs["TMA"] and not pw.tma_loads_apply(y, weight):
+def skip_without_tma(y, weight):
+    if not pw.tma_loads_apply(y, weight):
         pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
 
 
@@ -88,7 +88,8 @@ def test_every_config(config):
     """Each autotune config on a shape spanning several tiles (N and M not multiples of a block)."""
     lead, K, N = (300,), 80, 300
     y, weight, bias, scale, shift = make_inputs(lead, K, N, torch.float16, seed=1)
-    skip_unless_tma_applies(config, y, weight)
+    if config.kwargs["TMA"]:
+        skip_without_tma(y, weight)
     out = nan_out((*lead, N), torch.float16)
     pw._launch(y, weight, bias, scale, shift, "gelu", out, config=config)
     expected = pointwise_reference(y, weight, bias, scale, shift, "gelu")
@@ -103,7 +104,7 @@ def test_tma_configs_past_the_tensor_ends(config, dtype, atol, rtol):
     walks several tiles (``persistent_programs``: 3 under the interpreter)."""
     lead, K, N = (3, 7, 17), 72, 200
     y, weight, bias, scale, shift = make_inputs(lead, K, N, dtype, seed=3)
-    skip_unless_tma_applies(config, y, weight)
+    skip_without_tma(y, weight)
     out = nan_out((*lead, N), dtype)
     pw._launch(y, weight, bias, scale, shift, "relu", out, config=config)
     expected = pointwise_reference(y, weight, bias, scale, shift, "relu")
@@ -143,8 +144,8 @@ def test_variants_run_one_form_each(kind):
 
     variant = BACKENDS["triton"].load_variants()["pointwise"][kind]
     y, weight, bias, scale, shift = make_inputs((3, 5, 7), 64, 40, torch.bfloat16, seed=5)
-    if kind == "tma" and not pw.tma_loads_apply(y, weight):
-        pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
+    if kind == "tma":
+        skip_without_tma(y, weight)
     out = nan_out((3, 5, 7, 40), torch.bfloat16)
     assert variant(y, weight, bias, scale, shift, "gelu", out=out) is out
     torch.testing.assert_close(out, pointwise_reference(y, weight, bias, scale, shift, "gelu"), atol=3e-2, rtol=2e-2)
@@ -163,8 +164,7 @@ def test_tma_scratch_allocator_is_torchs_and_the_callers_stays():
         raise AssertionError("the caller's allocator was used")
 
     y, weight, bias, scale, shift = make_inputs((5, 7), 64, 40, torch.float16, seed=6)
-    if not pw.tma_loads_apply(y, weight):
-        pytest.skip("TMA configs run on GPUs with a TMA unit (compute capability 9.0 and later)")
+    skip_without_tma(y, weight)
     token = _allocation._allocator.set(callers_allocator)
     try:
         out = nan_out((5, 7, 40), torch.float16)

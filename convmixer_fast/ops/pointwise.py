@@ -264,18 +264,12 @@ PERSISTENT_PROGRAMS_PER_SM = 2
 INTERPRETER_PERSISTENT_PROGRAMS = 3
 
 
-@functools.cache
-def _multiprocessors(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def persistent_programs(device: torch.device) -> int:
     """Programs a persistent GEMM launches at most: ``PERSISTENT_PROGRAMS_PER_SM`` per SM of
     ``device`` (the interpreter: ``INTERPRETER_PERSISTENT_PROGRAMS``)."""
     if device.type != "cuda":
         return INTERPRETER_PERSISTENT_PROGRAMS
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return PERSISTENT_PROGRAMS_PER_SM * _multiprocessors(index)
+    return PERSISTENT_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _with_torch_scratch(device: torch.device, launch: Callable[[], None]) -> None:
@@ -440,11 +434,6 @@ _pointwise_tuned = {
 }
 
 
-@functools.cache
-def _tma_capable(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def tma_loads_apply(y: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the TMA configs may run on these operands: 16-bit (``TMA_DTYPES``), on a GPU with
     a TMA unit (compute capability 9.0 and later) or in the interpreter, with what a tensor
@@ -454,7 +443,7 @@ def tma_loads_apply(y: torch.Tensor, weight: torch.Tensor) -> bool:
     if y.data_ptr() % 16 or weight.data_ptr() % 16:
         return False
     if y.device.type == "cuda":
-        return _tma_capable(y.device.index if y.device.index is not None else torch.cuda.current_device())
+        return torch.cuda.get_device_properties(y.device).major >= 9
     return is_interpreting()
 
 
