@@ -40,7 +40,9 @@ FLOPs are ``bench.flops_per_image`` (2 per multiply-add; convolutions and the cl
 the batch, divided by ``depth`` for one block's depthwise / pointwise op.
 
 Output: a table, one row per (op, backend), times in microseconds ("us"): time, both floors, the floor, floor / time (how close the
-op is to its floor), achieved TFLOP/s and GB/s; a header with the three measured rates; and per
+op is to its floor), achieved TFLOP/s and GB/s; under a row whose first call autotuned a Triton kernel,
+each config's time as the autotuner measured it (the row's ``autotuning``: which config wins and
+by how much, per shape, for pruning the config lists); a header with the three measured rates; and per
 backend the per-op-sum estimate of one forward (stem once, depthwise and pointwise ``depth`` times,
 head once). JSON (``--json``; on a GPU by default
 ``benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json``)::
@@ -54,6 +56,7 @@ it measured; ``run["complete"]`` turns True at the end.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from dataclasses import dataclass
@@ -66,11 +69,16 @@ from . import bench
 from ._settings import TRITON_COMPILE_OPTIONS
 from .backends import BACKENDS, OP_NAMES
 
-try:  # the FMA-rate kernel; without Triton the FMA rate is simply not measured
+try:  # the FMA-rate kernel and the autotuners' timings; without Triton neither is measured
     import triton
     import triton.language as tl
+
+    from .ops._triton_utils import recorded_autotuning
 except ImportError:  # pragma: no cover - Triton ships with every environment of this project
     triton = None
+
+    def recorded_autotuning():
+        return contextlib.nullcontext([])
 
 SCHEMA = 1
 GPU_MODEL, GPU_BATCH, GPU_DTYPE = "convmixer_1536_20", 256, "bf16"
@@ -392,14 +400,15 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
                warmup: int, max_repeats: int, variant: str | None = None) -> dict:
     """The outcome of one (op, backend), or of one of the backend's ``variant`` kernels of the op (row
     backend "cuda:band"): status, reason, the check and the timing (``time_us``, ``times_us``,
-    ``repeats``, ``calls_per_repeat``; ``traceback`` for an error). Wrong outputs and exceptions are
-    not timed."""
+    ``repeats``, ``calls_per_repeat``; ``traceback`` for an error), and ``autotuning``: the
+    autotuning its first call ran (``ops._triton_utils.recorded_autotuning``: each config's time by
+    Triton's autotuner). Wrong outputs and exceptions are not timed."""
     from .verify import errors
 
     label = backend if variant is None else f"{backend}:{variant}"
     row = {"op": case.op, "backend": label, "variant": variant, "status": "skipped", "reason": None, "traceback": None,
            "max_rel_err": None, "tolerance": tolerance, "time_us": None, "times_us": None, "repeats": None,
-           "calls_per_repeat": None}
+           "calls_per_repeat": None, "autotuning": []}
     reason = backend_skip_reason(backend, case.op, device, dtype, channels)
     if reason is not None:
         row["reason"] = reason
@@ -420,7 +429,9 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
             def call():
                 return fn(*case.args, **kwargs)
 
-            call()  # compiles / autotunes on the first call
+            with recorded_autotuning() as autotuning:
+                call()  # compiles / autotunes on the first call
+            row["autotuning"] = autotuning
             bench._synchronize(device_type)
             _, max_rel = errors(out, case.reference)
             row["max_rel_err"] = max_rel
@@ -520,6 +531,19 @@ def format_row(row: dict) -> str:
             f"{_num(row['tflops'], 8, 2)} {_num(row['gb_per_s'], 8)}")
 
 
+def format_autotuning(row: dict) -> list[str]:
+    """The lines under a row: each autotuning its first call ran, the configs fastest first, in µs as
+    Triton's autotuner times them (one launch at a time, not the row's graph replay)."""
+    lines = []
+    for run in row.get("autotuning") or []:  # results written before the field have none
+        source = "Triton's disk cache" if run["bench_s"] is None else f"benchmarked in {run['bench_s']:.1f} s"
+        lines.append(f"    autotuned {run['kernel']} ({', '.join(map(str, run['key']))}), {source}:")
+        for label, time_us in sorted(run["timings_us"].items(), key=lambda item: (item[1] is None, item[1] or 0.0)):
+            time_text = f"{'did not run':>11}" if time_us is None else _num(time_us, 11)
+            lines.append(f"      {time_text}  {label}{'  (chosen)' if label == run['best'] else ''}")
+    return lines
+
+
 def format_forward(document: dict) -> str:
     """The per-op-sum estimates of one forward, per backend, "best" and "floor"."""
     workload = document["workload"]
@@ -539,7 +563,10 @@ def format_forward(document: dict) -> str:
 
 def format_table(document: dict) -> str:
     """The rows of a result document as a table, then the forward estimates (also for a saved result)."""
-    return "\n".join([TABLE_HEADER, *(format_row(row) for row in document["rows"]), format_forward(document)])
+    lines = [TABLE_HEADER]
+    for row in document["rows"]:
+        lines += [format_row(row), *format_autotuning(row)]
+    return "\n".join([*lines, format_forward(document)])
 
 
 def headline(document: dict) -> str:
@@ -629,8 +656,9 @@ def run_cli(args) -> int:
                     row = measure_op(cases[op], backend, dtype=dtype, device=device, channels=config["dim"],
                                      tolerance=kernel_tolerance, warmup=warmup, max_repeats=max_repeats,
                                      variant=variant)
-                    document["rows"].append(complete_row(row, config, batch, image_size, dtype_name, rates))
-                    print(format_row(document["rows"][-1]), flush=True)
+                    row = complete_row(row, config, batch, image_size, dtype_name, rates)
+                    document["rows"].append(row)
+                    print("\n".join([format_row(row), *format_autotuning(row)]), flush=True)
                     if on_gpu:
                         torch.cuda.empty_cache()
             document["forward"] = forward_estimates(document["rows"], ops)

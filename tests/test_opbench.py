@@ -1,6 +1,6 @@
 """The machinery of ``python -m convmixer_fast bench-ops`` (convmixer_fast/opbench.py), not speed: byte and
 FLOP counts, the FMA-rate kernel's predicted output, the command end to end on a tiny CPU workload, the
-result JSON, skipped backends and a WRONG op."""
+result JSON, skipped backends, a WRONG op, and the autotuners' timings each row records."""
 
 import contextlib
 import dataclasses
@@ -13,18 +13,22 @@ from pathlib import Path
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from convmixer_fast import bench, opbench
+from convmixer_fast.ops import _triton_utils
 from convmixer_fast.__main__ import main
 from convmixer_fast.backends import BACKENDS, OP_NAMES, eager
 from convmixer_fast.configs import MODEL_CONFIGS
+from helpers import DEVICE
 
 # dim 8, depth 2, k 3, p 2, 5 classes, 3 input channels: at 8x8 images, 4x4 tokens.
 SMALL = dict(dim=8, depth=2, kernel_size=3, patch_size=2, n_classes=5)
 TINY = ["--device", "cpu", "--model", "convmixer_cifar10", "--batch", "1", "--repeats", "2", "--warmup", "1"]
 ROW_KEYS = {"op", "backend", "variant", "status", "reason", "traceback", "max_rel_err", "tolerance", "time_us", "times_us",
             "repeats", "calls_per_repeat", "calls_per_forward", "flops", "bytes", "compute_rate", "compute_floor_us",
-            "memory_floor_us", "floor_us", "tflops", "gb_per_s", "floor_fraction"}
+            "memory_floor_us", "floor_us", "tflops", "gb_per_s", "floor_fraction", "autotuning"}
 
 
 def run_bench_ops(*argv) -> tuple[int, str]:
@@ -283,3 +287,105 @@ def test_gpu_op_timing_replays_a_graph_of_calls(monkeypatch):
     assert len(ran) == graph_calls
     assert timing.median_s == pytest.approx(2e-3 / graph_calls) and timing.calls_per_repeat == 3 * graph_calls
     assert timing.per_call_s == pytest.approx((2e-3 / graph_calls, 4e-3 / graph_calls))
+
+
+# --------------------------------------------------------------------------------------- autotuning
+@triton.jit
+def _add_one_kernel(x_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
+    tl.store(x_ptr + offsets, tl.load(x_ptr + offsets, mask=offsets < n) + 1.0, mask=offsets < n)
+
+
+# Milliseconds per config, as Triton's do_bench gives them ([median, 20th, 80th percentile]); the
+# last config "could not run" (Triton records infinity for out-of-resources configs).
+FAKE_TIMINGS_MS = ([2.0, 1.9, 2.1], [1.5, 1.4, 1.6], [float("inf")] * 3)
+
+
+@pytest.fixture
+def tuned_add_one(monkeypatch):
+    """``launch(x)``: adds 1 to a 1-D fp32 tensor through an autotuner made by ``_triton_utils.autotune``
+    over three configs (as on a GPU: all of them, even under the interpreter), in ``AUTOTUNERS`` for
+    the test; each config's benchmark runs it once and reports ``FAKE_TIMINGS_MS``."""
+    monkeypatch.setattr(_triton_utils, "is_interpreting", lambda: False)
+    monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "1")
+    timings = iter(FAKE_TIMINGS_MS)
+
+    def do_bench(kernel_call, quantiles):
+        kernel_call()
+        return next(timings)
+
+    configs = [triton.Config({"BLOCK": 8}, num_warps=1), triton.Config({"BLOCK": 16}, num_warps=2),
+               triton.Config({"BLOCK": 32}, num_warps=1)]
+    tuner = _triton_utils.autotune(configs, key=["n"], do_bench=do_bench)(_add_one_kernel)
+    assert _triton_utils.AUTOTUNERS[-1] is tuner
+
+    def launch(x):
+        tuner[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, x.numel())
+        return tuner
+
+    yield launch
+    _triton_utils.AUTOTUNERS.remove(tuner)
+
+
+def test_recorded_autotuning_gives_each_configs_time(tuned_add_one):
+    x = torch.zeros(37, device=DEVICE)
+    with _triton_utils.recorded_autotuning() as runs:
+        tuner = tuned_add_one(x)
+    # The benchmarks ran the kernel once per config that ran (two), then the chosen config once.
+    assert torch.equal(x, torch.full_like(x, 4.0))
+    assert len(runs) == 1 and runs[0]["bench_s"] >= 0.0
+    assert {k: v for k, v in runs[0].items() if k != "bench_s"} == {
+        "kernel": "_add_one_kernel", "key": [37, "torch.float32"], "best": "BLOCK=16,w=2,s=3",
+        "timings_us": {"BLOCK=8,w=1,s=3": 2000.0, "BLOCK=16,w=2,s=3": 1500.0, "BLOCK=32,w=1,s=3": None}}
+    json.dumps(runs, allow_nan=False)  # the result files are strict JSON
+
+    with _triton_utils.recorded_autotuning() as runs:
+        tuned_add_one(x)  # the same key: Triton reuses its choice
+    assert runs == []
+
+    # What Triton's disk cache does for a key tuned by an earlier process: the choice and the
+    # timings set, nothing benchmarked.
+    with _triton_utils.recorded_autotuning() as runs:
+        tuner.cache[(20, "torch.float32")] = tuner.configs[0]
+        tuner.configs_timings = {config: [1.0, 0.9, 1.1] for config in tuner.configs}
+    assert [(r["key"], r["best"], r["bench_s"]) for r in runs] == [([20, "torch.float32"], "BLOCK=8,w=1,s=3", None)]
+
+
+def test_a_rows_autotuning_is_recorded_and_printed(monkeypatch, tmp_path, tuned_add_one):
+    """The autotuning an op's first call runs lands in its row, and under it in the table, fastest
+    config first; a row whose op tunes nothing records none."""
+    scratch, pointwise = torch.zeros(37, device=DEVICE), eager.OPS.pointwise
+
+    def tuning_pointwise(*args, **kwargs):
+        tuned_add_one(scratch)
+        return pointwise(*args, **kwargs)
+
+    monkeypatch.setattr(eager, "OPS", eager.OPS._replace(pointwise=tuning_pointwise))
+    path = tmp_path / "ops.json"
+    code, out = run_bench_ops(*TINY, "--backends", "eager", "--ops", "pointwise", "head", "--json", str(path))
+    assert code == 0, out
+    rows = {row["op"]: row for row in json.loads(path.read_text())["rows"]}
+    assert rows["head"]["autotuning"] == []
+    (run,) = rows["pointwise"]["autotuning"]
+    assert run["best"] == "BLOCK=16,w=2,s=3" and run["timings_us"]["BLOCK=32,w=1,s=3"] is None
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["pointwise", "eager"])
+    assert lines[start + 1].startswith("    autotuned _add_one_kernel (37, torch.float32), benchmarked in ")
+    assert lines[start + 2].split() == ["1,500.0", "BLOCK=16,w=2,s=3", "(chosen)"]
+    assert lines[start + 3].split() == ["2,000.0", "BLOCK=8,w=1,s=3"]
+    assert lines[start + 4].split() == ["did", "not", "run", "BLOCK=32,w=1,s=3"]
+    assert lines[start + 5].split()[:2] == ["head", "eager"]
+    # A saved result prints the same; one written before rows had the field prints none.
+    table = opbench.format_table(json.loads(path.read_text()))
+    assert "\n".join(lines[start:start + 5]) in table
+    assert opbench.format_autotuning({"op": "pointwise"}) == []
+
+
+def test_every_triton_kernel_autotunes_through_the_registry():
+    """bench-ops records what ``AUTOTUNERS`` holds: every op's kernels, the pointwise GEMM's three
+    autotuners (any, pointer and TMA configs) among them."""
+    import convmixer_fast.backends.triton  # noqa: F401  (imports every Triton op module)
+
+    names = [tuner.base_fn.__name__ for tuner in _triton_utils.AUTOTUNERS]
+    assert sorted(names) == sorted(["stem_kernel", "_depthwise_block_kernel", "_head_pool_kernel",
+                                    "_head_classifier_kernel", *["pointwise_kernel"] * 3])

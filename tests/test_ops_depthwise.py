@@ -17,8 +17,6 @@ skip_module_unless_triton_runs()
 # The reference's conv2d warns about padding="same" with even kernels (it pads a copy): expected.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same':UserWarning")
 
-import triton  # noqa: E402
-
 from convmixer_fast._settings import TRITON_COMPILE_OPTIONS  # noqa: E402
 from convmixer_fast.ops import depthwise as dw  # noqa: E402
 from convmixer_fast.ops._triton_utils import ACTIVATION_CODES  # noqa: E402

@@ -7,6 +7,7 @@ Triton can still use the package.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -57,7 +58,62 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     under TRITON_CACHE_DIR), so another process with the same kernel source, Triton version and GPU
     does not tune again."""
     selected = configs[:1] if is_interpreting() or not _settings.triton_autotunes() else configs
-    return triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
+    tune = triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
+
+    def registered(fn):
+        tuner = tune(fn)
+        AUTOTUNERS.append(tuner)
+        return tuner
+
+    return registered
+
+
+AUTOTUNERS: list = []  # every autotuner ``autotune`` made, in order: ``recorded_autotuning`` reads them
+
+
+@contextlib.contextmanager
+def recorded_autotuning():
+    """Yield a list that, once the block ends, holds one dict per autotuner (of ``AUTOTUNERS``) that
+    chose a config for a new key in the block, by benchmarking its configs or from Triton's disk cache:
+
+    - ``kernel``: the kernel's name; ``key``: the autotune key (the key arguments, then each tensor
+      argument's dtype), its items as JSON numbers or strings;
+    - ``best``: the chosen config's ``config_label``;
+    - ``bench_s``: seconds the benchmarking took, None where the timings came from the disk cache;
+    - ``timings_us``: each config's median time (µs) by label, in the autotuner's config order; None
+      for a config that could not run (out of resources, a compile-time assertion).
+
+    Triton keeps only each autotuner's latest timings (``configs_timings``), so an autotuner that
+    tunes two keys in one block is recorded with the second only (``bench-ops`` calls each op once
+    per block).
+    """
+    before = {id(tuner): (getattr(tuner, "configs_timings", None), getattr(tuner, "bench_time", None))
+              for tuner in AUTOTUNERS}
+    runs: list[dict] = []
+    try:
+        yield runs
+    finally:
+        for tuner in AUTOTUNERS:
+            timings_before, bench_time_before = before.get(id(tuner), (None, None))
+            timings = getattr(tuner, "configs_timings", None)
+            if not timings or timings is timings_before:
+                continue
+            key = list(tuner.cache)[-1]  # the newest key: Triton sets cache[key] with configs_timings
+            bench_time = getattr(tuner, "bench_time", None)
+            runs.append({
+                "kernel": tuner.base_fn.__name__,
+                "key": [item if isinstance(item, (bool, int, float, str)) else str(item) for item in key],
+                "best": config_label(tuner.cache[key]),
+                "bench_s": None if bench_time is bench_time_before else bench_time,
+                "timings_us": {config_label(config): _median_us(timing) for config, timing in timings.items()},
+            })
+
+
+def _median_us(timing) -> float | None:
+    """One of Triton's autotune timings (ms: the median, or [median, 20th, 80th percentile]) in µs;
+    None where the config could not run (Triton records infinity)."""
+    median = timing[0] if isinstance(timing, (list, tuple)) else timing
+    return median * 1e3 if math.isfinite(median) else None
 
 
 def config_label(config: triton.Config) -> str:
