@@ -389,3 +389,40 @@ def test_every_triton_kernel_autotunes_through_the_registry():
     names = [tuner.base_fn.__name__ for tuner in _triton_utils.AUTOTUNERS]
     assert sorted(names) == sorted(["stem_kernel", "_depthwise_block_kernel", "_head_pool_kernel",
                                     "_head_classifier_kernel", *["pointwise_kernel"] * 3])
+
+
+# What one process runs: the Triton head (two autotuned kernels) at a small shape, its autotuning
+# printed as JSON.
+HEAD_AUTOTUNING_SCRIPT = """
+import json, torch
+from convmixer_fast.ops.head import head
+from convmixer_fast.ops._triton_utils import recorded_autotuning
+x = torch.randn(3, 5, 5, 48, device="cuda", dtype=torch.bfloat16)
+weight, bias = torch.randn(7, 48, device="cuda", dtype=torch.bfloat16), torch.randn(7, device="cuda")
+with recorded_autotuning() as runs:
+    head(x, weight, bias)
+torch.cuda.synchronize()
+print(json.dumps(runs))
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton autotunes on a GPU only")
+def test_a_second_process_reads_the_autotuning_from_disk(tmp_path):
+    """Issue 6: the autotune result is cached on disk (``_triton_utils.autotune``: ``cache_results``)
+    so a second process does not tune again: it gets the first one's choices and timings without
+    benchmarking (``bench_s`` None)."""
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "TRITON_CACHE_DIR": str(tmp_path), "CONVMIXER_FAST_TRITON_AUTOTUNE": "1"}
+
+    def run() -> dict:
+        done = subprocess.run([sys.executable, "-c", HEAD_AUTOTUNING_SCRIPT], env=env, capture_output=True,
+                              text=True, timeout=300, check=True)
+        return {r["kernel"]: r for r in json.loads(done.stdout.splitlines()[-1])}
+
+    first, second = run(), run()
+    assert set(first) == set(second) == {"_head_pool_kernel", "_head_classifier_kernel"}
+    for kernel, tuned in first.items():
+        assert tuned["bench_s"] > 0 and len(tuned["timings_us"]) > 1
+        assert second[kernel]["bench_s"] is None
+        assert (second[kernel]["best"], second[kernel]["timings_us"]) == (tuned["best"], tuned["timings_us"])
