@@ -533,7 +533,8 @@ def format_row(row: dict) -> str:
 
 def format_autotuning(row: dict) -> list[str]:
     """The lines under a row: each autotuning its first call ran, the configs fastest first, in µs as
-    Triton's autotuner times them (one launch at a time, not the row's graph replay)."""
+    the autotuner timed them (``ops._triton_utils.autotune_benchmark``: calls queued behind a spin
+    kernel, fewer of them than the row's timing)."""
     lines = []
     for run in row.get("autotuning") or []:  # results written before the field have none
         source = "Triton's disk cache" if run["bench_s"] is None else f"benchmarked in {run['bench_s']:.1f} s"

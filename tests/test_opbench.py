@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,9 @@ import triton.language as tl
 from convmixer_fast import bench, opbench
 from convmixer_fast.ops import _triton_utils
 from convmixer_fast.__main__ import main
-from convmixer_fast.backends import BACKENDS, OP_NAMES, eager
+from convmixer_fast.backends import BACKENDS, OP_NAMES, eager, measured
 from convmixer_fast.configs import MODEL_CONFIGS
-from helpers import DEVICE
+from helpers import DEVICE, run_in_threads
 
 # dim 8, depth 2, k 3, p 2, 5 classes, 3 input channels: at 8x8 images, 4x4 tokens.
 SMALL = dict(dim=8, depth=2, kernel_size=3, patch_size=2, n_classes=5)
@@ -302,29 +303,44 @@ FAKE_TIMINGS_MS = ([2.0, 1.9, 2.1], [1.5, 1.4, 1.6], [float("inf")] * 3)
 
 
 @pytest.fixture
-def tuned_add_one(monkeypatch):
-    """``launch(x)``: adds 1 to a 1-D fp32 tensor through an autotuner made by ``_triton_utils.autotune``
-    over three configs (as on a GPU: all of them, even under the interpreter), in ``AUTOTUNERS`` for
-    the test; each config's benchmark runs it once and reports ``FAKE_TIMINGS_MS``."""
+def add_one_autotuner(monkeypatch):
+    """``make(do_bench)``: ``launch(x)``, which adds 1 to a 1-D fp32 tensor through an autotuner made
+    by ``_triton_utils.autotune`` over three configs (as on a GPU: all of them, even under the
+    interpreter) with ``do_bench`` (None: the default), in ``AUTOTUNERS`` for the test."""
     monkeypatch.setattr(_triton_utils, "is_interpreting", lambda: False)
     monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "1")
+    made = []
+
+    def make(do_bench=None):
+        configs = [triton.Config({"BLOCK": 8}, num_warps=1), triton.Config({"BLOCK": 16}, num_warps=2),
+                   triton.Config({"BLOCK": 32}, num_warps=1)]
+        options = {} if do_bench is None else {"do_bench": do_bench}
+        tuner = _triton_utils.autotune(configs, key=["n"], **options)(_add_one_kernel)
+        assert _triton_utils.AUTOTUNERS[-1] is tuner
+        made.append(tuner)
+
+        def launch(x):
+            tuner[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, x.numel())
+            return tuner
+
+        return launch
+
+    yield make
+    for tuner in made:
+        _triton_utils.AUTOTUNERS.remove(tuner)
+
+
+@pytest.fixture
+def tuned_add_one(add_one_autotuner):
+    """``launch(x)`` of ``add_one_autotuner`` whose benchmark runs each config once and reports
+    ``FAKE_TIMINGS_MS``."""
     timings = iter(FAKE_TIMINGS_MS)
 
     def do_bench(kernel_call, quantiles):
         kernel_call()
         return next(timings)
 
-    configs = [triton.Config({"BLOCK": 8}, num_warps=1), triton.Config({"BLOCK": 16}, num_warps=2),
-               triton.Config({"BLOCK": 32}, num_warps=1)]
-    tuner = _triton_utils.autotune(configs, key=["n"], do_bench=do_bench)(_add_one_kernel)
-    assert _triton_utils.AUTOTUNERS[-1] is tuner
-
-    def launch(x):
-        tuner[lambda meta: (triton.cdiv(x.numel(), meta["BLOCK"]),)](x, x.numel())
-        return tuner
-
-    yield launch
-    _triton_utils.AUTOTUNERS.remove(tuner)
+    return add_one_autotuner(do_bench)
 
 
 def test_recorded_autotuning_gives_each_configs_time(tuned_add_one):
@@ -426,3 +442,41 @@ def test_a_second_process_reads_the_autotuning_from_disk(tmp_path):
         assert tuned["bench_s"] > 0 and len(tuned["timings_us"]) > 1
         assert second[kernel]["bench_s"] is None
         assert (second[kernel]["best"], second[kernel]["timings_us"]) == (tuned["best"], tuned["timings_us"])
+
+
+def test_autotune_benchmark_gives_the_quantiles_asked_for():
+    calls = []
+    median, low, high = _triton_utils.autotune_benchmark(lambda: calls.append(1), quantiles=(0.5, 0.2, 0.8))
+    assert 0 <= low <= median <= high
+    # One untimed call, then a call per repeat on CPU (on a GPU: TIMED_CALLS per repeat).
+    assert len(calls) == 1 + max(_triton_utils.AUTOTUNE_REPEATS, measured.TIMED_CALLS)
+
+
+def test_autotuners_time_their_configs_with_autotune_benchmark(add_one_autotuner):
+    x = torch.zeros(37, device=DEVICE)
+    launch = add_one_autotuner()
+    with _triton_utils.recorded_autotuning() as runs:
+        launch(x)
+    (run,) = runs
+    timings = run["timings_us"]
+    assert len(timings) == 3 and all(t is not None and t > 0 for t in timings.values())
+    assert run["best"] == min(timings, key=timings.get)
+    assert torch.all(x >= 1)  # (each benchmark adds 1 too)
+
+
+def test_two_threads_launching_while_one_autotunes(add_one_autotuner):
+    """Triton's autotuner keeps a launch's arguments on itself while it benchmarks, and Triton's
+    interpreter patches ``triton.language`` while it runs a kernel: neither is thread-safe, so every
+    launch through an autotuner holds one process-wide lock. Four threads, two shapes: each tuned
+    once, every launch complete (without the lock this fails, under the interpreter on CPU)."""
+    def slow_bench(kernel_call, quantiles):
+        kernel_call()
+        time.sleep(0.02)  # a GPU benchmark waits on the device: the GIL is free meanwhile
+        return [1.0, 1.0, 1.0]
+
+    launch = add_one_autotuner(slow_bench)
+    tensors = [torch.zeros(37 + i % 2, device=DEVICE) for i in range(4)]  # two keys, two threads each
+    run_in_threads(lambda i: launch(tensors[i]), len(tensors))
+    for x in tensors:
+        # One launch by the chosen config, and one per config the benchmark ran if it tuned this key.
+        assert torch.all(x == x[0]) and x[0].item() in (1.0, 4.0)

@@ -67,30 +67,35 @@ Timer = Callable[[Callable[[], object], torch.device], float]  # (call, device) 
 
 
 def time_op(call: Callable[[], object], device: torch.device) -> float:
-    """Seconds per call of ``call``, after one untimed call. On a GPU: ``TIMED_REPEATS`` times,
+    """Seconds per call of ``call``: the median of ``repeat_times``."""
+    return statistics.median(repeat_times(call, device))
+
+
+def repeat_times(call: Callable[[], object], device: torch.device, repeats: int = TIMED_REPEATS) -> list[float]:
+    """Seconds per call of ``call`` in each of ``repeats`` repeats, after one untimed call. On a GPU:
     ``TIMED_CALLS`` calls back to back between two CUDA events on ``device``'s current stream, each
-    repeat queued behind a spin kernel (``SPIN_CYCLES``); the median of the repeats' means.
-    Elsewhere: the median of ``TIMED_CALLS`` calls timed by ``time.perf_counter``."""
+    repeat queued behind a spin kernel (``SPIN_CYCLES``), the mean of the calls. Elsewhere: one call
+    timed by ``time.perf_counter`` per repeat, ``TIMED_CALLS`` repeats at least."""
     call()
     if device.type == "cuda":
         with torch.cuda.device(device):  # the events and the spin on the device the op runs on
-            repeats = []
-            for _ in range(TIMED_REPEATS):
+            events = []
+            for _ in range(repeats):
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 torch.cuda._sleep(SPIN_CYCLES)
                 begin.record()
                 for _ in range(TIMED_CALLS):
                     call()
                 end.record()
-                repeats.append((begin, end))
+                events.append((begin, end))
             torch.cuda.synchronize(device)
-        return statistics.median(begin.elapsed_time(end) / 1e3 / TIMED_CALLS for begin, end in repeats)
+        return [begin.elapsed_time(end) / 1e3 / TIMED_CALLS for begin, end in events]
     times = []
-    for _ in range(TIMED_CALLS):
+    for _ in range(max(repeats, TIMED_CALLS)):
         begin = time.perf_counter()
         call()
         times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+    return times
 
 
 def signature(op: str, args: tuple) -> str:

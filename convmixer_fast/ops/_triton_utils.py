@@ -7,7 +7,9 @@ Triton can still use the package.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -54,14 +56,18 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
     """``triton.autotune`` as every op uses it: all ``configs`` on a GPU, only the first under the
     interpreter or with CONVMIXER_FAST_TRITON_AUTOTUNE=0 (``_settings``; the tests: benchmarking
     would only multiply their compile time, correctness does not depend on the config, and tests
-    that want a specific config pass it explicitly); results cached on disk (``cache_results``,
+    that want a specific config pass it explicitly); each config timed by ``autotune_benchmark``
+    (unless ``kwargs`` names another ``do_bench``); results cached on disk (``cache_results``,
     under TRITON_CACHE_DIR), so another process with the same kernel source, Triton version and GPU
-    does not tune again."""
+    does not tune again. The autotuner is registered in ``AUTOTUNERS`` and its launches are
+    serialised process-wide (``_serialized``)."""
     selected = configs[:1] if is_interpreting() or not _settings.triton_autotunes() else configs
+    kwargs.setdefault("do_bench", autotune_benchmark)
     tune = triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
 
     def registered(fn):
         tuner = tune(fn)
+        tuner.run = _serialized(tuner.run)  # ``tuner[grid](...)`` calls ``self.run``
         AUTOTUNERS.append(tuner)
         return tuner
 
@@ -69,6 +75,40 @@ def autotune(configs: list[triton.Config], key: list[str], **kwargs):
 
 
 AUTOTUNERS: list = []  # every autotuner ``autotune`` made, in order: ``recorded_autotuning`` reads them
+AUTOTUNE_REPEATS = 10  # ``autotune_benchmark``'s repeats per config (of measured.TIMED_CALLS calls each)
+# Held by every launch through an autotuner. Triton's Autotuner keeps a launch's arguments on itself
+# (``nargs``) while it benchmarks and clears them when done, so two threads launching one kernel at
+# once, the first tuning a new shape, would hand the first the second's arguments or none (a
+# TypeError mid-benchmark), and time each other's kernels. (Triton's interpreter, which patches
+# triton.language while a kernel runs, is not thread-safe either.)
+_AUTOTUNED_LAUNCH = threading.RLock()
+
+
+def _serialized(run: Callable) -> Callable:
+    """``run`` under ``_AUTOTUNED_LAUNCH``."""
+
+    @functools.wraps(run)
+    def locked(*args, **kwargs):
+        with _AUTOTUNED_LAUNCH:
+            return run(*args, **kwargs)
+
+    return locked
+
+
+def autotune_benchmark(kernel_call: Callable[[], None], quantiles) -> list[float]:
+    """The autotuners' timer, in Triton's ``do_bench`` interface: milliseconds per call at each of
+    ``quantiles`` over ``AUTOTUNE_REPEATS`` repeats of ``backends.measured.repeat_times`` on the
+    current device. On a GPU each repeat is queued behind a spin kernel, so it times the kernels as
+    the model's CUDA graph replays them, without the host's launch overhead (which at batch 1
+    exceeds a GEMM's own time and would blur the configs' differences) and with the L2 cache as
+    consecutive calls leave it (Triton's own timer launches one call at a time and flushes L2
+    first)."""
+    from ..backends.measured import repeat_times
+
+    on_gpu = torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    times_ms = sorted(seconds * 1e3 for seconds in repeat_times(kernel_call, device, repeats=AUTOTUNE_REPEATS))
+    return [times_ms[round(q * (len(times_ms) - 1))] for q in quantiles]
 
 
 @contextlib.contextmanager

@@ -347,8 +347,9 @@ def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, con
 # Pointwise kernel
 # --------------------------------------------------------------------------------------------
 
-# Tuned for H100 (bf16, dim 768/1024/1536, M = 1024 .. 262144). The first config is the one the
-# interpreter uses. Shared memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
+# Candidates for H100 (bf16, dim 768/1024/1536, M = 1024 .. 262144), chosen from the tile
+# arithmetic; which win where is not yet measured on a GPU (benchmarks/NOTES.md §3 and §8: bench-ops
+# records each config's time). The first config is the one the interpreter uses. Shared memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
 # TMA=False: one program per output tile, operands through pointer loads (cp.async on Hopper);
 # TMA=True: persistent (``persistent_programs`` walk the tiles in grouped order), operands through the
 # TMA unit from tensor descriptors built on the device; these run where ``tma_loads_apply``.
