@@ -32,7 +32,8 @@ from convmixer_fast.ops.pointwise import (
     launch_gemm,
 )
 
-# Tuned for H100 (bf16, K = 3*7*7 = 147 or 3*14*14 = 588, N = 768..1536, M = B*32*32 or B*16*16).
+# Candidates for H100 (bf16, K = 3*7*7 = 147 or 3*14*14 = 588, N = 768..1536, M = B*32*32 or
+# B*16*16), from the tile arithmetic and register counts; not yet measured on a GPU.
 # K is small and never a multiple of BLOCK_K and the A loads are gathers (one address per element),
 # so K tiles stay small: the configs with BLOCK_K = 64 and 128x256 / 64-deep tiles spill on sm_80.
 # The first config is the one the interpreter uses.
