@@ -1,4 +1,5 @@
-"""Command line: ``python -m convmixer_fast {info,verify,inspect,bench,bench-ops} ...`` (``--help`` on each)."""
+"""Command line: ``python -m convmixer_fast {info,verify,inspect,bench,bench-ops,tune-gemm} ...`` (``--help`` on
+each)."""
 
 from __future__ import annotations
 
@@ -185,6 +186,24 @@ def _bench_ops(args) -> int:
     return run_cli(args)
 
 
+def _add_measuring_arguments(command: argparse.ArgumentParser, timed: str, default_json: str) -> None:
+    """``--device``, ``--repeats``, ``--warmup``, ``--seed`` and ``--json``, as bench-ops and tune-gemm
+    take them (``timed``: what one timing is of)."""
+    command.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
+    command.add_argument("--repeats", type=_whole_number(1), help=f"most timed repeats per {timed} (default: 20 on "
+                         "a GPU, 5 on CPU)")
+    command.add_argument("--warmup", type=_whole_number(0), help="untimed calls before timing (default: 3)")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--json", metavar="PATH", help=f"write the result here (default on a GPU: {default_json}; "
+                         "none on CPU)")
+
+
+def _tune_gemm(args) -> int:
+    from .tune_gemm import run_cli
+
+    return run_cli(args)
+
+
 def main(argv=None) -> int:
     from .backends import BACKEND_NAMES
     from .configs import MODEL_CONFIGS
@@ -269,14 +288,21 @@ def main(argv=None) -> int:
                      help="default: every backend available on the device")
     ops.add_argument("--ops", nargs="+", action="extend", choices=("stem", "depthwise_block", "pointwise", "head"),
                      help="default: all four")
-    ops.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
-    ops.add_argument("--repeats", type=_whole_number(1), help="most timed repeats per op (default: 20 on a GPU, 5 "
-                     "on CPU)")
-    ops.add_argument("--warmup", type=_whole_number(0), help="untimed calls before timing (default: 3)")
-    ops.add_argument("--seed", type=int, default=0)
-    ops.add_argument("--json", metavar="PATH", help="write the result here (default on a GPU: "
-                     "benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json; none on CPU)")
+    _add_measuring_arguments(ops, "op", "benchmarks/results/ops-<gpu>-<model>-b<batch>-<date>.json")
     ops.set_defaults(run=_bench_ops)
+
+    tune = commands.add_parser("tune-gemm", help="every config of the Triton pointwise GEMM timed on its own over "
+                               "a grid of widths and token counts, against cuBLAS: which configs to autotune over "
+                               "(on a GPU; on CPU only in Triton's interpreter, TRITON_INTERPRET=1)")
+    tune.add_argument("--dims", nargs="+", action="extend", type=_whole_number(1), metavar="N",
+                      help="widths N = K (default: 768 1024 1536)")
+    tune.add_argument("--tokens", nargs="+", action="extend", type=_whole_number(1), metavar="M",
+                      help="token counts M (default: 1024 4096 16384 65536 262144)")
+    tune.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16")
+    tune.add_argument("--group-m", nargs="+", action="extend", type=_whole_number(1), metavar="G",
+                      help="each config once per GROUP_M given (the tile order's swizzle) instead of its own")
+    _add_measuring_arguments(tune, "config and shape", "benchmarks/results/tune-gemm-<gpu>-<dtype>-<date>.json")
+    tune.set_defaults(run=_tune_gemm)
 
     args = parser.parse_args(argv)
     return args.run(args)

@@ -97,3 +97,14 @@ def test_sanitize_without_compute_sanitizer_fails_alone_and_says_why(tmp_path):
     assert summary[0].startswith("sanitize racecheck") and "FAILED (exit 1)" in summary[0]
     assert " ok in " in summary[1]
     assert "no compute-sanitizer on this machine" in (tmp_path / "logs" / "sanitize-racecheck.txt").read_text()
+
+
+def test_the_tune_stage_runs_tune_gemm_with_its_arguments(tmp_path):
+    # On CPU tune-gemm runs in Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 without a GPU).
+    # (On a GPU, --json keeps its result out of benchmarks/results/.)
+    run_script(tmp_path, "tune", "--dims", "24", "--tokens", "40", "--repeats", "2", "--warmup", "1", "--dtype", "fp32",
+               "--json", str(tmp_path / "tune.json"))
+    summary = (tmp_path / "out" / "summary.txt").read_text().splitlines()
+    assert summary[0].startswith("tune --dims 24 --tokens 40") and " ok in " in summary[0]
+    log = (tmp_path / "logs" / "tune-gemm.txt").read_text()
+    assert "1 widths x 1 token counts, fp32" in log and "per config, of 1 shapes" in log
