@@ -401,8 +401,8 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
     """The outcome of one (op, backend), or of one of the backend's ``variant`` kernels of the op (row
     backend "cuda:band"): status, reason, the check and the timing (``time_us``, ``times_us``,
     ``repeats``, ``calls_per_repeat``; ``traceback`` for an error), and ``autotuning``: the
-    autotuning its first call ran (``ops._triton_utils.recorded_autotuning``: each config's time by
-    Triton's autotuner). Wrong outputs and exceptions are not timed."""
+    autotuning its first call ran (``ops._triton_utils.recorded_autotuning``: each config's time as
+    the autotuner measured it). Wrong outputs and exceptions are not timed."""
     from .verify import errors
 
     label = backend if variant is None else f"{backend}:{variant}"
