@@ -589,6 +589,13 @@ def default_result_path(device_name: str, model: str, batch: int, date: str) -> 
     return bench.RESULTS_DIR / f"ops-{bench.gpu_slug(device_name)}-{model}-b{batch}-{date}.json"
 
 
+def timing_arguments(args, on_gpu: bool) -> tuple[int, int]:
+    """(warm-up calls, most repeats) from ``--warmup`` and ``--repeats`` (``__main__``'s measuring
+    arguments, shared by bench-ops and tune-gemm), their defaults where not given."""
+    warmup = bench.WARMUP_CALLS if args.warmup is None else args.warmup
+    return warmup, args.repeats or (GPU_REPEATS if on_gpu else CPU_REPEATS)
+
+
 def run_cli(args) -> int:
     """``python -m convmixer_fast bench-ops`` (arguments from ``__main__``): 0; 1 when an op is WRONG
     or fails; 2 on bad arguments."""
@@ -608,8 +615,7 @@ def run_cli(args) -> int:
     if not bench.cli_image_size_fits("bench-ops", [(model, config)], image_size):
         return 2
     backends = list(dict.fromkeys(args.backends or default_backends(device)))
-    warmup = bench.WARMUP_CALLS if args.warmup is None else args.warmup
-    max_repeats = args.repeats or (GPU_REPEATS if on_gpu else CPU_REPEATS)
+    warmup, max_repeats = timing_arguments(args, on_gpu)
 
     start = time.perf_counter()
     run = bench.run_info(device, {"warmup": warmup, "max_repeats": max_repeats, "seed": args.seed,

@@ -83,7 +83,7 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
     row = {"config": config_label(config), "tma": config.kwargs["TMA"], "status": "skipped", "reason": None,
            "max_rel_err": None, "time_us": None, "tflops": None}
     if config.kwargs["TMA"] and not pointwise.tma_loads_apply(y, weight):
-        row["reason"] = "TMA configs need fp16/bf16 operands, 16-byte aligned, on a GPU with a TMA unit"
+        row["reason"] = pointwise.tma_requirements(y, weight)
         return row
 
     def call():
@@ -204,8 +204,7 @@ def run_cli(args) -> int:
     dtype_name = args.dtype or DEFAULT_DTYPE
     dims = list(dict.fromkeys(args.dims or DEFAULT_DIMS))
     tokens = list(dict.fromkeys(args.tokens or DEFAULT_TOKENS))
-    warmup = bench.WARMUP_CALLS if args.warmup is None else args.warmup
-    max_repeats = args.repeats or (opbench.GPU_REPEATS if on_gpu else opbench.CPU_REPEATS)
+    warmup, max_repeats = opbench.timing_arguments(args, on_gpu)
     configs = candidate_configs(args.group_m)
     labels = [config_label(config) for config in configs]
 
@@ -223,6 +222,12 @@ def run_cli(args) -> int:
     if not on_gpu:
         print("CPU run in Triton's interpreter: it checks the configs; its times mean nothing")
     print(SHAPE_HEADER, flush=True)
+
+    def save() -> None:
+        run["wall_s"] = round(time.perf_counter() - start, 1)
+        if json_path:
+            bench.write_result(document, json_path)
+
     for dim in dims:
         for count in tokens:
             shape = measure_shape(dim, count, configs, dtype=bench._torch_dtype(dtype_name), device=device,
@@ -230,15 +235,11 @@ def run_cli(args) -> int:
             document["shapes"].append(shape)
             document["summary"] = summarize(document["shapes"], labels)
             print(format_shape(shape), flush=True)
-            run["wall_s"] = round(time.perf_counter() - start, 1)
-            if json_path:
-                bench.write_result(document, json_path)
+            save()
             if on_gpu:
                 torch.cuda.empty_cache()
     run["complete"] = True
-    run["wall_s"] = round(time.perf_counter() - start, 1)
-    if json_path:
-        bench.write_result(document, json_path)
+    save()
     print(format_summary(document["summary"], len(document["shapes"])))
     if json_path:
         print(f"wrote {json_path}")

@@ -348,8 +348,9 @@ def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, con
 # --------------------------------------------------------------------------------------------
 
 # Candidates for H100 (bf16, dim 768/1024/1536, M = 1024 .. 262144), chosen from the tile
-# arithmetic; which win where is not yet measured on a GPU (benchmarks/NOTES.md §3 and §8: bench-ops
-# records each config's time). The first config is the one the interpreter uses. Shared memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
+# arithmetic; which win where is not yet measured on a GPU (benchmarks/NOTES.md §8: tune-gemm, and
+# bench-ops records each config's time). The first config is the one the interpreter uses. Shared
+# memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
 # TMA=False: one program per output tile, operands through pointer loads (cp.async on Hopper);
 # TMA=True: persistent (``persistent_programs`` walk the tiles in grouped order), operands through the
 # TMA unit from tensor descriptors built on the device; these run where ``tma_loads_apply``.
@@ -448,6 +449,14 @@ def tma_loads_apply(y: torch.Tensor, weight: torch.Tensor) -> bool:
     return is_interpreting()
 
 
+def tma_requirements(y: torch.Tensor, weight: torch.Tensor) -> str:
+    """What the TMA configs need (``tma_loads_apply``) and what these operands are: the reason a TMA
+    config is refused them."""
+    return (f"a TMA config needs float16/bfloat16 operands, 16-byte aligned, with K * {y.element_size()} bytes a "
+            f"multiple of 16 and a GPU with a TMA unit; got {y.dtype}, K={weight.shape[1]}, addresses "
+            f"{y.data_ptr() % 16} and {weight.data_ptr() % 16} mod 16, device {y.device}")
+
+
 def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | None = None, kind: str = "any") -> None:
     """Launch on already validated tensors; ``config`` forces one config (tests), else the
     autotuner of ``kind`` (``CONFIG_KINDS``) chooses."""
@@ -455,9 +464,7 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
     M = math.prod(y.shape[:-1])
     tma = tma_loads_apply(y, weight)
     if not tma and (kind == "tma" or (config is not None and config.kwargs["TMA"])):
-        raise ValueError(f"pointwise: a TMA config needs float16/bfloat16 operands, 16-byte aligned, with K * "
-                         f"{y.element_size()} bytes a multiple of 16 and a GPU with a TMA unit; got {y.dtype}, K={K}, "
-                         f"addresses {y.data_ptr() % 16} and {weight.data_ptr() % 16} mod 16, device {y.device}")
+        raise ValueError(f"pointwise: {tma_requirements(y, weight)}")
     tuned = _pointwise_tuned["pointer" if kind == "any" and not tma else kind]
     launch_gemm(tuned, pointwise_kernel, (y, weight, bias, scale, shift, out, M, N, K), act, y.dtype, M, N, K,
                 config, tma=tma)
