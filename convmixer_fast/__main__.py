@@ -130,7 +130,7 @@ def _verify(args) -> int:
         image_size = args.image_size or (32 if config["patch_size"] <= 2 else 224)
         for dtype in dtypes:
             torch.manual_seed(args.seed)
-            model, reference = build_pair(config, dtype, device, seed=args.seed)
+            model, reference = build_pair(config, dtype, device, image_size, seed=args.seed)
             image = torch.randn(args.batch, model.in_chans, image_size, image_size, device=device)
             for backend in backends:
                 run = {"model": name, "backend": backend, "dtype": str(dtype), "device": str(device),

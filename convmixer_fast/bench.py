@@ -464,7 +464,7 @@ class InputCache:
         key = (workload.model, workload.device, workload.batch, workload.image_size)
         if self._inputs is None or self._inputs[0] != key:
             self._inputs = None  # free the previous batch before building the next
-            reference = self._reference_model(workload.model, workload.device)
+            reference = self._reference_model(workload)
             generator = torch.Generator().manual_seed(self.seed)
             image = torch.randn(workload.batch, 3, workload.image_size, workload.image_size, generator=generator)
             image = image.to(workload.device)
@@ -473,16 +473,17 @@ class InputCache:
             self._inputs = (key, WorkloadInputs(reference, image, logits))
         return self._inputs[1]
 
-    def _reference_model(self, model: str, device: str):
+    def _reference_model(self, workload: Workload):
+        """The fp32 reference of the workload's model, its weights calibrated at its image size."""
         import torch
 
-        from .configs import MODEL_CONFIGS
         from .verify import build_reference
 
-        key = (model, device)
+        key = (workload.model, workload.device, workload.image_size)
         if self._reference is None or self._reference[0] != key:
             self._reference, self._converted = None, {}
-            self._reference = (key, build_reference(MODEL_CONFIGS[model], torch.device(device), self.seed))
+            self._reference = (key, build_reference(workload.config, torch.device(workload.device),
+                                                    workload.image_size, self.seed))
         return self._reference[1]
 
     def convmixer_fast(self, workload: Workload, backend: str, cuda_graphs: bool = True):
@@ -492,7 +493,7 @@ class InputCache:
 
         from .model import ConvMixer
 
-        reference = self._reference_model(workload.model, workload.device)
+        reference = self._reference_model(workload)
         if workload.dtype not in self._converted:
             self._converted[workload.dtype] = ConvMixer.from_eager(reference).to(dtype=_torch_dtype(workload.dtype))
         model = copy.deepcopy(self._converted[workload.dtype])

@@ -332,13 +332,13 @@ _REFERENCES = {"stem": "stem_reference", "depthwise_block": "depthwise_block_ref
                "pointwise": "pointwise_reference", "head": "head_reference"}
 
 
-def build_params(config: dict, dtype: torch.dtype, device: str, seed: int = 0):
+def build_params(config: dict, dtype: torch.dtype, device: str, image_size: int, seed: int = 0):
     """``prepare.PreparedParams`` of a ``ConvMixer`` of ``config`` with trained-looking random weights
-    on ``device`` in ``dtype`` (through the model's own preparation path)."""
+    for images of ``image_size`` on ``device`` in ``dtype`` (through the model's own preparation path)."""
     from .model import ConvMixer
     from .testing import randomize_weights_
 
-    model = randomize_weights_(ConvMixer(**config).to(device), seed=seed)
+    model = randomize_weights_(ConvMixer(**config).to(device), image_size=image_size, seed=seed)
     model.to(dtype=dtype)
     return model._prepared_params()
 
@@ -348,7 +348,7 @@ def build_cases(config: dict, batch: int, image_size: int, dtype: torch.dtype, d
     """The operands of each op at the model's shapes, and their references (TF32 off)."""
     from .ops import reference
 
-    params = build_params(config, dtype, device, seed)
+    params = build_params(config, dtype, device, image_size, seed)
     generator = torch.Generator(device).manual_seed(seed + 1)  # on the device: no host-side batch
     p, dim = config["patch_size"], config["dim"]
     side = image_size // p

@@ -94,17 +94,19 @@ def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tens
     return rows
 
 
-def build_reference(config: dict, device: torch.device, seed: int = 0) -> ConvMixerReference:
+def build_reference(config: dict, device: torch.device, image_size: int, seed: int = 0) -> ConvMixerReference:
     """The fp32 reference model of a config (``configs.MODEL_CONFIGS`` entry) on ``device``, with
-    random trained-looking weights."""
+    random trained-looking weights for images of ``image_size``."""
     arch = {k: v for k, v in config.items() if k != "act_layer"}
     activation = ACTIVATION_LAYERS[config.get("act_layer", "gelu")]
-    return randomize_weights_(ConvMixerReference(**arch, activation=activation).to(device), seed=seed)
+    model = ConvMixerReference(**arch, activation=activation).to(device)
+    return randomize_weights_(model, image_size=image_size, seed=seed)
 
 
-def build_pair(config: dict, dtype: torch.dtype, device: torch.device, seed: int = 0):
-    """(ConvMixer in ``dtype``, fp32 reference nn.Sequential) with the same random trained-looking weights."""
-    reference = build_reference(config, device, seed)
+def build_pair(config: dict, dtype: torch.dtype, device: torch.device, image_size: int, seed: int = 0):
+    """(ConvMixer in ``dtype``, fp32 reference nn.Sequential) with the same random trained-looking
+    weights for images of ``image_size``."""
+    reference = build_reference(config, device, image_size, seed)
     return ConvMixer.from_eager(reference).to(dtype=dtype), reference
 
 

@@ -40,6 +40,15 @@ def test_verify_runs_every_combination_and_an_unavailable_backend_fails_alone(ca
         assert not runs["cuda", dtype]["ok"] and "cannot run on cpu" in runs["cuda", dtype]["error"]
 
 
+def test_verify_passes_in_fp16_for_a_deep_model_at_224_pixels(capsys):
+    # verify's random weights are calibrated at the image size it runs: calibrated at 64 px, this
+    # model's activations reached ~3e4 at 224 px, and ConvMixer-1536/20's overflowed fp16.
+    code = main(["verify", "--config", "16,12,9,14", "--image-size", "224", "--backend", "eager", "--dtype", "fp16",
+                 "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"], report
+
+
 def test_verify_fails_past_tolerance(capsys, monkeypatch):
     from convmixer_fast import verify
 

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from convmixer_fast.reference import ConvMixerReference
+from convmixer_fast.verify import build_reference
 from helpers import reference_model
 
 ACT = {"gelu": F.gelu, "relu": F.relu}
@@ -48,3 +49,19 @@ def test_reference_state_dict_keys_are_the_original_ones():
     assert "2.running_var" in keys and "3.0.fn.0.weight" in keys and "3.0.fn.2.running_mean" in keys
     assert "4.1.weight" in keys and "4.3.num_batches_tracked" in keys
     assert keys[-2:] == ["7.weight", "7.bias"]  # head at 5 + depth
+
+
+@pytest.mark.parametrize("dim, depth, k, p", [(32, 20, 9, 7), (16, 12, 9, 14)])
+def test_random_weights_keep_the_residual_stream_bounded_at_their_image_size(dim, depth, k, p):
+    # Calibrated on 64 px images and run at 224, these models' last blocks reached ~2e3 and ~3e4
+    # (the statistics of smaller token maps under-estimate the variances: testing.py).
+    model = build_reference({"dim": dim, "depth": depth, "kernel_size": k, "patch_size": p, "n_classes": 10},
+                            torch.device("cpu"), image_size=224, seed=3)
+    x = torch.randn(2, 3, 224, 224)
+    peaks = []
+    with torch.no_grad():
+        for layer in model:
+            x = layer(x)
+            peaks.append(x.abs().max().item())
+    stem, blocks = peaks[2], peaks[3:3 + depth]
+    assert max(blocks) < 4 * stem, (stem, blocks)
