@@ -27,14 +27,14 @@ def test_throughput(benchmark, workload, provider, selected_providers, input_cac
     on_gpu = workload.device_type == "cuda"
     with bench.cudnn_benchmark(on_gpu):
         prepared = provider.build(workload, input_cache)
-        measure(benchmark, workload, provider, input_cache.get(workload), prepared,
+        measure(benchmark, workload, provider, input_cache, prepared,
                 max_repeats=bench.GPU_REPEATS if on_gpu else bench.CPU_REPEATS)
 
 
-def measure(benchmark, workload, provider, inputs, prepared, max_repeats):
+def measure(benchmark, workload, provider, input_cache, prepared, max_repeats):
     """Check the logits, then time ``prepared`` with pytest-benchmark (under inference mode)."""
     with torch.inference_mode():
-        check = bench.check_logits(provider, prepared, workload, inputs)
+        check = bench.check_logits(provider, prepared, workload, input_cache)
         assert check is None or check.ok, (f"WRONG: {provider.name} on {workload.label}: max rel err "
                                            f"{check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
         call_seconds = bench.warm_up(prepared.run, workload.device_type, bench.WARMUP_CALLS)

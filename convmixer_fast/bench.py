@@ -56,7 +56,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -208,6 +208,7 @@ class WorkloadInputs:
     reference: object  # fp32 ConvMixerReference (eval) with trained-looking random weights
     image: object  # torch.randn [B, 3, S, S] fp32 on the device
     logits: object  # the reference's fp32 logits, computed with TF32 off
+    eager_errors: dict = field(default_factory=dict)  # dtype -> the eager backend's error (InputCache.eager_error)
 
 
 def _torch_dtype(name: str):
@@ -473,6 +474,21 @@ class InputCache:
             self._inputs = (key, WorkloadInputs(reference, image, logits))
         return self._inputs[1]
 
+    def eager_error(self, workload: Workload, dtype: str) -> float:
+        """``max|out - ref| / max|ref|`` of the workload's logits computed by convmixer_fast's eager
+        backend in ``dtype`` (PyTorch's ops, rounding to ``dtype`` where the kernels do): what the
+        dtype itself loses on this network, the yardstick of ``verify.model_tolerance``."""
+        import torch
+
+        from .verify import errors
+
+        inputs = self.get(workload)
+        if dtype not in inputs.eager_errors:
+            model = self.convmixer_fast(replace(workload, dtype=dtype), "eager", cuda_graphs=False)
+            with torch.inference_mode():
+                inputs.eager_errors[dtype] = errors(model(inputs.image), inputs.logits)[1]
+        return inputs.eager_errors[dtype]
+
     def _reference_model(self, workload: Workload):
         """The fp32 reference of the workload's model, its weights calibrated at its image size."""
         import torch
@@ -514,27 +530,30 @@ class Check:
         return self.max_rel_err <= self.tolerance  # False for NaN
 
 
-def model_tolerance(dtype: str, device_type: str) -> float:
-    """``verify``'s whole-model tolerance of ``dtype``; fp32 on a GPU counts as TF32 when matmuls or
-    cuDNN convolutions (its default, which the eager peers use) may run in TF32."""
+def model_tolerance(dtype: str, device_type: str, eager_error: float) -> float:
+    """``verify``'s whole-model tolerance of ``dtype`` given the eager backend's error in it; fp32 on
+    a GPU counts as TF32 when matmuls or cuDNN convolutions (its default, which the eager peers use)
+    may run in TF32."""
     import torch
 
-    from .verify import tolerances
+    from . import verify
 
     tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
-    return tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=tf32)[1]
+    floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=tf32)[1]
+    return verify.model_tolerance(floor, eager_error)
 
 
-def check_logits(provider: Provider, prepared: Prepared, workload: Workload, inputs: WorkloadInputs) -> Check | None:
+def check_logits(provider: Provider, prepared: Prepared, workload: Workload, cache: InputCache) -> Check | None:
     """The worst of the first ``CHECKED_CALL`` forwards of ``prepared`` against the reference logits
     (NaN the worst of all); None for providers without logits."""
     if not provider.has_logits:
         return None
     from .verify import errors
 
+    inputs, dtype = cache.get(workload), provider.dtype(workload)
     relative = [errors(prepared.run(), inputs.logits)[1] for _ in range(CHECKED_CALL)]
     max_rel_err = max(relative, key=lambda error: math.inf if math.isnan(error) else error)
-    return Check(max_rel_err, model_tolerance(provider.dtype(workload), workload.device_type))
+    return Check(max_rel_err, model_tolerance(dtype, workload.device_type, cache.eager_error(workload, dtype)))
 
 
 @dataclass(frozen=True)
@@ -648,7 +667,7 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
     try:
         prepared = provider.build(workload, cache)
         with torch.inference_mode():
-            check = check_logits(provider, prepared, workload, cache.get(workload))
+            check = check_logits(provider, prepared, workload, cache)
             if check is not None and not check.ok:
                 return Entry(provider, "wrong", precision, check=check, wall_s=time.perf_counter() - start,
                              reason=f"max rel err {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")

@@ -207,6 +207,7 @@ def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
     from convmixer_fast import verify
 
     monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.float32, 0.0)  # eager-fp32 is the reference itself: 0 error
+    monkeypatch.setattr(verify, "EAGER_ERROR_FACTOR", 0.0)
     path = tmp_path / "wrong.json"
     code, out = run_bench(*TINY, "--providers", "eager-fp32", "convmixer_fast-eager", "--json", str(path))
     entries = json.loads(path.read_text())["workloads"][0]["providers"]
@@ -215,10 +216,26 @@ def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
     assert entries["convmixer_fast-eager"]["status"] == "wrong" and "img_per_s" not in entries["convmixer_fast-eager"]
 
 
+def test_a_providers_tolerance_grows_with_the_eager_backends_error_in_its_dtype(monkeypatch):
+    from convmixer_fast import verify
+
+    monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.bfloat16, 1e-9)
+    workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["bf16"], 8)[0]
+    cache = bench.InputCache()
+    eager_error = cache.eager_error(workload, "bf16")
+    model = cache.convmixer_fast(workload, "eager", cuda_graphs=False)
+    provider = next(p for p in bench.all_providers() if p.name == "convmixer_fast-eager")
+    with torch.inference_mode():
+        check = bench.check_logits(provider, bench.Prepared(lambda: model(cache.get(workload).image)), workload, cache)
+    assert eager_error > 1e-4 and check.max_rel_err == pytest.approx(eager_error)
+    assert check.ok and check.tolerance == pytest.approx(verify.EAGER_ERROR_FACTOR * eager_error)
+
+
 def test_a_provider_wrong_only_after_its_first_call_is_caught():
     # The state that gets timed (on a GPU: a CUDA graph replay) is checked, not just the first call.
     workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["fp32"], 8)[0]
-    inputs = bench.InputCache().get(workload)
+    cache = bench.InputCache()
+    inputs = cache.get(workload)
     calls = []
 
     def run():
@@ -226,10 +243,10 @@ def test_a_provider_wrong_only_after_its_first_call_is_caught():
         return inputs.logits if len(calls) == 1 else inputs.logits + 1.0
 
     provider = next(p for p in bench.all_providers() if p.name == "convmixer_fast-eager")
-    check = bench.check_logits(provider, bench.Prepared(run), workload, inputs)
+    check = bench.check_logits(provider, bench.Prepared(run), workload, cache)
     assert len(calls) == bench.CHECKED_CALL and not check.ok
     nan_once = iter([inputs.logits, inputs.logits * float("nan"), inputs.logits])
-    check = bench.check_logits(provider, bench.Prepared(lambda: next(nan_once)), workload, inputs)
+    check = bench.check_logits(provider, bench.Prepared(lambda: next(nan_once)), workload, cache)
     assert not check.ok
 
 

@@ -25,7 +25,8 @@ def test_verify_passes_and_reports_every_kernel(capsys, backend):
     assert code == 0 and report["ok"] and len(report["runs"]) == 1
     rows = report["runs"][0]["rows"]
     assert [row["step"] for row in rows] == ["stem", "block 0 depthwise", "block 0 pointwise", "block 1 depthwise",
-                                             "block 1 pointwise", "head", "model logits vs fp32 reference"]
+                                             "block 1 pointwise", "head", "eager backend logits vs fp32 reference",
+                                             "model logits vs fp32 reference"]
     assert all(row["max_rel"] <= row["tolerance"] for row in rows)
 
 
@@ -36,7 +37,7 @@ def test_verify_runs_every_combination_and_an_unavailable_backend_fails_alone(ca
     runs = {(run["backend"], run["dtype"]): run for run in report["runs"]}
     assert code == 1 and not report["ok"] and len(runs) == 4
     for dtype in ("torch.float32", "torch.bfloat16"):
-        assert runs["eager", dtype]["ok"] and len(runs["eager", dtype]["rows"]) == 5
+        assert runs["eager", dtype]["ok"] and len(runs["eager", dtype]["rows"]) == 6
         assert not runs["cuda", dtype]["ok"] and "cannot run on cpu" in runs["cuda", dtype]["error"]
 
 
@@ -53,9 +54,33 @@ def test_verify_fails_past_tolerance(capsys, monkeypatch):
     from convmixer_fast import verify
 
     monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.bfloat16, 0.0)
+    monkeypatch.setattr(verify, "EAGER_ERROR_FACTOR", 0.0)
     code = main(["verify", "--config", "16,1,3,2,5", "--image-size", "8", "--backend", "eager", "--dtype", "bf16"])
     out = capsys.readouterr().out
     assert code == 1 and "FAIL" in out
+
+
+def test_verify_judges_the_model_by_the_eager_backends_error_in_its_dtype(capsys, monkeypatch):
+    # Where PyTorch's own ops in bf16 are further from the fp32 logits than MODEL_TOLERANCE, the
+    # model may be EAGER_ERROR_FACTOR times as far; both rows show that tolerance.
+    from convmixer_fast import verify
+
+    monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.bfloat16, 1e-9)
+    code = main(["verify", "--config", "16,2,3,2,5", "--image-size", "9", "--backend", "eager", "--dtype", "bf16",
+                 "--json"])
+    rows = json.loads(capsys.readouterr().out)["runs"][0]["rows"]
+    eager, model = rows[-2], rows[-1]
+    assert code == 0 and eager["step"] == "eager backend logits vs fp32 reference"
+    assert eager["max_rel"] > 1e-4 and model["max_rel"] == eager["max_rel"]
+    assert eager["tolerance"] == model["tolerance"] == pytest.approx(verify.EAGER_ERROR_FACTOR * eager["max_rel"])
+
+
+@pytest.mark.parametrize("floor, eager_error, expected", [(0.1, 0.01, 0.1), (0.1, 0.05, 0.15), (0.1, float("nan"), 0.1)])
+def test_model_tolerance_is_the_floor_or_a_multiple_of_the_eager_error(monkeypatch, floor, eager_error, expected):
+    from convmixer_fast import verify
+
+    monkeypatch.setattr(verify, "EAGER_ERROR_FACTOR", 3.0)
+    assert verify.model_tolerance(floor, eager_error) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("argv, message", [
