@@ -14,7 +14,8 @@ End to end the rounding is amplified by the depth: the random weights make a cha
 (a relative perturbation of 1e-3 of the stem's output grows ~1.25x per block of ConvMixer-1536/20
 and saturates near 0.7 by the end of ConvMixer-768/32), so that PyTorch itself, running the model
 in bf16 (its ops rounding to bf16 where the kernels do), is 0.14 (1536/20) and 0.21 (768/32) from
-the fp32 logits, past any fixed tolerance a kernel bug would also stay within. So the model's
+the fp32 logits: past ``MODEL_TOLERANCE``'s 0.1, and a fixed tolerance above them would let many
+bugs through on the shallower networks. So the model's
 tolerance is ``MODEL_TOLERANCE`` or ``EAGER_ERROR_FACTOR`` times the error of the eager backend in
 the same dtype, whichever is larger: the kernels lose at most a few times what the dtype itself
 loses on that network (torch's autocast came to up to 1.8x the eager backend's error: 0.39 on
