@@ -403,8 +403,6 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
     ``repeats``, ``calls_per_repeat``; ``traceback`` for an error), and ``autotuning``: the
     autotuning its first call ran (``ops._triton_utils.recorded_autotuning``: each config's time as
     the autotuner measured it). Wrong outputs and exceptions are not timed."""
-    from .verify import errors
-
     label = backend if variant is None else f"{backend}:{variant}"
     row = {"op": case.op, "backend": label, "variant": variant, "status": "skipped", "reason": None, "traceback": None,
            "max_rel_err": None, "tolerance": tolerance, "time_us": None, "times_us": None, "repeats": None,
@@ -432,20 +430,37 @@ def measure_op(case: OpCase, backend: str, *, dtype: torch.dtype, device: str, c
             with recorded_autotuning() as autotuning:
                 call()  # compiles / autotunes on the first call
             row["autotuning"] = autotuning
-            bench._synchronize(device_type)
-            _, max_rel = errors(out, case.reference)
-            row["max_rel_err"] = max_rel
-            if not max_rel <= tolerance:  # NaN too
-                row.update(status="wrong", reason=f"max rel err {max_rel:.3g} > tolerance {tolerance:.3g} "
-                           "(against ops.reference): not timed")
+            row["max_rel_err"], timing = check_then_time(call, out, case.reference, tolerance=tolerance,
+                                                         device_type=device_type, warmup=warmup,
+                                                         max_repeats=max_repeats)
+            if timing is None:
+                row.update(status="wrong", reason=wrong_reason(row["max_rel_err"], tolerance))
                 return row
-            timing = time_op(call, device_type, warmup=warmup, max_repeats=max_repeats)
     except Exception as error:  # one failing op is reported (its traceback in the JSON); the others still run
         row.update(status="error", reason=bench.error_summary(error), traceback=traceback.format_exc()[-4000:])
         return row
     row.update(status="ok", time_us=timing.median_s * 1e6, times_us=[t * 1e6 for t in timing.per_call_s],
                repeats=len(timing.per_call_s), calls_per_repeat=timing.calls_per_repeat)
     return row
+
+
+def check_then_time(call: Callable[[], object], out: torch.Tensor, reference: torch.Tensor, *, tolerance: float,
+                    device_type: str, warmup: int, max_repeats: int) -> tuple[float, bench.Timing | None]:
+    """(max relative error, timing): ``out``, written by a call of ``call`` already made, against
+    ``reference``; then ``call`` timed by ``time_op``, only where the error is within ``tolerance``
+    (the timing None otherwise, NaN included: a wrong output is not timed)."""
+    from .verify import errors
+
+    bench._synchronize(device_type)
+    _, max_rel = errors(out, reference)
+    if not max_rel <= tolerance:  # NaN too
+        return max_rel, None
+    return max_rel, time_op(call, device_type, warmup=warmup, max_repeats=max_repeats)
+
+
+def wrong_reason(max_rel: float, tolerance: float) -> str:
+    """Why a row is WRONG (``check_then_time`` gave no timing)."""
+    return f"max rel err {max_rel:.3g} > tolerance {tolerance:.3g} (against ops.reference): not timed"
 
 
 def time_op(call: Callable[[], object], device_type: str, *, warmup: int, max_repeats: int) -> bench.Timing:
@@ -545,6 +560,11 @@ def format_autotuning(row: dict) -> list[str]:
     return lines
 
 
+def format_row_and_autotuning(row: dict) -> str:
+    """A row's line and the lines under it (``format_autotuning``)."""
+    return "\n".join([format_row(row), *format_autotuning(row)])
+
+
 def format_forward(document: dict) -> str:
     """The per-op-sum estimates of one forward, per backend, "best" and "floor"."""
     workload = document["workload"]
@@ -564,10 +584,8 @@ def format_forward(document: dict) -> str:
 
 def format_table(document: dict) -> str:
     """The rows of a result document as a table, then the forward estimates (also for a saved result)."""
-    lines = [TABLE_HEADER]
-    for row in document["rows"]:
-        lines += [format_row(row), *format_autotuning(row)]
-    return "\n".join([*lines, format_forward(document)])
+    rows = (format_row_and_autotuning(row) for row in document["rows"])
+    return "\n".join([TABLE_HEADER, *rows, format_forward(document)])
 
 
 def headline(document: dict) -> str:
@@ -665,7 +683,7 @@ def run_cli(args) -> int:
                                      variant=variant)
                     row = complete_row(row, config, batch, image_size, dtype_name, rates)
                     document["rows"].append(row)
-                    print("\n".join([format_row(row), *format_autotuning(row)]), flush=True)
+                    print(format_row_and_autotuning(row), flush=True)
                     if on_gpu:
                         torch.cuda.empty_cache()
             document["forward"] = forward_estimates(document["rows"], ops)

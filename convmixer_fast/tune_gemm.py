@@ -77,7 +77,6 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
     """One config's row: checked, then timed (module docstring); skipped, WRONG or an error with why."""
     from .ops import pointwise
     from .ops._triton_utils import config_label
-    from .verify import errors
 
     y, weight = operands[:2]
     row = {"config": config_label(config), "tma": config.kwargs["TMA"], "status": "skipped", "reason": None,
@@ -92,13 +91,12 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
     try:
         out.fill_(float("nan"))  # unwritten: NaN
         call()
-        bench._synchronize(device_type)
-        _, max_rel = errors(out, reference)
-        row["max_rel_err"] = max_rel
-        if not max_rel <= tolerance:  # NaN too
-            row.update(status="wrong", reason=f"max rel err {max_rel:.3g} > tolerance {tolerance:.3g}: not timed")
+        row["max_rel_err"], timing = opbench.check_then_time(call, out, reference, tolerance=tolerance,
+                                                             device_type=device_type, warmup=warmup,
+                                                             max_repeats=max_repeats)
+        if timing is None:
+            row.update(status="wrong", reason=opbench.wrong_reason(row["max_rel_err"], tolerance))
             return row
-        timing = opbench.time_op(call, device_type, warmup=warmup, max_repeats=max_repeats)
     except Exception as error:  # one failing config is reported; the others still run
         row.update(status="error", reason=bench.error_summary(error))
         return row
