@@ -36,7 +36,8 @@ Runtime environment variables:
                                    ``AUTO_ORDER`` that runs it instead of timing the candidates on
                                    the first call with each new shape (deterministic choices).
   CONVMIXER_FAST_TRITON_AUTOTUNE=0  Triton kernels run the first config of their autotune list
-                                   without benchmarking the others (the test suite sets it: results
+                                   that applies (fits the GPU's shared memory; ``ops/_triton_utils
+                                   .autotune``) without benchmarking the others (the test suite sets it: results
                                    do not depend on the config, compile time does; each config has
                                    its own test). Read when the ops are first imported.
   TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;

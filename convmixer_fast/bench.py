@@ -435,18 +435,6 @@ def cudnn_benchmark(enabled: bool):
         torch.backends.cudnn.benchmark = saved
 
 
-@contextlib.contextmanager
-def _tf32_off():
-    import torch
-
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 class InputCache:
     """What providers build from: the ``WorkloadInputs`` of a workload and convmixer_fast models
     holding the reference's weights. Keeps the last reference model (and its conversions) and the
@@ -462,6 +450,8 @@ class InputCache:
         """The shared inputs of ``workload`` (one image batch per model, batch and image size)."""
         import torch
 
+        from ._tf32 import tf32_off
+
         key = (workload.model, workload.device, workload.batch, workload.image_size)
         if self._inputs is None or self._inputs[0] != key:
             self._inputs = None  # free the previous batch before building the next
@@ -469,7 +459,7 @@ class InputCache:
             generator = torch.Generator().manual_seed(self.seed)
             image = torch.randn(workload.batch, 3, workload.image_size, workload.image_size, generator=generator)
             image = image.to(workload.device)
-            with torch.inference_mode(), _tf32_off():
+            with torch.inference_mode(), tf32_off():
                 logits = reference(image)
             self._inputs = (key, WorkloadInputs(reference, image, logits))
         return self._inputs[1]
@@ -537,8 +527,9 @@ def model_tolerance(dtype: str, device_type: str, eager_error: float) -> float:
     import torch
 
     from . import verify
+    from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32
 
-    tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+    tf32 = matmul_allows_tf32() or cudnn_conv_allows_tf32()
     floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=tf32)[1]
     return verify.model_tolerance(floor, eager_error)
 
@@ -808,6 +799,7 @@ def run_info(device: str, settings: dict) -> dict:
     import torch
 
     from . import __version__
+    from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32
 
     try:
         import triton
@@ -823,8 +815,7 @@ def run_info(device: str, settings: dict) -> dict:
                      "triton": triton_version, "cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None},
         "settings": {**settings, "cudnn_benchmark": device.startswith("cuda"),
-                     "allow_tf32": {"matmul": torch.backends.cuda.matmul.allow_tf32,
-                                    "cudnn": torch.backends.cudnn.allow_tf32}},
+                     "allow_tf32": {"matmul": matmul_allows_tf32(), "cudnn": cudnn_conv_allows_tf32()}},
         "complete": False, "wall_s": None,
     }
 

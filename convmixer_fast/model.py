@@ -25,13 +25,21 @@ the warm-up that compiles, autotunes and measures ``auto``'s choices. The second
 forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
 will own); that call and every later one copy the input into the graph's static input, replay, and
 return a copy of the static output, so a returned tensor is never overwritten by a later call. Up to
-``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped); any change of the parameters
-drops them all. Not captured: ``forward_features`` / ``forward_head``, calls under torch.compile
-or torch.jit.trace (on fresh allocations: a trace would keep a buffer as a constant), and calls
-made while the caller is capturing a graph itself: they are simply recorded into it, on fresh
-allocations from the caller's graph pool (not the model's reusable buffers); such a graph reads the
-prepared parameters, which a parameter change replaces, so capture it again after one. A capture
-that fails warns once, and that signature then runs uncaptured.
+``MAX_CACHED_SHAPES`` graphs are kept (least recently used dropped, after the last replay's
+stream has finished with them); a signature whose graph was dropped is not captured again (it runs
+uncaptured: with more signatures in turn than graphs kept, capturing anew on each return would
+cost more than the graphs save), and any change of the parameters drops them all, and what was
+seen. Switching ``cuda_graphs`` off releases the graphs. Not captured: ``forward_features`` /
+``forward_head``, calls under torch.compile or torch.jit.trace (on fresh allocations: a trace
+would keep a buffer as a constant), and calls made while the caller is capturing a graph itself:
+they are simply recorded into it, on fresh allocations from the caller's graph pool (not the
+model's reusable buffers); such a graph reads the prepared parameters, which a parameter change
+replaces, so capture it again after one. Call the model once before capturing it yourself: on a
+first call the capture would also record the parameters' preparation (each replay repeats it:
+nothing recorded is kept for later calls) and run each kernel's first config and each op's first
+``auto`` backend, untimed (timing is impossible during a capture). A capture of the model's own
+that fails warns and switches graphs off for the model (``cuda_graphs = False``): a failed capture
+can leave torch's allocator unfit for another.
 
 Threads and streams: a model may be called from several threads and on several CUDA streams. Its
 shared state (prepared parameters, ``auto``'s choices, activation buffers, graphs) is used under
@@ -54,6 +62,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ._tf32 import matmul_allows_tf32
 from .backends import BackendOps, ResolvedOps, check_backend_name, resolve_ops
 from .backends.eager import has_autocast
 from .ops._checks import MAX_KERNEL_SIZE
@@ -67,6 +76,7 @@ AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # a caller's autocast to thes
 AVERAGING_POOL_TYPES = ("avg", "fast", "fastavg")  # timm's global_pool values (any case) taking the mean
 MAX_CACHED_SHAPES = 8  # activation buffers and CUDA graphs kept for this many input shapes each
 # (least recently used dropped)
+MAX_SEEN_SIGNATURES = 1024  # input signatures remembered as seen (warm, or their graph dropped)
 
 
 class InputError(ValueError):
@@ -146,7 +156,9 @@ class _Run(NamedTuple):
     pooled: torch.Tensor | None  # [B, C] fp32 pooling workspace, or None: allocate
 
 
-_UNCAPTURABLE = "uncapturable"  # a signature whose capture failed: it runs without a graph
+# What the model remembers of an input signature without a graph (``ConvMixer._signatures``).
+_WARM = "warm"  # seen once: the next call captures
+_DROPPED = "dropped"  # its graph was dropped to keep MAX_CACHED_SHAPES: it runs uncaptured
 
 
 def _capturing(x: torch.Tensor) -> bool:
@@ -172,13 +184,15 @@ def _traced() -> bool:
     return torch.compiler.is_compiling() or torch.jit.is_tracing()
 
 
-def _remember(cache: OrderedDict, key, value) -> None:
+def _remember(cache: OrderedDict, key, value, bound: int = MAX_CACHED_SHAPES) -> list:
     """Put ``key`` in the per-shape ``cache`` as its most recent entry, dropping the least recent
-    beyond ``MAX_CACHED_SHAPES``."""
+    beyond ``bound``; the dropped ``(key, value)`` pairs."""
     cache[key] = value
     cache.move_to_end(key)
-    while len(cache) > MAX_CACHED_SHAPES:
-        cache.popitem(last=False)
+    dropped = []
+    while len(cache) > bound:
+        dropped.append(cache.popitem(last=False))
+    return dropped
 
 
 class ConvMixer(nn.Module):
@@ -223,7 +237,7 @@ class ConvMixer(nn.Module):
         self.num_features = self.head_hidden_size = dim  # (timm's names: the classifier's input width)
         self.activation = activation_name(act_layer)
         self.backend = check_backend_name(backend)
-        self.cuda_graphs = bool(cuda_graphs)
+        self._cuda_graphs = bool(cuda_graphs)
         # timm's data config of the weights (input size, interpolation, crop, mean / std), which
         # timm.data.resolve_model_data_config reads: set by create_model for the ImageNet configs,
         # copied by from_eager from a timm module; empty (timm's defaults) otherwise.
@@ -252,7 +266,20 @@ class ConvMixer(nn.Module):
         self._reset_runtime_state()
 
     _RUNTIME_STATE = ("_lock", "_prepared", "_weight_tensors", "_activation_buffers", "_resolved_ops", "_graphs",
-                      "_replay_stream")
+                      "_signatures", "_replay_stream")
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether ``forward`` replays a CUDA graph per input signature on a GPU (module docstring);
+        switched off, the graphs already captured are released."""
+        return self._cuda_graphs
+
+    @cuda_graphs.setter
+    def cuda_graphs(self, enabled: bool) -> None:
+        self._cuda_graphs = bool(enabled)
+        if not enabled and "_lock" in self.__dict__:
+            with self._lock:
+                self._drop_graphs()
 
     def _reset_runtime_state(self) -> None:
         """The caches derived from the parameters and the calls made (``_RUNTIME_STATE``): never
@@ -264,8 +291,8 @@ class ConvMixer(nn.Module):
         # (B, Hp, Wp, compute dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
-        # input signature -> None (seen once: warm), _CapturedForward, or _UNCAPTURABLE
-        self._graphs: OrderedDict[tuple, _CapturedForward | str | None] = OrderedDict()
+        self._graphs: OrderedDict[tuple, _CapturedForward] = OrderedDict()  # input signature -> its graph
+        self._signatures: OrderedDict[tuple, str] = OrderedDict()  # signature without a graph -> _WARM / _DROPPED
         self._replay_stream: torch.cuda.Stream | None = None  # where the last graph replay was queued
 
     def __prepare_scriptable__(self):  # torch.jit.script calls this first
@@ -504,7 +531,20 @@ class ConvMixer(nn.Module):
         """The activation buffers and graphs: they belong to the previous prepared parameters. (The
         last replay's stream stays: a new graph's first replay elsewhere still waits for it.)"""
         self._activation_buffers.clear()
-        self._graphs.clear()
+        self._drop_graphs()
+        self._signatures.clear()
+
+    def _drop_graphs(self) -> None:
+        if self._graphs:
+            self._wait_for_replays()
+            self._graphs.clear()
+
+    def _wait_for_replays(self) -> None:
+        """Before a graph is released: the last replay's stream done with it (a graph's static input
+        was allocated on the stream of its capture, which may reuse the memory at once, while a
+        replay queued on another stream may still be reading it)."""
+        if self._replay_stream is not None:
+            self._replay_stream.synchronize()
 
     def _apply(self, fn, *args, **kwargs):  # .to(), .half(), .cuda(), ... replace the tensors
         result = super()._apply(fn, *args, **kwargs)
@@ -533,11 +573,15 @@ class ConvMixer(nn.Module):
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
         version = sum(t._version for t in tensors if not t.is_inference())
+        dtype = dtype or self._param_dtype
+        if self._prepared is None or self._prepared[0] != version or dtype not in self._prepared[1]:
+            if _capturing(tensors[0]):  # the caller's capture: prepared into its graph, at each replay
+                self._check_uniform(tensors)
+                return prepare_params(self, dtype)
         if self._prepared is None or self._prepared[0] != version:
             self._check_uniform(tensors)
             self._prepared = (version, {})
             self._drop_shape_caches()
-        dtype = dtype or self._param_dtype
         prepared = self._prepared[1]
         if dtype not in prepared:
             prepared[dtype] = prepare_params(self, dtype)
@@ -719,20 +763,26 @@ class ConvMixer(nn.Module):
         dtype = self._compute_dtype(x.device)
         self._prepared_params(dtype)  # a parameter change drops the graphs before the lookup
         key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, dtype,
-               torch.backends.cuda.matmul.allow_tf32)
-        if key not in self._graphs:  # first call: the warm-up
-            output = self._outputs(x)
-            _remember(self._graphs, key, None)
-            return output
-        captured = self._graphs[key]
-        self._graphs.move_to_end(key)
-        if captured is _UNCAPTURABLE:
-            return self._outputs(x)
-        if captured is None:
-            captured = self._capture(x)
-            _remember(self._graphs, key, captured)
-            if captured is _UNCAPTURABLE:
+               matmul_allows_tf32())
+        captured = self._graphs.get(key)
+        if captured is not None:
+            self._graphs.move_to_end(key)
+        else:
+            seen = self._signatures.get(key)
+            if seen is None:  # first call: the warm-up
+                _remember(self._signatures, key, _WARM, MAX_SEEN_SIGNATURES)
+            else:
+                self._signatures.move_to_end(key)
+            if seen != _WARM:
                 return self._outputs(x)
+            captured = self._capture(x)
+            if captured is None:
+                return self._outputs(x)
+            del self._signatures[key]
+            if len(self._graphs) >= MAX_CACHED_SHAPES:
+                self._wait_for_replays()
+            for dropped, _ in _remember(self._graphs, key, captured):
+                _remember(self._signatures, dropped, _DROPPED, MAX_SEEN_SIGNATURES)
             self._activation_buffers.pop(self._buffer_key(x, dtype), None)  # the graph has its own
         if x.device.type == "cuda":
             stream = torch.cuda.current_stream(x.device)
@@ -744,9 +794,10 @@ class ConvMixer(nn.Module):
         captured.graph.replay()
         return captured.output.clone()
 
-    def _capture(self, x: torch.Tensor) -> _CapturedForward | str:
+    def _capture(self, x: torch.Tensor) -> _CapturedForward | None:
         """``_outputs`` on fresh allocations, warmed up on a side stream, then captured on it (on
-        ``x``'s GPU: torch's default capture stream belongs to whichever GPU was current first)."""
+        ``x``'s GPU: torch's default capture stream belongs to whichever GPU was current first).
+        None where the capture failed: it warns, and switches graphs off for the model."""
         with torch.inference_mode(False):  # a normal tensor: later calls copy into it in any mode
             image = torch.empty_like(x)  # same strides
         image.copy_(x)
@@ -764,11 +815,16 @@ class ConvMixer(nn.Module):
                     output = self._outputs(image, preallocated=False)
             except Exception as error:
                 torch.cuda.set_stream(caller_stream)  # (left on the capture stream when capture_end raises)
+                # Not tried again: torch's allocator may still route this stream's allocations to
+                # the failed graph's pool (capture_end raises before it stops), and the next
+                # capture's empty_cache would then fail an internal assert.
+                self.cuda_graphs = False
                 warnings.warn(
                     f"convmixer_fast: capturing the forward in a CUDA graph failed for input {tuple(x.shape)} "
-                    f"{x.dtype}; it runs without one (set model.cuda_graphs = False to stop trying): {error}"
+                    f"{x.dtype}; CUDA graphs are now off for this model (model.cuda_graphs = False), which "
+                    f"runs its kernels without one: {error}"
                 )
-                return _UNCAPTURABLE
+                return None
         return _CapturedForward(graph, image, output)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,7 @@ import torch
 
 from . import bench
 from ._settings import TRITON_COMPILE_OPTIONS
+from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32, tf32_off
 from .backends import BACKENDS, OP_NAMES
 
 try:  # the FMA-rate kernel and the autotuners' timings; without Triton neither is measured
@@ -364,7 +365,7 @@ def build_cases(config: dict, batch: int, image_size: int, dtype: torch.dtype, d
     shapes = {op: (batch, side, side, dim) for op in ("stem", "depthwise_block", "pointwise")}
     shapes["head"] = (batch, config["n_classes"])
     cases = {}
-    with torch.inference_mode(), bench._tf32_off():
+    with torch.inference_mode(), tf32_off():
         for op in ops:
             cases[op] = OpCase(op, args[op], shapes[op], getattr(reference, _REFERENCES[op])(*args[op]))
     return cases
@@ -672,7 +673,7 @@ def run_cli(args) -> int:
         cases = build_cases(config, batch, image_size, dtype, device, seed=args.seed, ops=ops)
         from .verify import tolerances
 
-        tf32 = torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+        tf32 = matmul_allows_tf32() or cudnn_conv_allows_tf32()
         kernel_tolerance = tolerances(dtype, torch.device(device), tf32=tf32)[0]
         print(TABLE_HEADER, flush=True)
         for op in ops:

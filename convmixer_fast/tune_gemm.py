@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from . import bench, opbench
+from ._tf32 import tf32_off
 
 SCHEMA = 1
 DEFAULT_DIMS = (768, 1024, 1536)
@@ -116,7 +117,7 @@ def measure_shape(dim: int, tokens: int, configs: list, *, dtype: torch.dtype, d
     operands = make_operands(tokens, dim, dtype, device, seed)
     y, weight = operands[:2]
     with torch.inference_mode():
-        with bench._tf32_off():
+        with tf32_off():
             reference = pointwise_reference(*operands, ACT)
         out = torch.empty(tokens, dim, dtype=dtype, device=device)
         gemm_out = torch.empty_like(out)

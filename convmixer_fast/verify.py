@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ._tf32 import matmul_allows_tf32
 from .backends import BACKENDS, resolve_ops
 from .model import ACTIVATION_LAYERS, ConvMixer
 from .reference import ConvMixerReference
@@ -38,7 +39,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KERNEL_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
 MODEL_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 EAGER_ERROR_FACTOR = 3.0  # the model's logits against the eager backend's error in their dtype
-TF32_TOLERANCE = 5e-3  # fp32 when torch allows TF32 matmuls (torch.backends.cuda.matmul.allow_tf32)
+TF32_TOLERANCE = 5e-3  # fp32 when torch allows TF32 matmuls (``_tf32.matmul_allows_tf32``)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ def tolerances(dtype: torch.dtype, device: torch.device, tf32: bool | None = Non
     """(per-kernel, whole-model) relative tolerance for ``dtype`` on ``device``; ``tf32``: whether fp32
     math may run in TF32 there (default: torch's matmul flag, what the kernels follow)."""
     if tf32 is None:
-        tf32 = torch.backends.cuda.matmul.allow_tf32
+        tf32 = matmul_allows_tf32()
     if dtype == torch.float32 and device.type == "cuda" and tf32:
         return TF32_TOLERANCE, 10 * TF32_TOLERANCE
     return KERNEL_TOLERANCE[dtype], MODEL_TOLERANCE[dtype]

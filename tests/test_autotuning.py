@@ -44,18 +44,19 @@ FAKE_TIMINGS_MS = ([2.0, 1.9, 2.1], [1.5, 1.4, 1.6], [float("inf")] * 3)
 
 @pytest.fixture
 def add_one_autotuner(monkeypatch):
-    """``make(do_bench)``: ``launch(x)``, which adds 1 to a 1-D fp32 tensor through an autotuner made
-    by ``_triton_utils.autotune`` over three configs (as on a GPU: all of them, even under the
-    interpreter) with ``do_bench`` (None: the default), in ``AUTOTUNERS`` for the test."""
+    """``make(do_bench, prune)``: ``launch(x)``, which adds 1 to a 1-D fp32 tensor through an
+    autotuner made by ``_triton_utils.autotune`` over three configs (as on a GPU: all of them, even
+    under the interpreter) with ``do_bench`` and ``prune`` (None: the defaults), in ``AUTOTUNERS`` for
+    the test."""
     monkeypatch.setattr(_triton_utils, "is_interpreting", lambda: False)
     monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "1")
     made = []
 
-    def make(do_bench=None):
+    def make(do_bench=None, prune=None):
         configs = [triton.Config({"BLOCK": 8}, num_warps=1), triton.Config({"BLOCK": 16}, num_warps=2),
                    triton.Config({"BLOCK": 32}, num_warps=1)]
         options = {} if do_bench is None else {"do_bench": do_bench}
-        tuner = _triton_utils.autotune(configs, key=["n"], **options)(_add_one_kernel)
+        tuner = _triton_utils.autotune(configs, key=["n"], prune=prune, **options)(_add_one_kernel)
         assert _triton_utils.AUTOTUNERS[-1] is tuner
         made.append(tuner)
 
@@ -223,3 +224,36 @@ def test_two_threads_launching_while_one_autotunes(add_one_autotuner):
     for x in tensors:
         # One launch by the chosen config, and one per config the benchmark ran if it tuned this key.
         assert torch.all(x == x[0]) and x[0].item() in (1.0, 4.0)
+
+
+def test_with_autotuning_off_the_first_config_that_applies_runs(add_one_autotuner, monkeypatch):
+    """CONVMIXER_FAST_TRITON_AUTOTUNE=0 on a GPU: the first config the kernel's prune keeps (e.g. the
+    first that fits the GPU's shared memory, not the list's first), none of the others timed."""
+    monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "0")
+    benchmarked = []
+
+    def do_bench(kernel_call, quantiles):  # (Triton 3.6 times a single config too; 3.9 does not)
+        benchmarked.append(1)
+        kernel_call()
+        return [1.0, 1.0, 1.0]
+
+    launch = add_one_autotuner(do_bench, prune=lambda configs, named_args, **kwargs: configs[1:])
+    x = torch.zeros(37, device=DEVICE)
+    tuner = launch(x)
+    assert tuner.best_config.kwargs["BLOCK"] == 16 and len(benchmarked) <= 1
+    assert torch.all(x == 1 + len(benchmarked))
+
+
+def test_a_launch_that_would_tune_during_a_graph_capture_runs_untuned(add_one_autotuner, monkeypatch):
+    """A caller capturing a CUDA graph around a cold model: timing configs there would invalidate
+    the capture (a synchronize) and record the benchmark's launches into it, so the launch runs the
+    first config that applies, once, and the key stays untuned until a launch outside a capture."""
+    launch = add_one_autotuner(prune=lambda configs, named_args, **kwargs: configs[1:])
+    x = torch.zeros(37, device=DEVICE)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    tuner = launch(x)
+    assert torch.all(x == 1.0) and not tuner.cache and tuner.nargs is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the capture over, on CPU
+    launch(x)
+    assert list(tuner.cache) == [(37, "torch.float32")]

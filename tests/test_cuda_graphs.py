@@ -7,6 +7,8 @@ the real capture is checked against the uncaptured forward.
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -76,13 +78,32 @@ def test_signature_includes_strides_dtype_and_autocast(stand_in_capture):
     assert len(stand_in_capture) == 4 and all(out.dtype == torch.bfloat16 for out in logits)
 
 
-def test_graphs_are_bounded_least_recent_dropped(stand_in_capture):
+def test_graphs_are_bounded_least_recent_dropped_and_not_captured_again(stand_in_capture):
+    """More signatures in turn than graphs kept: capturing each anew on its return would cost a
+    warm-up run and a capture per call, so a signature whose graph was dropped runs uncaptured."""
     model = small_model()
+    bound = model_module.MAX_CACHED_SHAPES
     with torch.no_grad():
-        for batch in range(1, model_module.MAX_CACHED_SHAPES + 3):
-            model(torch.randn(batch, 3, 8, 8))
-        assert len(model._graphs) == model_module.MAX_CACHED_SHAPES
-        assert (1, 3, 8, 8) not in {key[0] for key in model._graphs}
+        for batch in range(1, bound + 3):
+            x = torch.randn(batch, 3, 8, 8)
+            model(x), model(x)  # warm-up, capture
+        assert len(stand_in_capture) == bound + 2 and len(model._graphs) == bound
+        assert {key[0][0] for key in model._graphs} == set(range(3, bound + 3))
+        assert [state for state in model._signatures.values()] == [model_module._DROPPED] * 2
+        x = torch.randn(1, 3, 8, 8)
+        torch.testing.assert_close(model(x), model._outputs(x), rtol=0, atol=0)
+    assert len(stand_in_capture) == bound + 2
+
+
+def test_signatures_seen_once_leave_the_graphs_alone(stand_in_capture):
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model(x), model(x)  # warm-up, capture
+        for batch in range(3, 3 + 4 * model_module.MAX_CACHED_SHAPES):
+            model(torch.randn(batch, 3, 8, 8))  # warm-ups only
+        model(x)
+    assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 2
 
 
 def test_a_parameter_change_drops_the_graphs(stand_in_capture):
@@ -91,7 +112,7 @@ def test_a_parameter_change_drops_the_graphs(stand_in_capture):
     with torch.no_grad():
         model(x), model(x)
         model.head.bias.add_(1.0)
-        assert model(x) is not None and not any(model._graphs.values())  # dropped, warm-up again
+        assert model(x) is not None and not model._graphs  # dropped, warm-up again
         after = model(x)  # captured anew on the new parameters
     torch.testing.assert_close(after, small_model_with(model)(x), rtol=0, atol=0)
     assert len(stand_in_capture) == 2
@@ -104,22 +125,46 @@ def small_model_with(model):
     return copy
 
 
-def test_a_failed_capture_runs_uncaptured_and_is_not_retried(monkeypatch):
+def test_a_failed_capture_warns_and_switches_graphs_off(monkeypatch):
+    """``_capture`` itself, with torch.cuda's streams and graphs stood in for and the capture
+    failing: torch's allocator may be left unfit for another capture, so none is tried again."""
+    class Stream:
+        def wait_stream(self, other):
+            pass
+
     attempts = []
 
-    def failing_capture(self, x):
-        attempts.append(x.shape)
-        return model_module._UNCAPTURABLE
+    def failing_graph(*args, **kwargs):
+        attempts.append(1)
+        raise RuntimeError("operation not permitted when stream is capturing")
 
+    for name, stand_in in {"device": lambda device: contextlib.nullcontext(), "Stream": Stream,
+                           "current_stream": lambda device=None: Stream(), "stream": lambda s: contextlib.nullcontext(),
+                           "set_stream": lambda s: None, "CUDAGraph": object, "graph": failing_graph}.items():
+        monkeypatch.setattr(torch.cuda, name, stand_in)
     monkeypatch.setattr(cf.ConvMixer, "_graphs_apply", lambda self, x: self.cuda_graphs)
-    monkeypatch.setattr(cf.ConvMixer, "_capture", failing_capture)
     model = small_model()
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         expected = model._outputs(x)
-        for _ in range(3):
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # warm-up
+        with pytest.warns(UserWarning, match="CUDA graphs are now off for this model"):
             torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
-    assert len(attempts) == 1
+        for batch in (2, 2, 3, 3):
+            model(torch.randn(batch, 3, 8, 8))
+    assert len(attempts) == 1 and not model.cuda_graphs and not model._graphs
+
+
+def test_switching_graphs_off_releases_them(stand_in_capture):
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model(x), model(x)
+        assert model._graphs
+        model.cuda_graphs = False
+        assert not model._graphs
+        model(x)
+    assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 1  # (the capturing call's)
 
 
 def test_switched_off_never_captures(stand_in_capture):
@@ -145,6 +190,22 @@ def test_inside_a_callers_capture_nothing_of_the_models_is_reused(monkeypatch, f
         monkeypatch.setattr(model_module, "_capturing", lambda image: False)
         getattr(model, forward)(x)
         assert len(model._activation_buffers) == 1
+
+
+def test_a_first_call_inside_a_callers_capture_keeps_no_prepared_parameters(monkeypatch):
+    """Prepared inside the caller's capture, the parameters are only recorded into its graph (their
+    memory its pool's, their values computed at each replay): kept, later calls would read memory
+    nothing wrote."""
+    model = small_model()
+    model._invalidate_prepared()  # (from_eager's check of the conversion prepared them)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        monkeypatch.setattr(model_module, "_capturing", lambda tensor: True)
+        first = model(x)
+        assert model._prepared is None
+        monkeypatch.setattr(model_module, "_capturing", lambda tensor: False)
+        torch.testing.assert_close(model(x), first, rtol=0, atol=0)
+    assert model._prepared is not None
 
 
 def test_threads_replaying_one_graph_get_their_own_logits(stand_in_capture):

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("triton")
 
 from convmixer_fast import inspect as insp  # noqa: E402
+from convmixer_fast.ops._triton_utils import config_label  # noqa: E402
 
 GEMM_MODULES = ("convmixer_fast.ops.stem", "convmixer_fast.ops.pointwise")
 TENSOR_CORE_KINDS = {"wgmma", "mma", "none"}
@@ -51,6 +52,21 @@ def test_sm90_rows_are_sane(sm90_rows):
         assert any(op in row["kernel"] for row in sm90_rows), op
     keys = [(row["kernel"], row["config"]) for row in sm90_rows]
     assert len(set(keys)) == len(keys)
+
+
+@pytest.mark.parametrize("rows, reserved", [("sm90_rows", 1024), ("sm80_gemm_rows", 0)])
+def test_pointwise_shared_memory_is_what_the_autotuner_counts(request, rows, reserved):
+    """``pointwise.shared_memory_bytes``, by which the autotuner leaves out configs that do not fit a
+    GPU, is at least what each compiled config asks for: bf16 here; to the byte on sm_90a but for
+    the TMA configs' barriers (and in fp32 too), one stage less on sm_80. (``reserved``: the 1 KB
+    per block sm_90 keeps for the system, in the cubin's static count and outside Triton's limit.)"""
+    from convmixer_fast.ops import pointwise
+
+    by_label = {config_label(config): config for config in pointwise.CONFIGS}
+    compiled = [row for row in request.getfixturevalue(rows) if "pointwise" in row["kernel"]]
+    assert compiled
+    for row in compiled:
+        assert row["shared_bytes"] - reserved <= pointwise.shared_memory_bytes(by_label[row["config"]], 2), row
 
 
 def test_sm90_gemms_use_wgmma(sm90_rows):

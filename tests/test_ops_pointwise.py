@@ -198,18 +198,6 @@ def test_empty_tokens(kernel_backend, dtype):
     assert kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, "gelu").shape == (0, 8)
 
 
-def test_tf32_follows_torch_flag():
-    previous = torch.backends.cuda.matmul.allow_tf32
-    try:
-        torch.backends.cuda.matmul.allow_tf32 = False
-        assert pw.dot_precision(torch.float32) == "ieee"
-        torch.backends.cuda.matmul.allow_tf32 = True
-        assert pw.dot_precision(torch.float32) == "tf32"
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = previous
-    assert pw.dot_precision(torch.bfloat16) == "tf32"
-
-
 def test_opcheck(kernel_backend):
     dtype = torch.float16 if kernel_backend.name == "cuda" else torch.float32
     y, weight, bias, scale, shift = make_inputs((1, 3, 5), 24, 16, dtype)
@@ -237,3 +225,27 @@ def test_cuda_rejects_unsupported_gemm(kernel_backend):
     y, weight, bias, scale, shift = make_inputs((2, 3), 36, 8, torch.float16)
     with pytest.raises(ValueError, match="no CUDA GEMM kernel for torch.float16, N=8, K=36"):
         kernel_backend.load_ops().pointwise(y, weight, bias, scale, shift, "gelu")
+
+
+H100_SHARED_MEMORY = 232_448  # bytes per block (Triton's max_shared_mem), H100 SXM and H200
+CONSUMER_SHARED_MEMORY = 101_376  # 99 KB: RTX 3090 / 4090 (sm_86, sm_89)
+
+
+@pytest.mark.parametrize("limit", [H100_SHARED_MEMORY, CONSUMER_SHARED_MEMORY])
+@pytest.mark.parametrize("element_size", [2, 4], ids=["16-bit", "fp32"])
+def test_configs_that_fit_the_gpus_shared_memory(limit, element_size):
+    """On a GPU the autotuner times, and with autotuning off runs, only configs whose operand
+    stages fit; where none does (fp32 at ~100 KB) the least, with fewer stages or a shorter K tile."""
+    fitting = pw.configs_that_fit(pw.CONFIGS, element_size, limit)
+    assert fitting and all(pw.shared_memory_bytes(c, element_size) <= limit for c in fitting)
+    fits = [c for c in pw.CONFIGS if pw.shared_memory_bytes(c, element_size) <= limit]
+    assert fitting == (fits or fitting[:1])
+    if (element_size, limit) == (4, H100_SHARED_MEMORY):  # 5 of the 7 pointer configs do not fit in fp32
+        assert sum(not c.kwargs["TMA"] for c in fitting) == 2 and pw.CONFIGS[0] not in fitting
+    if element_size == 2 and limit == H100_SHARED_MEMORY:
+        assert fitting == pw.CONFIGS
+
+
+def test_a_config_shrinks_no_further_than_two_stages_and_k_16():
+    (config,) = pw.configs_that_fit(pw.CONFIGS, 4, 1_000)
+    assert (config.num_stages, config.kwargs["BLOCK_K"]) == (2, 16)

@@ -37,6 +37,19 @@ def device_guard(tensor: torch.Tensor):
     return contextlib.nullcontext()
 
 
+def max_shared_memory(device: torch.device) -> int:
+    """Shared memory per block a kernel may use on the CUDA ``device``: the limit Triton's launcher
+    holds a compiled kernel to (its ``max_shared_mem``; 227 KB on an H100, ~100 KB on consumer GPUs)."""
+    return _max_shared_memory(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _max_shared_memory(device_index: int) -> int:
+    from triton.runtime import driver
+
+    return driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+
+
 def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
     """The ``convmixer_fast::<name>`` custom op ``(x, weight, bias, scale, shift, act, out) -> None``
     of a kernel with the fused epilogue (stem, depthwise block, pointwise): ``launch`` writes ``out``
@@ -52,22 +65,32 @@ def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
     return custom
 
 
-def autotune(configs: list[triton.Config], key: list[str], **kwargs):
-    """``triton.autotune`` as every op uses it: all ``configs`` on a GPU, only the first under the
-    interpreter or with CONVMIXER_FAST_TRITON_AUTOTUNE=0 (``_settings``; the tests: benchmarking
-    would only multiply their compile time, correctness does not depend on the config, and tests
-    that want a specific config pass it explicitly); each config timed by ``autotune_benchmark``
-    (unless ``kwargs`` names another ``do_bench``); results cached on disk (``cache_results``,
-    under TRITON_CACHE_DIR), so another process with the same kernel source, Triton version and GPU
-    does not tune again. The autotuner is registered in ``AUTOTUNERS`` and its launches are
-    serialised process-wide (``_serialized``)."""
-    selected = configs[:1] if is_interpreting() or not _settings.triton_autotunes() else configs
+def autotune(configs: list[triton.Config], key: list[str], prune: Callable | None = None, **kwargs):
+    """``triton.autotune`` as every op uses it. On a GPU, per new key, the configs that apply
+    (``prune``, the kernel's ``early_config_prune(configs, named_args, **kwargs)``, if any: e.g. those
+    that fit the GPU's shared memory) are each timed by ``autotune_benchmark`` (unless ``kwargs``
+    names another ``do_bench``), or with CONVMIXER_FAST_TRITON_AUTOTUNE=0 (``_settings``; the
+    tests: benchmarking would only multiply their compile time, correctness does not depend on the
+    config, and tests that want a specific config pass it explicitly) the first of them runs
+    untimed. Under the interpreter only the first config exists (no benchmarking, nothing to fit).
+    Results are cached on disk (``cache_results``, under TRITON_CACHE_DIR, keyed by the configs
+    timed), so another process with the same kernel source, Triton version and GPU does not tune
+    again. The autotuner is registered in ``AUTOTUNERS``; its launches are serialised process-wide,
+    and one that would tune while a CUDA graph is being captured runs untuned (``_serialized``)."""
+    autotunes = _settings.triton_autotunes()
+
+    def applicable(candidates, named_args, **launch_kwargs):
+        if prune is not None:
+            candidates = prune(candidates, named_args, **launch_kwargs)
+        return candidates if autotunes else candidates[:1]
+
     kwargs.setdefault("do_bench", autotune_benchmark)
-    tune = triton.autotune(configs=selected, key=key, cache_results=True, **kwargs)
+    tune = triton.autotune(configs=configs[:1] if is_interpreting() else configs, key=key, cache_results=True,
+                           prune_configs_by={"early_config_prune": applicable}, **kwargs)
 
     def registered(fn):
         tuner = tune(fn)
-        tuner.run = _serialized(tuner.run)  # ``tuner[grid](...)`` calls ``self.run``
+        tuner.run = _serialized(tuner, tuner.run)  # ``tuner[grid](...)`` calls ``self.run``
         AUTOTUNERS.append(tuner)
         return tuner
 
@@ -84,15 +107,37 @@ AUTOTUNE_REPEATS = 10  # ``autotune_benchmark``'s repeats per config (of measure
 _AUTOTUNED_LAUNCH = threading.RLock()
 
 
-def _serialized(run: Callable) -> Callable:
-    """``run`` under ``_AUTOTUNED_LAUNCH``."""
+class _CapturingGraph(Exception):
+    """``autotune_benchmark`` was asked to time configs while a CUDA graph is being captured."""
+
+
+def _serialized(tuner, run: Callable) -> Callable:
+    """``tuner``'s ``run`` under ``_AUTOTUNED_LAUNCH``; a launch that would tune a new key while the
+    current stream captures a CUDA graph (the caller's own: the model warms up before it captures)
+    runs ``_run_untuned`` instead."""
 
     @functools.wraps(run)
     def locked(*args, **kwargs):
         with _AUTOTUNED_LAUNCH:
-            return run(*args, **kwargs)
+            try:
+                return run(*args, **kwargs)
+            except _CapturingGraph:
+                return _run_untuned(tuner, args, kwargs)
 
     return locked
+
+
+def _run_untuned(tuner, args: tuple, kwargs: dict):
+    """The launch on the first config that applies, its key left untuned: the first launch outside
+    a capture tunes it. (Timing inside a capture is impossible: a synchronize invalidates it, and
+    the timed launches would be recorded into the graph. ``auto`` likewise takes its first backend
+    there, unmeasured.)"""
+    tuner.nargs = dict(zip(tuner.arg_names, args))
+    try:
+        config = tuner.prune_configs(kwargs)[0]
+    finally:
+        tuner.nargs = None
+    return tuner.fn.run(*args, **kwargs, **config.all_kwargs())
 
 
 def autotune_benchmark(kernel_call: Callable[[], None], quantiles) -> list[float]:
@@ -102,10 +147,12 @@ def autotune_benchmark(kernel_call: Callable[[], None], quantiles) -> list[float
     the model's CUDA graph replays them, without the host's launch overhead (which at batch 1
     exceeds a GEMM's own time and would blur the configs' differences) and with the L2 cache as
     consecutive calls leave it (Triton's own timer launches one call at a time and flushes L2
-    first)."""
+    first). Raises ``_CapturingGraph`` while the current stream captures a CUDA graph."""
     from ..backends.measured import repeat_times
 
     on_gpu = torch.cuda.is_available()
+    if on_gpu and torch.cuda.is_current_stream_capturing():
+        raise _CapturingGraph
     device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
     times_ms = sorted(seconds * 1e3 for seconds in repeat_times(kernel_call, device, repeats=AUTOTUNE_REPEATS))
     return [times_ms[round(q * (len(times_ms) - 1))] for q in quantiles]

@@ -72,7 +72,7 @@ __all__ = ["depthwise_block", "kernel_specs", "CONFIGS", "MAX_KERNEL_SIZE"]
 # Output tile TILE_H x TILE_W x BLOCK_C per program, one channel per thread (BLOCK_C = 32 x
 # num_warps). Per thread: K x TILE_W accumulators, two input rows of TILE_W + K - 1 columns (the
 # current and the prefetched one) and the K x K taps. The first config is the one the interpreter
-# (and CONVMIXER_FAST_TRITON_AUTOTUNE=0) uses.
+# (and CONVMIXER_FAST_TRITON_AUTOTUNE=0, up to k = 9; the first of ``_prune_configs`` beyond) uses.
 CONFIGS = [
     triton.Config({"TILE_H": 16, "TILE_W": 8, "BLOCK_C": 128}, num_warps=4, num_stages=1),
     triton.Config({"TILE_H": 32, "TILE_W": 8, "BLOCK_C": 128}, num_warps=4, num_stages=1),
@@ -162,7 +162,7 @@ def _store_output_row(finished, o, h0, row_end, w0, x_image, out_image, W, C, ch
 @autotune(
     CONFIGS,
     key=["B", "C", "H", "W", "K"],
-    prune_configs_by={"early_config_prune": _prune_configs},
+    prune=_prune_configs,
 )
 @triton.jit
 def _depthwise_block_kernel(

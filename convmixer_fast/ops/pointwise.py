@@ -6,8 +6,9 @@ output ``[..., N]`` has y's dtype. The GEMM accumulates in fp32 on the tensor co
 Hopper for 16-bit operands), bias + activation + BN affine are applied in fp32 in the epilogue and
 the result is rounded once at the store. Reference: ``reference.pointwise_reference``.
 
-fp32 inputs use TF32 only when ``torch.backends.cuda.matmul.allow_tf32`` is True (exact fp32
-otherwise), like ``torch.matmul``.
+fp32 inputs use TF32 only where torch allows it for matmuls (``_tf32.matmul_allows_tf32``; exact
+fp32 otherwise), like ``torch.matmul``. On a GPU the configs whose operand tiles do not fit its shared
+memory are left out (``configs_that_fit``: in fp32 on an H100, five of the seven pointer configs).
 
 The autotuner chooses among two kinds of configs (``CONFIGS``): one program per output tile with
 pointer loads (``gemm_tile``, cp.async on Hopper), and, where ``tma_loads_apply`` (16-bit operands,
@@ -30,6 +31,7 @@ import triton
 import triton.language as tl
 
 from convmixer_fast._settings import TRITON_COMPILE_OPTIONS
+from convmixer_fast._tf32 import matmul_allows_tf32
 from convmixer_fast.ops._triton_utils import (
     ACTIVATION_CODES,
     TRITON_DTYPE_NAMES,
@@ -40,6 +42,7 @@ from convmixer_fast.ops._triton_utils import (
     epilogue_custom_op,
     fused_epilogue,
     is_interpreting,
+    max_shared_memory,
 )
 from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
 
@@ -250,7 +253,7 @@ def dot_precision(dtype: torch.dtype) -> str:
 
     16-bit operands ignore it (they always run on the tensor cores); "tf32" is Triton's default.
     """
-    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not matmul_allows_tf32():
         return "ieee"
     return "tf32"
 
@@ -349,8 +352,9 @@ def gemm_kernel_specs(kernel, configs: list[triton.Config], signature: dict, con
 
 # Candidates for H100 (bf16, dim 768/1024/1536, M = 1024 .. 262144), chosen from the tile
 # arithmetic; which win where is not yet measured on a GPU (benchmarks/NOTES.md §8: tune-gemm, and
-# bench-ops records each config's time). The first config is the one the interpreter uses. Shared
-# memory per stage: (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes.
+# bench-ops records each config's time). The first config is the one the interpreter uses, and with
+# CONVMIXER_FAST_TRITON_AUTOTUNE=0 the first that fits the GPU. Shared memory per stage:
+# (BLOCK_M + BLOCK_N) * BLOCK_K * 2 bytes (4 in fp32: ``shared_memory_bytes``).
 # TMA=False: one program per output tile, operands through pointer loads (cp.async on Hopper);
 # TMA=True: persistent (``persistent_programs`` walk the tiles in grouped order), operands through the
 # TMA unit from tensor descriptors built on the device; these run where ``tma_loads_apply``.
@@ -368,6 +372,45 @@ CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 64, "GROUP_M": 8, "TMA": True}, num_warps=4, num_stages=4),
 ]
 TMA_DTYPES = (torch.float16, torch.bfloat16)  # the tensor-core operands TMA configs are for
+# Shared memory of a config beyond its operand stages: the TMA configs' barriers (32 bytes at 4
+# stages), a margin for the others (whose stages Triton 3.6 and 3.9 allocate to the byte, fp32 and
+# 16-bit, sm_90a and sm_80).
+SHARED_MEMORY_SLACK = 64
+
+
+def shared_memory_bytes(config: triton.Config, element_size: int) -> int:
+    """Shared memory per program of a pointwise config on operands of ``element_size`` bytes:
+    ``num_stages`` x (BLOCK_M + BLOCK_N) x BLOCK_K elements, plus ``SHARED_MEMORY_SLACK``."""
+    kw = config.kwargs
+    return config.num_stages * (kw["BLOCK_M"] + kw["BLOCK_N"]) * kw["BLOCK_K"] * element_size + SHARED_MEMORY_SLACK
+
+
+def configs_that_fit(configs: list[triton.Config], element_size: int, limit: int) -> list[triton.Config]:
+    """The ``configs`` whose shared memory (``shared_memory_bytes``) is within ``limit``; where none
+    is (fp32 on a GPU with ~100 KB per block), the least of them with fewer stages (down to 2), then
+    a halved BLOCK_K (down to 16), until it is."""
+    fitting = [c for c in configs if shared_memory_bytes(c, element_size) <= limit]
+    if fitting:
+        return fitting
+    config = min(configs, key=lambda c: shared_memory_bytes(c, element_size))
+    while shared_memory_bytes(config, element_size) > limit:
+        kwargs, stages = dict(config.kwargs), config.num_stages
+        if stages > 2:
+            stages -= 1
+        elif kwargs["BLOCK_K"] > 16:
+            kwargs["BLOCK_K"] //= 2
+        else:
+            break  # (no GPU Triton runs on has so little: its launch says what it needed)
+        config = triton.Config(kwargs, num_warps=config.num_warps, num_stages=stages)
+    return [config]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """``configs_that_fit`` the operands' GPU (``max_shared_memory``); all of them elsewhere."""
+    y = named_args["y_ptr"]
+    if y.device.type != "cuda":
+        return configs
+    return configs_that_fit(configs, y.element_size(), max_shared_memory(y.device))
 
 
 @triton.jit
@@ -429,7 +472,7 @@ CONFIG_KINDS = {
     "tma": lambda config: config.kwargs["TMA"],
 }
 _pointwise_tuned = {
-    kind: autotune([c for c in CONFIGS if keeps(c)], key=["M", "N", "K"])(
+    kind: autotune([c for c in CONFIGS if keeps(c)], key=["M", "N", "K"], prune=_prune_configs)(
         triton.heuristics({"EVEN_K": even_k})(pointwise_kernel)
     )
     for kind, keeps in CONFIG_KINDS.items()

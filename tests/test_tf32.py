@@ -1,0 +1,94 @@
+"""TF32: the package reads torch's switch whichever way a program set it (``convmixer_fast._tf32``).
+
+torch 2.9+ raises on reading a legacy flag (``allow_tf32``) once the new ``fp32_precision`` API has
+set it; a model, the fp32 GEMMs' dot precision and the tools read the switch through ``_tf32``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from convmixer_fast import _tf32
+from helpers import reference_model
+
+NEW_API = getattr(torch.backends.cudnn, "conv", None) is not None  # torch >= 2.9
+
+
+def set_legacy(on: bool) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = on
+
+
+def set_matmul_precision(on: bool) -> None:
+    torch.set_float32_matmul_precision("high" if on else "highest")
+
+
+def set_per_op(on: bool) -> None:
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+
+
+def set_default_of_all(on: bool) -> None:
+    torch.backends.fp32_precision = "tf32" if on else "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "none"  # unset: the default of all applies
+
+
+WAYS = [set_legacy, set_matmul_precision]
+if NEW_API:
+    WAYS += [set_per_op, set_default_of_all]
+
+
+@pytest.fixture
+def restored_tf32():
+    """The switches as they were in effect once the test ends, set consistently both ways."""
+    saved = _tf32.matmul_allows_tf32(), _tf32.cudnn_conv_allows_tf32()
+    yield
+    if NEW_API:
+        torch.backends.fp32_precision = "none"
+    _tf32._set(*saved)
+
+
+@pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
+def test_the_matmul_switch_reads_back_however_it_was_set(restored_tf32, way):
+    from convmixer_fast.ops import pointwise
+
+    for on in (True, False, True):
+        way(on)
+        assert _tf32.matmul_allows_tf32() is on
+        assert pointwise.dot_precision(torch.float32) == ("tf32" if on else "ieee")
+        assert pointwise.dot_precision(torch.bfloat16) == "tf32"  # (16-bit operands: always tensor cores)
+
+
+@pytest.mark.skipif(not NEW_API, reason="torch < 2.9 has no fp32_precision")
+def test_the_cudnn_switch_reads_back_however_it_was_set(restored_tf32):
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    assert not _tf32.cudnn_conv_allows_tf32()
+    torch.backends.cudnn.allow_tf32 = True
+    assert _tf32.cudnn_conv_allows_tf32()
+
+
+@pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
+def test_tf32_off_turns_both_off_and_sets_them_back(restored_tf32, way):
+    way(True)
+    torch.backends.cudnn.allow_tf32 = True
+    with _tf32.tf32_off():
+        assert not _tf32.matmul_allows_tf32() and not _tf32.cudnn_conv_allows_tf32()
+        assert not torch.backends.cuda.matmul.allow_tf32  # the legacy flags read back too
+    assert _tf32.matmul_allows_tf32() and _tf32.cudnn_conv_allows_tf32()
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.skipif(not NEW_API, reason="torch < 2.9 has no fp32_precision")
+def test_a_model_runs_with_tf32_set_the_new_way(restored_tf32, monkeypatch):
+    """The graph signature holds the TF32 switch: read the legacy way, it raised on every GPU call
+    once a program had set ``fp32_precision``. (The CPU model takes the graph path here: the
+    capture itself is a GPU test's.)"""
+    import convmixer_fast as cf
+
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="eager")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        monkeypatch.setattr(cf.ConvMixer, "_graphs_apply", lambda self, image: True)
+        monkeypatch.setattr(cf.ConvMixer, "_capture", lambda self, image: None)  # (a failed capture)
+        set_per_op(True)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
