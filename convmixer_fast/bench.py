@@ -642,6 +642,23 @@ def error_summary(error: Exception) -> str:
     return f"{type(error).__name__}: {first_line}"
 
 
+def device_lost(device_type: str, failed: str) -> str | None:
+    """After ``failed`` raised on a GPU: None while the GPU still works, else what each later entry
+    of the run reports instead of running. A sticky CUDA error (an illegal address, a trap in a
+    kernel) leaves the process's CUDA context unusable: every later launch would fail with it, each
+    blamed for the first one's fault, and the next ``torch.cuda.empty_cache`` would end the run
+    before it saved what it had measured."""
+    if device_type != "cuda":
+        return None
+    import torch
+
+    try:
+        torch.cuda.synchronize()
+    except Exception as error:
+        return f"not run: the GPU was unusable after {failed} failed ({error_summary(error)})"
+    return None
+
+
 def measure_provider(provider: Provider, workload: Workload, cache: InputCache, *, warmup: int,
                      max_repeats: int) -> Entry:
     """Build ``provider`` for ``workload``, then check and time it under inference mode (models are
@@ -726,22 +743,28 @@ def run_workloads(workloads: list[Workload], providers: list[Provider], *, warmu
 
     A fixed-precision provider (the peers) is measured once per (model, batch, image size) and
     its entry reused for the other dtypes. ``peaks`` maps dtype -> matmul peak TFLOP/s (GPU).
-    ``on_step`` hears "<workload label>: <provider>" before each provider.
+    ``on_step`` hears "<workload label>: <provider>" before each provider. Once a failure leaves
+    the GPU unusable (``device_lost``), every later entry is an error saying so, not run.
     """
     import torch
 
     cache = InputCache(seed)
     measured: dict[tuple, Entry] = {}
+    lost: str | None = None
     for workload in workloads:
         on_gpu = workload.device_type == "cuda"
         entries = []
         for provider in providers:
             on_step(f"{workload.label}: {provider.name}")
             key = (provider.name, workload.model, workload.batch, workload.image_size, provider.precision(workload))
-            if key not in measured:
+            if key not in measured and lost is not None:
+                measured[key] = Entry(provider, "error", provider.precision(workload), reason=lost)
+            elif key not in measured:
                 with cudnn_benchmark(on_gpu):
                     measured[key] = measure_provider(provider, workload, cache, warmup=warmup, max_repeats=max_repeats)
-                if on_gpu:
+                if measured[key].status == "error":
+                    lost = device_lost(workload.device_type, f"{workload.label}: {provider.name}")
+                if on_gpu and lost is None:
                     gc.collect()  # the provider's models, graphs and buffers go before the next one's
                     torch.cuda.empty_cache()
             entries.append(measured[key])

@@ -676,19 +676,27 @@ def run_cli(args) -> int:
         tf32 = matmul_allows_tf32() or cudnn_conv_allows_tf32()
         kernel_tolerance = tolerances(dtype, torch.device(device), tf32=tf32)[0]
         print(TABLE_HEADER, flush=True)
+        lost = None  # (``bench.device_lost``: the rows after such a failure are not measured)
         for op in ops:
             for backend in backends:
                 for variant in (None, *op_variants(backend, op, device, dtype, config["dim"])):
+                    if lost is not None:
+                        continue
                     row = measure_op(cases[op], backend, dtype=dtype, device=device, channels=config["dim"],
                                      tolerance=kernel_tolerance, warmup=warmup, max_repeats=max_repeats,
                                      variant=variant)
                     row = complete_row(row, config, batch, image_size, dtype_name, rates)
                     document["rows"].append(row)
                     print(format_row_and_autotuning(row), flush=True)
-                    if on_gpu:
+                    if row["status"] == "error":
+                        lost = bench.device_lost(torch.device(device).type, f"{op} on {row['backend']}")
+                    if on_gpu and lost is None:
                         torch.cuda.empty_cache()
             document["forward"] = forward_estimates(document["rows"], ops)
             save()
+        if lost is not None:
+            document["device_lost"] = lost
+            print(lost)
     run["complete"] = True
     save()
     print(format_forward(document))

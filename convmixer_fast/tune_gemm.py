@@ -77,7 +77,7 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
                    device_type: str, warmup: int, max_repeats: int) -> dict:
     """One config's row: checked, then timed (module docstring); skipped, WRONG or an error with why."""
     from .ops import pointwise
-    from .ops._triton_utils import config_label
+    from .ops._triton_utils import config_label, max_shared_memory
 
     y, weight = operands[:2]
     row = {"config": config_label(config), "tma": config.kwargs["TMA"], "status": "skipped", "reason": None,
@@ -85,6 +85,11 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
     if config.kwargs["TMA"] and not pointwise.tma_loads_apply(y, weight):
         row["reason"] = pointwise.tma_requirements(y, weight)
         return row
+    if device_type == "cuda":  # (the autotuner leaves such configs out: ``pointwise.configs_that_fit``)
+        needed, limit = pointwise.shared_memory_bytes(config, y.element_size()), max_shared_memory(y.device)
+        if needed > limit:
+            row["reason"] = f"needs {needed:,} bytes of shared memory per block, the GPU has {limit:,}"
+            return row
 
     def call():
         pointwise._launch(*operands, ACT, out, config=config)
@@ -109,7 +114,8 @@ def measure_config(config, operands: tuple, out: torch.Tensor, reference: torch.
 def measure_shape(dim: int, tokens: int, configs: list, *, dtype: torch.dtype, device: str, seed: int,
                   warmup: int, max_repeats: int) -> dict:
     """cuBLAS's time and every config's row at ``M = tokens``, ``N = K = dim``; ``best``: the fastest
-    config's label (None if none ran)."""
+    config's label (None if none ran); ``device_lost``: ``bench.device_lost``'s reason where a config's
+    failure left the GPU unusable (the configs after it not measured), else None."""
     from .ops.reference import pointwise_reference
     from .verify import tolerances
 
@@ -124,11 +130,18 @@ def measure_shape(dim: int, tokens: int, configs: list, *, dtype: torch.dtype, d
         cublas = opbench.time_op(lambda: torch.mm(y, weight.T, out=gemm_out), device_type, warmup=warmup,
                                  max_repeats=max_repeats)
         tolerance = tolerances(dtype, torch.device(device))[0]
-        rows = [measure_config(config, operands, out, reference, tolerance=tolerance, device_type=device_type,
-                               warmup=warmup, max_repeats=max_repeats) for config in configs]
+        rows, lost = [], None
+        for config in configs:
+            rows.append(measure_config(config, operands, out, reference, tolerance=tolerance, device_type=device_type,
+                                       warmup=warmup, max_repeats=max_repeats))
+            if rows[-1]["status"] == "error":
+                lost = bench.device_lost(device_type, f"{rows[-1]['config']} at M={tokens}, N=K={dim}")
+                if lost is not None:
+                    break
     timed = [row for row in rows if row["time_us"] is not None]
     best = min(timed, key=lambda row: row["time_us"])["config"] if timed else None
-    return {"dim": dim, "tokens": tokens, "cublas_us": cublas.median_s * 1e6, "best": best, "rows": rows}
+    return {"dim": dim, "tokens": tokens, "cublas_us": cublas.median_s * 1e6, "best": best, "rows": rows,
+            "device_lost": lost}
 
 
 def summarize(shapes: list[dict], labels: list[str]) -> dict:
@@ -227,16 +240,18 @@ def run_cli(args) -> int:
         if json_path:
             bench.write_result(document, json_path)
 
-    for dim in dims:
-        for count in tokens:
-            shape = measure_shape(dim, count, configs, dtype=bench._torch_dtype(dtype_name), device=device,
-                                  seed=args.seed, warmup=warmup, max_repeats=max_repeats)
-            document["shapes"].append(shape)
-            document["summary"] = summarize(document["shapes"], labels)
-            print(format_shape(shape), flush=True)
-            save()
-            if on_gpu:
-                torch.cuda.empty_cache()
+    for dim, count in [(dim, count) for dim in dims for count in tokens]:
+        shape = measure_shape(dim, count, configs, dtype=bench._torch_dtype(dtype_name), device=device,
+                              seed=args.seed, warmup=warmup, max_repeats=max_repeats)
+        document["shapes"].append(shape)
+        document["summary"] = summarize(document["shapes"], labels)
+        print(format_shape(shape), flush=True)
+        save()
+        if shape["device_lost"] is not None:  # (``bench.device_lost``: no further shape is measured)
+            print(shape["device_lost"])
+            break
+        if on_gpu:
+            torch.cuda.empty_cache()
     run["complete"] = True
     save()
     print(format_summary(document["summary"], len(document["shapes"])))

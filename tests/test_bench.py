@@ -250,6 +250,46 @@ def test_a_provider_wrong_only_after_its_first_call_is_caught():
     assert not check.ok
 
 
+def test_device_lost_only_where_the_gpu_no_longer_synchronizes(monkeypatch):
+    assert bench.device_lost("cpu", "anything") is None
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    assert bench.device_lost("cuda", "x") is None
+
+    def dead_context():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", dead_context)
+    reason = bench.device_lost("cuda", "convmixer_1536_20 bf16 batch 1 224px: convmixer_fast-auto")
+    assert reason.startswith("not run: the GPU was unusable after convmixer_1536_20 bf16 batch 1 224px: "
+                             "convmixer_fast-auto failed (RuntimeError: CUDA error: an illegal memory access")
+
+
+def test_after_the_gpu_is_lost_the_run_goes_on_without_running_anything(monkeypatch):
+    """A kernel's illegal address leaves the CUDA context unusable: the providers after it are
+    recorded as not run (each would fail with the first one's error), and every workload still
+    yields its record, so the run saves what it measured."""
+    built = []
+
+    def provider(name, fails=False):
+        def build(workload, cache):
+            built.append(name)
+            if fails:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return bench.Prepared(lambda: cache.get(workload).logits)
+
+        return bench.Provider(name, name, build, lambda workload: None)
+
+    providers = [provider("first"), provider("faulting", fails=True), provider("after")]
+    monkeypatch.setattr(bench, "device_lost", lambda device_type, failed: f"not run: lost after {failed}")
+    workloads = bench.make_workloads("cpu", ["convmixer_cifar10"], [1, 2], ["fp32"], 8)
+    records = list(bench.run_workloads(workloads, providers, warmup=0, max_repeats=1, peaks={}))
+    assert built == ["first", "faulting"]
+    assert [r["providers"]["first"]["status"] for r in records] == ["ok", "error"]
+    assert all(r["providers"]["after"]["status"] == "error" for r in records)
+    assert records[1]["providers"]["first"]["reason"] == (
+        "not run: lost after convmixer_cifar10 fp32 batch 1 8px: faulting")
+
+
 def test_markdown_report_of_a_saved_result(tiny_run, tmp_path):
     code, out = run_bench("--markdown", str(tiny_run[3]))
     assert code == 0

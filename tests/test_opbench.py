@@ -235,6 +235,21 @@ def test_an_op_that_raises_is_an_error_row(monkeypatch):
     assert "kernel exploded" in row["traceback"] and "broken" in row["traceback"]
 
 
+def test_no_op_is_measured_once_a_failure_left_the_gpu_unusable(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(eager, "OPS", eager.OPS._replace(depthwise_block=broken))
+    monkeypatch.setattr(opbench.bench, "device_lost", lambda device_type, failed: f"not run: lost after {failed}")
+    path = tmp_path / "ops.json"
+    code, out = run_bench_ops(*TINY, "--backends", "eager", "--ops", "stem", "depthwise_block", "pointwise",
+                              "--json", str(path))
+    result = json.loads(path.read_text())
+    assert code == 1 and [(row["op"], row["status"]) for row in result["rows"]] == [
+        ("stem", "ok"), ("depthwise_block", "error")]
+    assert result["device_lost"] == "not run: lost after depthwise_block on eager" in out
+
+
 def test_operands_come_from_the_prepared_model():
     config = MODEL_CONFIGS["convmixer_cifar10"]
     cases = opbench.build_cases(config, 2, 8, torch.bfloat16, "cpu")

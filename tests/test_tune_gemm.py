@@ -124,3 +124,18 @@ def test_operands_are_reproducible_and_scaled():
     assert y.shape == (40, 24) and weight.shape == (24, 24) and y.dtype == weight.dtype == torch.bfloat16
     assert all(v.dtype == torch.float32 and v.shape == (24,) for v in (bias, scale, shift))
     assert abs(scale.mean().item() - 1.0) < 0.1
+
+
+def test_no_config_is_measured_once_a_failure_left_the_gpu_unusable(monkeypatch):
+    measured = []
+
+    def measure_config(config, *args, **kwargs):
+        measured.append(config)
+        return {"config": _triton_utils.config_label(config), "status": "error", "time_us": None}
+
+    monkeypatch.setattr(tune_gemm, "measure_config", measure_config)
+    monkeypatch.setattr(tune_gemm.bench, "device_lost", lambda device_type, failed: f"not run: lost after {failed}")
+    shape = tune_gemm.measure_shape(24, 40, pw.CONFIGS, dtype=torch.float32, device=DEVICE.type, seed=0, warmup=0,
+                                    max_repeats=1)
+    assert measured == pw.CONFIGS[:1] and len(shape["rows"]) == 1 and shape["best"] is None
+    assert shape["device_lost"] == f"not run: lost after {LABELS[0]} at M=40, N=K=24"
