@@ -36,10 +36,11 @@ Runtime environment variables:
                                    ``AUTO_ORDER`` that runs it instead of timing the candidates on
                                    the first call with each new shape (deterministic choices).
   CONVMIXER_FAST_TRITON_AUTOTUNE=0  Triton kernels run the first config of their autotune list
-                                   that applies (fits the GPU's shared memory; ``ops/_triton_utils
-                                   .autotune``) without benchmarking the others (the test suite sets it: results
-                                   do not depend on the config, compile time does; each config has
-                                   its own test). Read when the ops are first imported.
+                                   that applies (e.g. fits the GPU's shared memory: ``ops/
+                                   _triton_utils.autotune``) without benchmarking the others (the
+                                   test suite sets it: results do not depend on the config, compile
+                                   time does; each config has its own test). Read when the ops are
+                                   first imported.
   TRITON_INTERPRET=1               (Triton's) run Triton kernels on CPU tensors in the interpreter;
                                    makes the ``triton`` backend available on CPU, for testing only.
                                    Must be set before ``triton`` is imported.

@@ -528,13 +528,15 @@ class ConvMixer(nn.Module):
             self._drop_shape_caches()  # now, not at the next forward: they hold device memory
 
     def _drop_shape_caches(self) -> None:
-        """The activation buffers and graphs: they belong to the previous prepared parameters. (The
-        last replay's stream stays: a new graph's first replay elsewhere still waits for it.)"""
+        """The activation buffers, graphs and signatures seen: they belong to the previous prepared
+        parameters. (The last replay's stream stays: a new graph's first replay elsewhere still
+        waits for it.)"""
         self._activation_buffers.clear()
         self._drop_graphs()
         self._signatures.clear()
 
     def _drop_graphs(self) -> None:
+        """Release every graph, once the last replay is done with it."""
         if self._graphs:
             self._wait_for_replays()
             self._graphs.clear()
