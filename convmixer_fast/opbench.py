@@ -51,7 +51,8 @@ head once). JSON (``--json``; on a GPU by default
      "workload": {...}, "rates": {...}, "rows": [row...], "forward": {...}}
 
 rewritten (write, then rename) after the rates and after each op, so an interrupted run keeps what
-it measured; ``run["complete"]`` turns True at the end.
+it measured; ``run["complete"]`` turns True at the end. Where an op's failure left the GPU
+unusable (``bench.device_lost``), the rows stop there and ``"device_lost"`` says why.
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ the autotune list. JSON (``--json``; on a GPU by default
 
     {"schema": 1, "device": bench.device_info, "run": bench.run_info,
      "workload": {"dims", "tokens", "dtype", "act", "configs": [label...]},
-     "shapes": [{"dim", "tokens", "cublas_us", "best", "rows": [{"config", "tma", "status", "reason",
-                 "max_rel_err", "time_us", "tflops"}...]}...],
+     "shapes": [{"dim", "tokens", "cublas_us", "best", "device_lost", "rows": [{"config", "tma", "status",
+                 "reason", "max_rel_err", "time_us", "tflops"}...]}...],
      "summary": {label: {"fastest": n, "near_best": n}}}
 
 On CPU the kernels run only in Triton's interpreter (``TRITON_INTERPRET=1``): it checks the configs
