@@ -576,11 +576,11 @@ class ConvMixer(nn.Module):
             )
         version = sum(t._version for t in tensors if not t.is_inference())
         dtype = dtype or self._param_dtype
-        if self._prepared is None or self._prepared[0] != version or dtype not in self._prepared[1]:
-            if _capturing(tensors[0]):  # the caller's capture: prepared into its graph, at each replay
-                self._check_uniform(tensors)
-                return prepare_params(self, dtype)
-        if self._prepared is None or self._prepared[0] != version:
+        stale = self._prepared is None or self._prepared[0] != version
+        if (stale or dtype not in self._prepared[1]) and _capturing(tensors[0]):
+            self._check_uniform(tensors)  # the caller's capture: prepared into its graph, at each replay
+            return prepare_params(self, dtype)
+        if stale:
             self._check_uniform(tensors)
             self._prepared = (version, {})
             self._drop_shape_caches()

@@ -38,16 +38,12 @@ def device_guard(tensor: torch.Tensor):
 
 
 def max_shared_memory(device: torch.device) -> int:
-    """Shared memory per block a kernel may use on the CUDA ``device``: the limit Triton's launcher
-    holds a compiled kernel to (its ``max_shared_mem``; 227 KB on an H100, ~100 KB on consumer GPUs)."""
-    return _max_shared_memory(torch.cuda.current_device() if device.index is None else device.index)
-
-
-@functools.cache
-def _max_shared_memory(device_index: int) -> int:
+    """Shared memory per block a kernel may use on the CUDA ``device`` (a tensor's: its index is
+    set): the limit Triton's launcher holds a compiled kernel to (its ``max_shared_mem``; 227 KB on
+    an H100, ~100 KB on consumer GPUs). Asked once per new autotune key, so not cached."""
     from triton.runtime import driver
 
-    return driver.active.utils.get_device_properties(device_index)["max_shared_mem"]
+    return driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
 
 
 def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
