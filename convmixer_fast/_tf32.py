@@ -30,6 +30,12 @@ def cudnn_conv_allows_tf32() -> bool:
     return torch.backends.cudnn.allow_tf32 if conv is None else conv.fp32_precision == "tf32"
 
 
+def switches() -> tuple[bool, bool]:
+    """(matmul, cuDNN conv): what fp32 kernels may do under TF32, for the keys of what was captured
+    or measured under the switches (the model's CUDA graphs, ``auto``'s choices for fp32 inputs)."""
+    return matmul_allows_tf32(), cudnn_conv_allows_tf32()
+
+
 def _set(matmul: bool, conv: bool) -> None:
     """Both switches through both ways, so that either way reads them back without raising."""
     torch.backends.cuda.matmul.allow_tf32 = matmul

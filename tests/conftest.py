@@ -53,6 +53,18 @@ def _seeded():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def restored_tf32():
+    """The TF32 switches as they were in effect once the test ends, set consistently both ways."""
+    from convmixer_fast import _tf32
+
+    saved = _tf32.switches()
+    yield
+    if getattr(torch.backends.cudnn, "conv", None) is not None:  # torch >= 2.9: the default of all unset
+        torch.backends.fp32_precision = "none"
+    _tf32._set(*saved)
+
+
 @pytest.fixture(params=("triton", "cuda"))
 def kernel_backend(request):
     """Each kernel backend (``Backend``: ``.name``, ``.load_ops()``), skipped with the reason where it

@@ -78,6 +78,23 @@ def test_signature_includes_strides_dtype_and_autocast(stand_in_capture):
     assert len(stand_in_capture) == 4 and all(out.dtype == torch.bfloat16 for out in logits)
 
 
+def test_each_tf32_setting_gets_its_own_graph(stand_in_capture, restored_tf32):
+    """A graph replays the kernels captured under the TF32 switches of its capture (cuBLAS and
+    cuDNN pick TF32 kernels then): a change of either switch captures anew, and changing back
+    replays the first graph."""
+    from convmixer_fast import _tf32
+
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    matmul, conv = _tf32.switches()
+    with torch.no_grad():
+        for switches in ((matmul, conv), (matmul, not conv), (not matmul, conv), (matmul, conv)):
+            _tf32._set(*switches)
+            model(x), model(x)
+    assert len(stand_in_capture) == 3
+    assert [graph.replays for graph in stand_in_capture] == [3, 1, 1]  # (a capture call replays too)
+
+
 def test_graphs_are_bounded_least_recent_dropped_and_not_captured_again(stand_in_capture):
     """More signatures in turn than graphs kept: capturing each anew on its return would cost a
     warm-up run and a capture per call, so a signature whose graph was dropped runs uncaptured."""

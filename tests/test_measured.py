@@ -83,11 +83,35 @@ def test_threads_measure_one_at_a_time_and_a_signature_once(tmp_path):
 def test_signature_names_shapes_dtypes_strides_of_positional_arguments():
     x = torch.empty(2, 3, 4, 5)
     key = measured.signature("stem", (x, "gelu"))
-    assert key == "stem(2x3x4x5:float32:60,20,5,1;'gelu')"
+    assert key.startswith("stem(2x3x4x5:float32:60,20,5,1;'gelu') tf32(")
     channels_last = x.contiguous(memory_format=torch.channels_last)
     assert measured.signature("stem", (channels_last, "gelu")) != key
     assert measured.signature("stem", (x.half(), "gelu")) != key
     assert measured.signature("stem", (x, "relu")) != key
+
+
+def test_fp32_choices_are_measured_per_tf32_setting(tmp_path, restored_tf32):
+    """The TF32 switches change how fast fp32 kernels run (the Triton GEMM's dot precision): an fp32
+    signature names them and is measured anew under other switches; a 16-bit one does not."""
+    from convmixer_fast import _tf32
+
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+    recorder = Recorder(fastest="cuda")
+    op = measured_op(recorder, store)
+    x, x16 = torch.zeros(4, 8), torch.zeros(4, 8, dtype=torch.bfloat16)
+    _tf32._set(True, True)
+    assert measured.signature("pointwise", (x, "gelu")).endswith(" tf32(matmul=1,conv=1)")
+    assert measured.signature("pointwise", (x16, "gelu")) == "pointwise(4x8:bfloat16:8,1;'gelu')"
+    op(x, "gelu"), op(x16, "gelu")
+    assert recorder.timed == 6
+    _tf32._set(False, True)
+    assert measured.signature("pointwise", (x, "gelu")).endswith(" tf32(matmul=0,conv=1)")
+    op(x, "gelu"), op(x16, "gelu")
+    assert recorder.timed == 9  # the fp32 signature anew, the bf16 one remembered
+    _tf32._set(True, True)
+    op(x, "gelu")
+    assert recorder.timed == 9
+    assert len(json.loads((tmp_path / "choices.json").read_text())["choices"]) == 3
 
 
 def test_picks_the_fastest_once_per_signature_and_stores_it(tmp_path):

@@ -191,6 +191,25 @@ def test_grouped_order_many_row_tiles():
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton autotunes on a GPU only")
+def test_fp32_is_tuned_apart_under_each_tf32_setting(restored_tf32):
+    """An fp32 GEMM runs on the tensor cores under TF32 and on the FMA units without: the
+    autotuner keys its choice on the dot precision (``GEMM_AUTOTUNE_KEY``), so a config chosen
+    under one setting of torch's switch is not reused under the other."""
+    from convmixer_fast import _tf32
+
+    y, weight, bias, scale, shift = make_inputs((3, 7, 9), 64, 40, torch.float32, seed=3)
+    precision_at = pw.GEMM_AUTOTUNE_KEY.index("DOT_PRECISION")
+    for matmul in (True, False):
+        _tf32._set(matmul, False)
+        result = pw.pointwise(y, weight, bias, scale, shift, "gelu")
+        expected = pointwise_reference(y, weight, bias, scale, shift, "gelu")
+        tolerance = 5e-3 if matmul else 1e-4  # (the reference's matmul follows the switch too)
+        torch.testing.assert_close(result, expected, atol=tolerance, rtol=tolerance)
+    keys = [key for key in pw._pointwise_tuned["pointer"].cache if tuple(key[:3]) == (189, 40, 64)]
+    assert sorted(key[precision_at] for key in keys) == ["ieee", "tf32"]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 def test_empty_tokens(kernel_backend, dtype):
     skip_unless_cuda_gemm_runs(kernel_backend, dtype, 8, 16)

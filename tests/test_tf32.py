@@ -37,16 +37,6 @@ if NEW_API:
     WAYS += [set_per_op, set_default_of_all]
 
 
-@pytest.fixture
-def restored_tf32():
-    """The switches as they were in effect once the test ends, set consistently both ways."""
-    saved = _tf32.matmul_allows_tf32(), _tf32.cudnn_conv_allows_tf32()
-    yield
-    if NEW_API:
-        torch.backends.fp32_precision = "none"
-    _tf32._set(*saved)
-
-
 @pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
 def test_the_matmul_switch_reads_back_however_it_was_set(restored_tf32, way):
     from convmixer_fast.ops import pointwise

@@ -1,16 +1,16 @@
 """``backend="auto"`` where several backends run an op: the one measured fastest, per shape.
 
 For an op with more than one candidate (the backends of ``AUTO_ORDER`` that are available on the
-device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its
-first call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its
-other positional arguments) it runs each candidate once on those very arguments (compilation,
-autotuning), times more calls of each (``time_op``: on a GPU the kernels' time, as a CUDA graph
-replays them, not the host's launch overhead), and from then on runs the fastest: the
-first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so near-ties
-do not flip between runs. A candidate that raises on those arguments (one backend's argument
-checks, say) is left out of that choice, its error kept beside the times; if every candidate
-raises, the first error does. The outputs of the measured calls land in the op's ``out`` and are
-overwritten by the chosen backend's call.
+device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its first
+call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its other
+positional arguments; with fp32 inputs, the TF32 switches) it runs each candidate once on those very
+arguments (compilation, autotuning), times more calls of each (``time_op``: on a GPU the kernels'
+time, as a CUDA graph replays them, not the host's launch overhead), and from then on runs the
+fastest: the first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so
+near-ties do not flip between runs. A candidate that raises on those arguments (one backend's
+argument checks, say) is left out of that choice, its error kept beside the times; if every
+candidate raises, the first error does. The outputs of the measured calls land in the op's ``out``
+and are overwritten by the chosen backend's call.
 
 Before it is timed, each candidate's output is held to the reference op's (``reference``: the eager
 backend's, on the first and last image of the batch, within ``verify``'s per-kernel tolerance of
@@ -47,7 +47,7 @@ from typing import Callable
 
 import torch
 
-from .. import _settings
+from .. import _settings, _tf32
 
 TIMED_CALLS = 5  # back to back, per timed repeat
 TIMED_REPEATS = 3  # the median of their means counts
@@ -98,10 +98,20 @@ def repeat_times(call: Callable[[], object], device: torch.device, repeats: int 
     return times
 
 
+def fp32_switches(args: tuple) -> tuple[bool, ...]:
+    """The TF32 switches (``_tf32.switches``: matmul, cuDNN conv) where an fp32 tensor is among
+    ``args``, else (): they change how fast fp32 kernels run (the Triton GEMMs' dot precision
+    follows the matmul switch), so a choice made under one setting does not carry over."""
+    if any(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in args):
+        return _tf32.switches()
+    return ()
+
+
 def signature(op: str, args: tuple) -> str:
     """The op and what of its positional arguments decides the kernels' speed, as a stable string
-    (the key on disk): tensors by shape, dtype and strides, other values by ``repr``. Keyword
-    arguments (``out``, the head's ``pooled`` workspace) follow from the inputs and are left out."""
+    (the key on disk): tensors by shape, dtype and strides, other values by ``repr``, and with fp32
+    tensors the TF32 switches (``fp32_switches``). Keyword arguments (``out``, the head's ``pooled``
+    workspace) follow from the inputs and are left out."""
 
     def describe(value) -> str:
         if isinstance(value, torch.Tensor):
@@ -110,7 +120,11 @@ def signature(op: str, args: tuple) -> str:
             return f"{shape}:{str(value.dtype).removeprefix('torch.')}:{strides}"
         return repr(value)
 
-    return f"{op}({';'.join(describe(a) for a in args)})"
+    described = f"{op}({';'.join(describe(a) for a in args)})"
+    switches = fp32_switches(args)
+    if switches:
+        described += " tf32(matmul={:d},conv={:d})".format(*switches)
+    return described
 
 
 @functools.lru_cache(maxsize=None)
@@ -237,6 +251,7 @@ class MeasuredOp:
     def __call__(self, *args, **kwargs):
         # In memory the key is a tuple (cheaper than the string signature: this runs on every call).
         key = tuple((a.shape, a.stride(), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
+        key += fp32_switches(args)
         backend = self.chosen.get(key)
         if backend is None:
             backend = self._choose(args, kwargs)

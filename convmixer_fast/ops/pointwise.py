@@ -258,6 +258,13 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+# What a GEMM kernel's autotuner keys its choice on (Triton adds the tensor arguments' dtypes): the
+# problem size and the dot precision, since an fp32 GEMM runs on the tensor cores in TF32 and on the
+# FMA units in "ieee" (an H100's spec sheet: ~495 against ~67 TFLOP/s), and ``dot_precision`` follows
+# torch's TF32 switch, which a program may change between calls.
+GEMM_AUTOTUNE_KEY = ["M", "N", "K", "DOT_PRECISION"]
+
+
 # Programs of a persistent launch (configs with TMA=True) per SM: two, so that where a config's
 # shared memory lets both be resident one's epilogue overlaps the other's main loop, as a
 # non-persistent launch overlaps its CTAs; where it does not, the second wave takes its share of the
@@ -464,15 +471,15 @@ def pointwise_kernel(
 
 # Which configs each autotuner of the kernel benchmarks: "any", the op's, every config that applies
 # (without the TMA ones where ``tma_loads_apply`` is False: that case runs "pointer", as the
-# autotuner's cache key, M, N, K and dtypes, cannot tell the two apart); "pointer" and "tma", one
-# form each, also for ``bench-ops`` to time each form on its own (``VARIANTS``).
+# autotuner's cache key, ``GEMM_AUTOTUNE_KEY`` and dtypes, cannot tell the two apart); "pointer" and
+# "tma", one form each, also for ``bench-ops`` to time each form on its own (``VARIANTS``).
 CONFIG_KINDS = {
     "any": lambda config: True,
     "pointer": lambda config: not config.kwargs["TMA"],
     "tma": lambda config: config.kwargs["TMA"],
 }
 _pointwise_tuned = {
-    kind: autotune([c for c in CONFIGS if keeps(c)], key=["M", "N", "K"], prune=_prune_configs)(
+    kind: autotune([c for c in CONFIGS if keeps(c)], key=GEMM_AUTOTUNE_KEY, prune=_prune_configs)(
         triton.heuristics({"EVEN_K": even_k})(pointwise_kernel)
     )
     for kind, keeps in CONFIG_KINDS.items()

@@ -24,6 +24,7 @@ from convmixer_fast.ops._triton_utils import (
 )
 from convmixer_fast.ops._checks import epilogue_entry, stem_outputs
 from convmixer_fast.ops.pointwise import (
+    GEMM_AUTOTUNE_KEY,
     epilogue_store,
     even_k,
     gemm_kernel_specs,
@@ -95,7 +96,7 @@ def stem_kernel(
     )
 
 
-_stem_tuned = autotune(CONFIGS, key=["M", "N", "K"])(
+_stem_tuned = autotune(CONFIGS, key=GEMM_AUTOTUNE_KEY)(
     triton.heuristics({"EVEN_K": even_k})(stem_kernel)
 )
 
