@@ -73,7 +73,7 @@ def _info(args) -> int:
     import torch
 
     from . import __version__
-    from ._extension import extension_status
+    from ._extension import REBUILD, extension_status
     from .backends import BACKENDS, availability
 
     try:
@@ -89,6 +89,12 @@ def _info(args) -> int:
     print(f"triton         {triton_version}")
     if ext.loaded:
         print(f"_C             built, CUDA kernels {'yes' if ext.with_cuda else 'no'} ({ext.detail})")
+        if ext.current:
+            print("               from the csrc/ beside the package as it is now, against this torch")
+        elif ext.stale is not None:
+            print(f"               STALE: it {ext.stale}; rebuild with {REBUILD}")
+        else:
+            print("               its sources not compared (none beside the package, or none recorded in _C)")
     else:
         print(f"_C             not available: {ext.detail}")
     devices = ["cpu"] + ([f"cuda:{i}" for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else [])

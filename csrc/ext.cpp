@@ -16,8 +16,13 @@
 
 namespace convmixer_fast {
 
-// "cuda=1;archs=80,90a;status=<what CUDA was built for, or why not>" (archs: the sm_ targets of the
-// CUDA kernels, machine code only, no PTX; empty without them).
+// Defined in build/generated/build_stamp.cpp, which setup.py writes: the digest of the csrc/ files
+// and compile flags this _C is built from (_settings.sources_digest), and torch.__version__.
+extern const char kSourcesDigest[];
+extern const char kTorchVersion[];
+
+// "cuda=1;archs=80,90a;sources=<digest>;torch=<version>;status=<what CUDA was built for, or why
+// not>" (archs: the sm_ targets of the CUDA kernels, machine code only, no PTX; empty without them).
 std::string build_info() {
 #ifdef CONVMIXER_FAST_WITH_CUDA
   const char* with_cuda = "1";
@@ -26,7 +31,8 @@ std::string build_info() {
   const char* with_cuda = "0";
   const char* archs = "";
 #endif
-  return std::string("cuda=") + with_cuda + ";archs=" + archs + ";status=" + CONVMIXER_FAST_CUDA_STATUS;
+  return std::string("cuda=") + with_cuda + ";archs=" + archs + ";sources=" + kSourcesDigest +
+         ";torch=" + kTorchVersion + ";status=" + CONVMIXER_FAST_CUDA_STATUS;
 }
 
 }  // namespace convmixer_fast

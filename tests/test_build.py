@@ -7,7 +7,8 @@ import pytest
 
 import convmixer_fast
 from convmixer_fast import _settings
-from convmixer_fast._extension import extension_status
+from convmixer_fast import _extension
+from convmixer_fast._extension import ExtensionStatus, extension_status, status_from_build_info
 
 
 def test_cuda_build_status(monkeypatch, tmp_path):
@@ -68,6 +69,68 @@ def test_which_gpus_machine_code_runs_on(arch, runs_on, not_on):
     assert not any(_settings.arch_runs_on(arch, *capability) for capability in not_on)
 
 
+def write_sources(root, files: dict) -> None:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def test_sources_digest_follows_what_c_is_compiled_from(tmp_path, monkeypatch):
+    """Every C++ / CUDA file of csrc/ by path and content, and the compile flags; nothing else."""
+    assert _settings.sources_digest(str(tmp_path)) is None  # no csrc/: an installed package
+    write_sources(tmp_path, {"csrc/ext.cpp": "int a;", "csrc/kernels/k.cu": "int b;", "csrc/kernels/k.cuh": ""})
+    digest = _settings.sources_digest(str(tmp_path))
+    assert len(digest) == 16
+    write_sources(tmp_path, {"csrc/notes.txt": "x", "csrc/kernels/k.cu.orig": "x", "setup.py": "x"})
+    assert _settings.sources_digest(str(tmp_path)) == digest
+    for edit in ({"csrc/kernels/k.cu": "int c;"}, {"csrc/kernels/k.cuh": " "}, {"csrc/kernels/new.h": ""}):
+        write_sources(tmp_path, edit)
+        assert _settings.sources_digest(str(tmp_path)) != digest
+        for name in edit:
+            (tmp_path / name).unlink()
+        write_sources(tmp_path, {"csrc/kernels/k.cu": "int b;", "csrc/kernels/k.cuh": ""})
+        assert _settings.sources_digest(str(tmp_path)) == digest
+    (tmp_path / "csrc/kernels/k.cu").rename(tmp_path / "csrc/kernels/j.cu")
+    assert _settings.sources_digest(str(tmp_path)) != digest
+    (tmp_path / "csrc/kernels/j.cu").rename(tmp_path / "csrc/kernels/k.cu")
+    monkeypatch.setattr(_settings, "NVCC_FLAGS", [*_settings.NVCC_FLAGS, "-G"])
+    assert _settings.sources_digest(str(tmp_path)) != digest
+
+
+def test_build_info_tells_a_stale_extension(tmp_path):
+    """``_C`` reports the digest of its sources and its torch; held to the checkout's and the
+    running torch's, a mismatch of either is stale, and a missing side cannot be compared."""
+    write_sources(tmp_path, {"csrc/ext.cpp": "int a;"})
+    digest = _settings.sources_digest(str(tmp_path))
+
+    def status(sources=digest, torch_built="2.11.0+cu130", root=tmp_path, torch_running="2.11.0+cu130"):
+        info = f"cuda=1;archs=80,90a;sources={sources};torch={torch_built};status=CUDA 13.0, sm_80, sm_90a"
+        return status_from_build_info(info, str(root), torch_running)
+
+    current = status()
+    assert current == ExtensionStatus(True, True, "CUDA 13.0, sm_80, sm_90a", ("80", "90a"), True, None)
+    edited = status(sources="0123456789abcdef")
+    assert not edited.current and "other sources than" in edited.stale and str(tmp_path) in edited.stale
+    other_torch = status(torch_running="2.12.0+cu130")
+    assert not other_torch.current
+    assert other_torch.stale == "was built against torch 2.11.0+cu130, not the torch 2.12.0+cu130 running"
+    installed = status(root=tmp_path / "site-packages")  # no csrc/ beside the package
+    assert not installed.current and installed.stale is None
+    from_before = status_from_build_info("cuda=0;archs=;status=off: torch is a CPU build", str(tmp_path), "2.13.0")
+    assert from_before == ExtensionStatus(True, False, "off: torch is a CPU build", (), False, None)
+
+
+def test_a_stale_extension_warns_how_to_rebuild(tmp_path, monkeypatch):
+    if not extension_status().loaded:
+        pytest.skip(f"_C is not built here: {extension_status().detail}")
+    write_sources(tmp_path, {"csrc/ext.cpp": "int edited;"})
+    monkeypatch.setattr(_extension, "CHECKOUT_ROOT", str(tmp_path))
+    with pytest.warns(UserWarning, match=r"other sources than .* rebuild it with pip install --no-build-isolation -e \."):
+        status = _extension.extension_status.__wrapped__()
+    assert status.loaded and not status.current
+
+
 def test_built_package_loads_its_extension():
     """Installed (pip install .) or built in place (pip install -e .): _C must load."""
     status = extension_status()
@@ -76,6 +139,8 @@ def test_built_package_loads_its_extension():
     if not (built_in_place or "site-packages" in package_dir):
         pytest.skip(f"running from an unbuilt source tree ({package_dir}): {status.detail}")
     assert status.loaded, status.detail
+    if built_in_place:  # the tests run the kernels csrc/ holds now (rebuild after editing it)
+        assert status.current, status.stale
     import torch
 
     if torch.version.cuda is None:
