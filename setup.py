@@ -64,7 +64,8 @@ def _extension():
             "then: pip install --no-build-isolation ."
         ) from error
     rel = lambda paths: sorted(os.path.relpath(p, ROOT) for p in paths)  # noqa: E731
-    cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp"))) + [_build_stamp(settings, torch.__version__)]
+    cpp_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+    cpp_sources.append(_build_stamp(settings, torch.__version__))
     cuda_sources = rel(glob.glob(os.path.join(ROOT, "csrc", "kernels", "*.cu")))
     with_cuda, status = settings.cuda_build_status(torch.version.cuda, CUDA_HOME)
     if with_cuda and not cuda_sources:

@@ -69,7 +69,7 @@ ENV_TRITON_AUTOTUNE = "CONVMIXER_FAST_TRITON_AUTOTUNE"
 ENV_SOURCE_COMMIT = "CONVMIXER_FAST_SOURCE_COMMIT"
 CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
-SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h")  # what ``sources_digest`` reads of csrc/
+SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h")  # what ``sources_digest`` reads of csrc/ (and setup.py)
 
 CXX_FLAGS = ["-O3", "-std=c++17"]
 # -DNDEBUG: CUTLASS's device-side asserts (calls to __assertfail) make ptxas serialize the sm_90
@@ -216,20 +216,23 @@ def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> 
 
 
 def sources_digest(root: str) -> str | None:
-    """What ``_C`` is compiled from, as 16 hex digits: every C++ / CUDA file under ``root``/csrc (its
-    path and bytes) and the compile flags (CXX_FLAGS, NVCC_FLAGS). setup.py builds it into ``_C``;
-    ``_extension.extension_status`` compares it with the checkout's to tell a build made before its
-    sources were edited. None where ``root`` has no csrc/ (an installed package)."""
+    """What ``_C`` is compiled from, as 16 hex digits: every C++ / CUDA file under ``root``/csrc and
+    ``root``/setup.py (each file's path and bytes), and the compile flags (CXX_FLAGS, NVCC_FLAGS).
+    setup.py builds it into ``_C``; ``_extension.extension_status`` compares it with the checkout's
+    to tell a build made before its sources were edited. None where ``root`` has no csrc/ (an
+    installed package). (Architectures are recorded apart: ``cuda_archs``.)"""
     import hashlib
 
     csrc = os.path.join(root, "csrc")
     if not os.path.isdir(csrc):
         return None
-    digest = hashlib.sha256(repr((CXX_FLAGS, NVCC_FLAGS)).encode())
+    paths = [os.path.join(root, "setup.py")]
     for folder, subfolders, files in os.walk(csrc):
         subfolders.sort()
-        for name in sorted(f for f in files if f.endswith(SOURCE_SUFFIXES)):
-            path = os.path.join(folder, name)
+        paths += [os.path.join(folder, name) for name in sorted(files) if name.endswith(SOURCE_SUFFIXES)]
+    digest = hashlib.sha256(repr((CXX_FLAGS, NVCC_FLAGS)).encode())
+    for path in paths:
+        if os.path.isfile(path):
             digest.update(os.path.relpath(path, root).replace(os.sep, "/").encode() + b"\0")
             with open(path, "rb") as file:
                 digest.update(file.read() + b"\0")

@@ -1,7 +1,7 @@
 """The build switches (convmixer_fast/_settings.py) and the compiled extension."""
 
-import glob
 import os
+import sysconfig
 
 import pytest
 
@@ -77,14 +77,16 @@ def write_sources(root, files: dict) -> None:
 
 
 def test_sources_digest_follows_what_c_is_compiled_from(tmp_path, monkeypatch):
-    """Every C++ / CUDA file of csrc/ by path and content, and the compile flags; nothing else."""
+    """Every C++ / CUDA file of csrc/ by path and content, setup.py, and the compile flags; nothing
+    else."""
     assert _settings.sources_digest(str(tmp_path)) is None  # no csrc/: an installed package
     write_sources(tmp_path, {"csrc/ext.cpp": "int a;", "csrc/kernels/k.cu": "int b;", "csrc/kernels/k.cuh": ""})
     digest = _settings.sources_digest(str(tmp_path))
     assert len(digest) == 16
-    write_sources(tmp_path, {"csrc/notes.txt": "x", "csrc/kernels/k.cu.orig": "x", "setup.py": "x"})
+    write_sources(tmp_path, {"csrc/notes.txt": "x", "csrc/kernels/k.cu.orig": "x", "README.md": "x"})
     assert _settings.sources_digest(str(tmp_path)) == digest
-    for edit in ({"csrc/kernels/k.cu": "int c;"}, {"csrc/kernels/k.cuh": " "}, {"csrc/kernels/new.h": ""}):
+    edits = ({"csrc/kernels/k.cu": "int c;"}, {"csrc/kernels/k.cuh": " "}, {"csrc/kernels/new.h": ""}, {"setup.py": ""})
+    for edit in edits:
         write_sources(tmp_path, edit)
         assert _settings.sources_digest(str(tmp_path)) != digest
         for name in edit:
@@ -126,7 +128,8 @@ def test_a_stale_extension_warns_how_to_rebuild(tmp_path, monkeypatch):
         pytest.skip(f"_C is not built here: {extension_status().detail}")
     write_sources(tmp_path, {"csrc/ext.cpp": "int edited;"})
     monkeypatch.setattr(_extension, "CHECKOUT_ROOT", str(tmp_path))
-    with pytest.warns(UserWarning, match=r"other sources than .* rebuild it with pip install --no-build-isolation -e \."):
+    rebuild = r"other sources than .* rebuild it with pip install --no-build-isolation -e \."
+    with pytest.warns(UserWarning, match=rebuild):
         status = _extension.extension_status.__wrapped__()
     assert status.loaded and not status.current
 
@@ -135,7 +138,7 @@ def test_built_package_loads_its_extension():
     """Installed (pip install .) or built in place (pip install -e .): _C must load."""
     status = extension_status()
     package_dir = os.path.dirname(os.path.abspath(convmixer_fast.__file__))
-    built_in_place = bool(glob.glob(os.path.join(package_dir, "_C*.so")) + glob.glob(os.path.join(package_dir, "_C*.pyd")))
+    built_in_place = os.path.exists(os.path.join(package_dir, "_C" + sysconfig.get_config_var("EXT_SUFFIX")))
     if not (built_in_place or "site-packages" in package_dir):
         pytest.skip(f"running from an unbuilt source tree ({package_dir}): {status.detail}")
     assert status.loaded, status.detail

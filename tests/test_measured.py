@@ -83,7 +83,7 @@ def test_threads_measure_one_at_a_time_and_a_signature_once(tmp_path):
 def test_signature_names_shapes_dtypes_strides_of_positional_arguments():
     x = torch.empty(2, 3, 4, 5)
     key = measured.signature("stem", (x, "gelu"))
-    assert key.startswith("stem(2x3x4x5:float32:60,20,5,1;'gelu') tf32(")
+    assert key == "stem(2x3x4x5:float32:60,20,5,1;'gelu')"
     channels_last = x.contiguous(memory_format=torch.channels_last)
     assert measured.signature("stem", (channels_last, "gelu")) != key
     assert measured.signature("stem", (x.half(), "gelu")) != key
@@ -91,25 +91,28 @@ def test_signature_names_shapes_dtypes_strides_of_positional_arguments():
 
 
 def test_fp32_choices_are_measured_per_tf32_setting(tmp_path, restored_tf32):
-    """The TF32 switches change how fast fp32 kernels run (the Triton GEMM's dot precision): an fp32
-    signature names them and is measured anew under other switches; a 16-bit one does not."""
+    """The TF32 switches change how fast fp32 kernels run (the Triton GEMM's dot precision): the
+    signature of an op computing in fp32 (its weight) names them and is measured anew under other
+    switches; a 16-bit op's, whose epilogue vectors are fp32 all the same, does not."""
     from convmixer_fast import _tf32
 
     store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
     recorder = Recorder(fastest="cuda")
     op = measured_op(recorder, store)
-    x, x16 = torch.zeros(4, 8), torch.zeros(4, 8, dtype=torch.bfloat16)
+    x, weight, bias = torch.zeros(4, 8), torch.zeros(6, 8), torch.zeros(6)  # the vectors: fp32 always
+    fp32_args, bf16_args = (x, weight, bias, "gelu"), (x.bfloat16(), weight.bfloat16(), bias, "gelu")
     _tf32._set(True, True)
-    assert measured.signature("pointwise", (x, "gelu")).endswith(" tf32(matmul=1,conv=1)")
-    assert measured.signature("pointwise", (x16, "gelu")) == "pointwise(4x8:bfloat16:8,1;'gelu')"
-    op(x, "gelu"), op(x16, "gelu")
+    assert measured.signature("pointwise", fp32_args).endswith(" tf32(matmul=1,conv=1)")
+    assert measured.signature("pointwise", bf16_args) == (
+        "pointwise(4x8:bfloat16:8,1;6x8:bfloat16:8,1;6:float32:1;'gelu')")
+    op(*fp32_args), op(*bf16_args)
     assert recorder.timed == 6
     _tf32._set(False, True)
-    assert measured.signature("pointwise", (x, "gelu")).endswith(" tf32(matmul=0,conv=1)")
-    op(x, "gelu"), op(x16, "gelu")
+    assert measured.signature("pointwise", fp32_args).endswith(" tf32(matmul=0,conv=1)")
+    op(*fp32_args), op(*bf16_args)
     assert recorder.timed == 9  # the fp32 signature anew, the bf16 one remembered
     _tf32._set(True, True)
-    op(x, "gelu")
+    op(*fp32_args)
     assert recorder.timed == 9
     assert len(json.loads((tmp_path / "choices.json").read_text())["choices"]) == 3
 

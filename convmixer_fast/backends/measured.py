@@ -3,7 +3,7 @@
 For an op with more than one candidate (the backends of ``AUTO_ORDER`` that are available on the
 device and run the op for the model's dtype and width) the model gets a ``MeasuredOp``. On its first
 call with a new *signature* (the op; its input tensors' shapes, dtypes and strides; its other
-positional arguments; with fp32 inputs, the TF32 switches) it runs each candidate once on those very
+positional arguments; in fp32, the TF32 switches) it runs each candidate once on those very
 arguments (compilation, autotuning), times more calls of each (``time_op``: on a GPU the kernels'
 time, as a CUDA graph replays them, not the host's launch overhead), and from then on runs the
 fastest: the first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so
@@ -99,18 +99,20 @@ def repeat_times(call: Callable[[], object], device: torch.device, repeats: int 
 
 
 def fp32_switches(args: tuple) -> tuple[bool, ...]:
-    """The TF32 switches (``_tf32.switches``: matmul, cuDNN conv) where an fp32 tensor is among
-    ``args``, else (): they change how fast fp32 kernels run (the Triton GEMMs' dot precision
-    follows the matmul switch), so a choice made under one setting does not carry over."""
-    if any(isinstance(a, torch.Tensor) and a.dtype == torch.float32 for a in args):
+    """The TF32 switches (``_tf32.switches``: matmul, cuDNN conv) where the op computes in fp32 (its
+    weight, positional argument 1 of every op, is fp32), else (): they change how fast fp32 kernels
+    run (the Triton GEMMs' dot precision follows the matmul switch), so a choice made under one
+    setting does not carry over. (A 16-bit op's epilogue vectors are fp32 too: they do not count.)"""
+    weight = args[1] if len(args) > 1 else None
+    if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
         return _tf32.switches()
     return ()
 
 
 def signature(op: str, args: tuple) -> str:
     """The op and what of its positional arguments decides the kernels' speed, as a stable string
-    (the key on disk): tensors by shape, dtype and strides, other values by ``repr``, and with fp32
-    tensors the TF32 switches (``fp32_switches``). Keyword arguments (``out``, the head's ``pooled``
+    (the key on disk): tensors by shape, dtype and strides, other values by ``repr``, and for an op
+    computing in fp32 the TF32 switches (``fp32_switches``). Keyword arguments (``out``, the head's ``pooled``
     workspace) follow from the inputs and are left out."""
 
     def describe(value) -> str:
