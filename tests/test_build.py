@@ -1,7 +1,10 @@
 """The build switches (convmixer_fast/_settings.py) and the compiled extension."""
 
 import os
+import subprocess
+import sys
 import sysconfig
+import tarfile
 
 import pytest
 
@@ -132,6 +135,25 @@ def test_a_stale_extension_warns_how_to_rebuild(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match=rebuild):
         status = _extension.extension_status.__wrapped__()
     assert status.loaded and not status.current
+
+
+def test_the_sdist_carries_every_source_of_the_extension(tmp_path):
+    """A wheel built from the sdist (``python -m build``) compiles ``_C`` from what the sdist
+    carries: every file ``sources_digest`` reads (MANIFEST.in; setuptools itself adds the listed
+    Extension sources only, and no .cu files under a CPU torch or CONVMIXER_FAST_NO_CUDA)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convmixer_fast.__file__)))
+    if not os.path.isdir(os.path.join(root, "csrc")):
+        pytest.skip(f"no source tree beside the package ({root})")
+    env = {**os.environ, _settings.ENV_NO_CUDA: "1"}  # (no CUTLASS needed)
+    subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "-d",
+                    str(tmp_path)], cwd=root, env=env, check=True, capture_output=True, timeout=300)
+    [archive] = tmp_path.glob("*.tar.gz")
+    with tarfile.open(archive) as sdist:
+        carried = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
+    sources = {os.path.relpath(os.path.join(folder, name), root).replace(os.sep, "/")
+               for folder, _, names in os.walk(os.path.join(root, "csrc"))
+               for name in names if name.endswith(_settings.SOURCE_SUFFIXES)}
+    assert len(sources) > 10 and sources | {"setup.py", "CMakeLists.txt"} <= carried
 
 
 def test_built_package_loads_its_extension():
