@@ -42,6 +42,10 @@ What passing proves, per kernel (on the shapes of each harness's list):
     matter), including its staged epilogue (a missing __syncwarp after store_matrix_sync is
     caught) and both store paths.
 
+  - epilogue (common.cuh's activate and apply_epilogue, which every kernel ends with): NaN,
+    infinities and signed zeros, which the finite inputs of the harnesses above never reach, give
+    what torch's GELU and ReLU give (a NaN stays NaN).
+
 What it does not prove: anything the host does not model -- warp scheduling and divergence costs,
 the GPU memory model (every write is visible at once; races are only found when the host threads
 happen to interleave badly), the real WMMA per-lane layout (unspecified; only the band kernel's
@@ -70,7 +74,7 @@ HARNESSES = ROOT / "tests" / "cuda_emulation"
 KERNELS = ROOT / "csrc" / "kernels"
 
 
-@pytest.mark.parametrize("kernel", ["depthwise_block", "head", "stem"])
+@pytest.mark.parametrize("kernel", ["depthwise_block", "head", "stem", "epilogue"])
 def test_cuda_kernel_on_host_emulation(kernel, tmp_path):
     nvcc = _settings.cuda_tool("nvcc")
     if nvcc is None:

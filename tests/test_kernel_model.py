@@ -46,6 +46,24 @@ def test_model_matches_reference(kernel_backend, dim, depth, k, p, n, act, batch
         assert (features.float() - ref_features).abs().max() <= tol * 4 * ref_features.abs().max()
 
 
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_a_nan_pixel_makes_its_image_nan_and_leaves_the_others(kernel_backend, act):
+    """As in the eager model, a NaN in one image makes that image's logits NaN (with ReLU too: a max
+    that drops NaN, as fmaxf and PTX max.f32 do, would let the stem turn it into finite logits),
+    and the other images' logits are what they are without it."""
+    skip_unless_backend_runs_model(kernel_backend, torch.float16, 16)
+    reference = reference_model(16, 2, 3, 2, 5, act=act).to(DEVICE)
+    model = cf.ConvMixer.from_eager(reference, backend=kernel_backend.name).half()
+    x = torch.randn(3, 3, 8, 8, device=DEVICE, dtype=torch.float16)
+    poisoned = x.clone()
+    poisoned[1, 0, 5, 2] = float("nan")
+    with torch.no_grad():
+        assert reference(poisoned.float())[1].isnan().all()
+        clean, logits = model(x), model(poisoned)
+    assert logits[1].isnan().all(), logits[1]
+    assert torch.equal(logits[[0, 2]], clean[[0, 2]])
+
+
 def test_outputs_do_not_alias_the_reused_buffers(kernel_backend):
     skip_unless_backend_runs_model(kernel_backend, torch.float16, 16)
     model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5).to(DEVICE), backend=kernel_backend.name)

@@ -221,11 +221,13 @@ def gelu(z):
 
 @triton.jit
 def apply_activation(z, ACTIVATION: tl.constexpr):
-    """Exact (erf) GELU (``gelu``) for ACTIVATION == 0, ReLU for ACTIVATION == 1; fp32 in and out."""
+    """Exact (erf) GELU (``gelu``) for ACTIVATION == 0, ReLU for ACTIVATION == 1; fp32 in and out.
+    Both keep NaN as torch's do (ReLU explicitly: tl.maximum's default compiles to PTX max.f32,
+    which returns the other operand, so a NaN pre-activation would come out as 0)."""
     if ACTIVATION == 0:
         z = gelu(z)
     else:
-        z = tl.maximum(z, 0.0)
+        z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
     return z
 
 

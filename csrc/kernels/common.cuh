@@ -81,12 +81,14 @@ __device__ __forceinline__ float gelu(float z) {
   return fmaf(-t, exp2_approx(log2_q), fmaxf(z, 0.0f));  // z (1 - q) for z >= 0, z q below
 }
 
+// ReLU as torch's: NaN stays NaN (fmaxf, like PTX max.f32, returns the other operand, 0, so a NaN
+// pre-activation would come out as a finite value), -0 stays -0. GELU propagates NaN through |v|.
 template <Activation kAct>
 __device__ __forceinline__ float activate(float v) {
   if constexpr (kAct == Activation::kGelu) {
     return gelu(v);
   } else {
-    return fmaxf(v, 0.0f);
+    return v < 0.0f ? 0.0f : v;
   }
 }
 
