@@ -52,8 +52,10 @@ def extension_status() -> ExtensionStatus:
 
 def status_from_build_info(build_info: str, root: str, torch_version: str) -> ExtensionStatus:
     """The status of a loaded ``_C`` from its ``build_info()`` ("cuda=1;archs=80,90a;sources=<digest>;
-    torch=<version>;status=<detail>"), held to the sources under ``root`` and ``torch_version``."""
-    fields = dict(item.split("=", 1) for item in build_info.split(";"))
+    torch=<version>;status=<detail>"), held to the sources under ``root`` and ``torch_version``. The
+    detail comes last and may hold ";" itself ("off: no CUDA toolkit (nvcc) found; set CUDA_HOME")."""
+    head, _, detail = build_info.partition(";status=")
+    fields = {**dict(item.split("=", 1) for item in head.split(";")), "status": detail}
     archs = tuple(arch for arch in fields.get("archs", "").split(",") if arch)  # (none from a _C built before)
     built_sources, built_torch = fields.get("sources"), fields.get("torch")  # (likewise)
     checkout_sources = _settings.sources_digest(root)

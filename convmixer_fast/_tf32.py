@@ -32,7 +32,7 @@ def cudnn_conv_allows_tf32() -> bool:
 
 def switches() -> tuple[bool, bool]:
     """(matmul, cuDNN conv): what fp32 kernels may do under TF32, for the keys of what was captured
-    or measured under the switches (the model's CUDA graphs, ``auto``'s choices for fp32 inputs)."""
+    or measured under the switches (the model's CUDA graphs, ``auto``'s choices for fp32 ops)."""
     return matmul_allows_tf32(), cudnn_conv_allows_tf32()
 
 

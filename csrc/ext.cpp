@@ -16,8 +16,8 @@
 
 namespace convmixer_fast {
 
-// Defined in build/generated/build_stamp.cpp, which setup.py writes: the digest of the csrc/ files
-// and compile flags this _C is built from (_settings.sources_digest), and torch.__version__.
+// Defined in build/generated/build_stamp.cpp, which setup.py writes: the digest of what this _C is
+// compiled from (_settings.sources_digest: csrc/'s files, setup.py, the flags), torch.__version__.
 extern const char kSourcesDigest[];
 extern const char kTorchVersion[];
 

@@ -124,6 +124,11 @@ def test_build_info_tells_a_stale_extension(tmp_path):
     assert not installed.current and installed.stale is None
     from_before = status_from_build_info("cuda=0;archs=;status=off: torch is a CPU build", str(tmp_path), "2.13.0")
     assert from_before == ExtensionStatus(True, False, "off: torch is a CPU build", (), False, None)
+    # A CUDA torch without a toolkit builds _C without its kernels, and the reason holds a ";".
+    no_toolkit = "off: no CUDA toolkit (nvcc) found; set CUDA_HOME"
+    info = f"cuda=0;archs=;sources={digest};torch=2.11.0+cu130;status={no_toolkit}"
+    assert status_from_build_info(info, str(tmp_path), "2.11.0+cu130") == ExtensionStatus(
+        True, False, no_toolkit, (), True, None)
 
 
 def test_a_stale_extension_warns_how_to_rebuild(tmp_path, monkeypatch):

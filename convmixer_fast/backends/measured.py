@@ -112,8 +112,8 @@ def fp32_switches(args: tuple) -> tuple[bool, ...]:
 def signature(op: str, args: tuple) -> str:
     """The op and what of its positional arguments decides the kernels' speed, as a stable string
     (the key on disk): tensors by shape, dtype and strides, other values by ``repr``, and for an op
-    computing in fp32 the TF32 switches (``fp32_switches``). Keyword arguments (``out``, the head's ``pooled``
-    workspace) follow from the inputs and are left out."""
+    computing in fp32 the TF32 switches (``fp32_switches``). Keyword arguments (``out``, the head's
+    ``pooled`` workspace) follow from the inputs and are left out."""
 
     def describe(value) -> str:
         if isinstance(value, torch.Tensor):
