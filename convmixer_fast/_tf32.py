@@ -31,9 +31,21 @@ def cudnn_conv_allows_tf32() -> bool:
 
 
 def switches() -> tuple[bool, bool]:
-    """(matmul, cuDNN conv): what fp32 kernels may do under TF32, for the keys of what was captured
-    or measured under the switches (the model's CUDA graphs, ``auto``'s choices for fp32 ops)."""
+    """(matmul, cuDNN conv): whether fp32 matmuls and cuDNN convolutions may run in TF32."""
     return matmul_allows_tf32(), cudnn_conv_allows_tf32()
+
+
+def any_allowed() -> bool:
+    """Whether fp32 math may run in TF32 anywhere (matmuls, or cuDNN's convolutions as eager models'
+    do): what fp32 tolerances against an eager model follow."""
+    return any(switches())
+
+
+def switches_for(dtype: torch.dtype) -> tuple[bool, ...]:
+    """``switches()`` where work computed in ``dtype`` depends on them (fp32), else (): the part of a
+    key of what was captured or measured under them (the model's CUDA graphs, ``auto``'s choices),
+    read only where it matters (two property reads, ~5 µs on the CPU machine)."""
+    return switches() if dtype == torch.float32 else ()
 
 
 def _set(matmul: bool, conv: bool) -> None:
@@ -49,7 +61,7 @@ def _set(matmul: bool, conv: bool) -> None:
 def tf32_off():
     """Exact fp32 matmuls and cuDNN convolutions inside the block (the fp32 references); after it the
     two switches are set back to what they were in effect."""
-    saved = matmul_allows_tf32(), cudnn_conv_allows_tf32()
+    saved = switches()
     _set(False, False)
     try:
         yield

@@ -526,11 +526,9 @@ def model_tolerance(dtype: str, device_type: str, eager_error: float) -> float:
     may run in TF32."""
     import torch
 
-    from . import verify
-    from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32
+    from . import _tf32, verify
 
-    tf32 = matmul_allows_tf32() or cudnn_conv_allows_tf32()
-    floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=tf32)[1]
+    floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=_tf32.any_allowed())[1]
     return verify.model_tolerance(floor, eager_error)
 
 

@@ -116,7 +116,7 @@ def check_same_logits(module: nn.Module, model) -> None:
     autocast, through the ``eager`` backend, leaving torch's random state alone. fp32 modules only:
     a 16-bit module's own rounding would need a looser tolerance than the errors this is for; a
     meta module has no values."""
-    from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32
+    from . import _tf32
     from .backends.eager import has_autocast
     from .verify import errors
 
@@ -126,7 +126,7 @@ def check_same_logits(module: nn.Module, model) -> None:
     side = (model.kernel_size + 1) * model.patch_size + 1
     image = torch.randn(2, model.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(first.device)
     # The module's convolutions may run in TF32 (cuDNN's default on a GPU), the model's matmuls too.
-    tf32 = first.device.type == "cuda" and (cudnn_conv_allows_tf32() or matmul_allows_tf32())
+    tf32 = first.device.type == "cuda" and _tf32.any_allowed()
     tolerance = SAME_LOGITS_TOLERANCE["tf32" if tf32 else "fp32"]
     no_autocast = (torch.autocast(first.device.type, enabled=False)
                    if has_autocast(first.device.type) else contextlib.nullcontext())

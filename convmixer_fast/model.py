@@ -20,8 +20,8 @@ prepared a second time, rounded once to it, and kept beside the fp32 set. A 16-b
 own dtype.
 
 CUDA graphs (``cuda_graphs=True``, the default): on a CUDA device ``forward`` runs the first call
-with a new input signature (shape, strides, dtype, device, compute dtype, the TF32 switches) as
-usual: the warm-up that compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
+with a new input signature (shape, strides, dtype, device, compute dtype, in fp32 the TF32
+switches) as usual: the warm-up that compiles, autotunes and measures ``auto``'s choices. The second call with it captures the whole
 forward in a CUDA graph (after one more warm-up run on a side stream, on the allocations the graph
 will own); that call and every later one copy the input into the graph's static input, replay, and
 return a copy of the static output, so a returned tensor is never overwritten by a later call. Up to
@@ -764,7 +764,7 @@ class ConvMixer(nn.Module):
         self._require_eval()
         dtype = self._compute_dtype(x.device)
         self._prepared_params(dtype)  # a parameter change drops the graphs before the lookup
-        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, dtype, _tf32.switches())
+        key = (tuple(x.shape), x.stride(), x.dtype, x.device, self.backend, dtype, _tf32.switches_for(dtype))
         captured = self._graphs.get(key)
         if captured is not None:
             self._graphs.move_to_end(key)

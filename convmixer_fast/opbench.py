@@ -66,9 +66,9 @@ from typing import Callable
 
 import torch
 
-from . import bench
+from . import _tf32, bench
 from ._settings import TRITON_COMPILE_OPTIONS
-from ._tf32 import cudnn_conv_allows_tf32, matmul_allows_tf32, tf32_off
+from ._tf32 import tf32_off
 from .backends import BACKENDS, OP_NAMES
 
 try:  # the FMA-rate kernel and the autotuners' timings; without Triton neither is measured
@@ -674,8 +674,7 @@ def run_cli(args) -> int:
         cases = build_cases(config, batch, image_size, dtype, device, seed=args.seed, ops=ops)
         from .verify import tolerances
 
-        tf32 = matmul_allows_tf32() or cudnn_conv_allows_tf32()
-        kernel_tolerance = tolerances(dtype, torch.device(device), tf32=tf32)[0]
+        kernel_tolerance = tolerances(dtype, torch.device(device), tf32=_tf32.any_allowed())[0]
         print(TABLE_HEADER, flush=True)
         lost = None  # (``bench.device_lost``: the rows after such a failure are not measured)
         for op in ops:

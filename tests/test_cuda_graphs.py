@@ -95,6 +95,20 @@ def test_each_tf32_setting_gets_its_own_graph(stand_in_capture, restored_tf32):
     assert [graph.replays for graph in stand_in_capture] == [3, 1, 1]  # (a capture call replays too)
 
 
+def test_a_16_bit_graph_does_not_depend_on_the_tf32_switches(stand_in_capture, restored_tf32):
+    """TF32 concerns fp32 math only: a 16-bit model keeps replaying its graph whatever the switches
+    (and does not read them on every call)."""
+    from convmixer_fast import _tf32
+
+    model = small_model().half()
+    x = torch.randn(2, 3, 8, 8).half()
+    with torch.no_grad():
+        for switches in ((True, True), (False, False), (True, False)):
+            _tf32._set(*switches)
+            model(x), model(x)
+    assert len(stand_in_capture) == 1 and stand_in_capture[0].replays == 5
+
+
 def test_graphs_are_bounded_least_recent_dropped_and_not_captured_again(stand_in_capture):
     """More signatures in turn than graphs kept: capturing each anew on its return would cost a
     warm-up run and a capture per call, so a signature whose graph was dropped runs uncaptured."""

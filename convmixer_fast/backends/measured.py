@@ -99,14 +99,12 @@ def repeat_times(call: Callable[[], object], device: torch.device, repeats: int 
 
 
 def fp32_switches(args: tuple) -> tuple[bool, ...]:
-    """The TF32 switches (``_tf32.switches``: matmul, cuDNN conv) where the op computes in fp32 (its
-    weight, positional argument 1 of every op, is fp32), else (): they change how fast fp32 kernels
+    """The TF32 switches (``_tf32.switches_for``: matmul, cuDNN conv) where the op computes in fp32
+    (its weight, positional argument 1 of every op, is fp32), else (): they change how fast fp32 kernels
     run (the Triton GEMMs' dot precision follows the matmul switch), so a choice made under one
     setting does not carry over. (A 16-bit op's epilogue vectors are fp32 too: they do not count.)"""
     weight = args[1] if len(args) > 1 else None
-    if isinstance(weight, torch.Tensor) and weight.dtype == torch.float32:
-        return _tf32.switches()
-    return ()
+    return _tf32.switches_for(weight.dtype) if isinstance(weight, torch.Tensor) else ()
 
 
 def signature(op: str, args: tuple) -> str:
