@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convmixer_fast.ops import reference as op_reference
 from convmixer_fast.reference import ConvMixerReference
 from convmixer_fast.verify import build_reference
 from helpers import reference_model
@@ -65,3 +66,30 @@ def test_random_weights_keep_the_residual_stream_bounded_at_their_image_size(dim
             peaks.append(x.abs().max().item())
     stem, blocks = peaks[2], peaks[3:3 + depth]
     assert max(blocks) < 4 * stem, (stem, blocks)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("act", ["gelu", "relu"])
+def test_op_references_leave_their_operands_untouched(dtype, act):
+    """The op references (the eager backend) compute their epilogues in place: of their own fp32
+    accumulators only, never of an operand (an fp32 ``x.float()`` is ``x`` itself); each returns a
+    fresh contiguous tensor in the operands' dtype."""
+    torch.manual_seed(0)
+    B, H, W, C, k, p = 2, 7, 5, 12, 3, 2
+    x = torch.randn(B, H, W, C).to(dtype)
+    image = torch.randn(B, 3, H * p + 1, W * p)
+    epilogue = (torch.randn(C), torch.rand(C) + 0.5, torch.randn(C))
+    calls = {
+        "stem": (op_reference.stem_reference, (image, torch.randn(C, 3, p, p).to(dtype), *epilogue, act)),
+        "depthwise_block": (op_reference.depthwise_block_reference, (x, torch.randn(k, k, C).to(dtype), *epilogue, act)),
+        "pointwise": (op_reference.pointwise_reference, (x, torch.randn(C, C).to(dtype), *epilogue, act)),
+        "head": (op_reference.head_reference, (x, torch.randn(10, C).to(dtype), epilogue[0][:10])),
+    }
+    for name, (fn, args) in calls.items():
+        before = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+        out = fn(*args)
+        for arg, kept in zip(args, before):
+            if isinstance(arg, torch.Tensor):
+                assert torch.equal(arg, kept), name
+                assert out.data_ptr() != arg.data_ptr(), name
+        assert out.dtype == dtype and out.is_contiguous(), name

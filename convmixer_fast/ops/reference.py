@@ -17,20 +17,21 @@ import torch.nn.functional as F
 ACTIVATIONS = ("gelu", "relu")
 
 
-def apply_activation(z: torch.Tensor, act: str) -> torch.Tensor:
-    """Exact (erf) GELU or ReLU."""
+def activation_(z: torch.Tensor, act: str) -> torch.Tensor:
+    """Exact (erf) GELU or ReLU of ``z``, in place."""
     if act == "gelu":
-        return F.gelu(z)
+        return torch.ops.aten.gelu_(z)
     if act == "relu":
-        return F.relu(z)
+        return z.relu_()
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {act!r}")
 
 
-def fused_epilogue(
-    acc: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, act: str
-) -> torch.Tensor:
-    """``scale * act(acc + bias) + shift`` in fp32, per channel (last dimension)."""
-    return apply_activation(acc + bias, act) * scale + shift
+def epilogue_(z: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, act: str) -> torch.Tensor:
+    """``scale * act(z) + shift`` per channel (last dimension), in place of ``z``: the fp32
+    accumulator with its bias added, a tensor of the reference's own. In place, the epilogue
+    allocates nothing: on the CPU, where these references are the model, a fresh activation-sized
+    tensor per step cost more than the step's arithmetic (benchmarks/NOTES.md §10)."""
+    return activation_(z, act).mul_(scale).add_(shift)
 
 
 def stem_reference(
@@ -54,9 +55,8 @@ def stem_reference(
     patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, Cin, Hp, Wp, p, p]
     Hp, Wp = patches.shape[2], patches.shape[3]
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(B * Hp * Wp, Cin * p * p)  # [B*Hp*Wp, Cin*p*p]
-    acc = patches.to(weight.dtype).float() @ weight.reshape(C, Cin * p * p).float().T
-    tokens = fused_epilogue(acc, bias, scale, shift, act).to(weight.dtype)
-    return tokens.reshape(B, Hp, Wp, C)
+    acc = torch.addmm(bias, patches.to(weight.dtype).float(), weight.reshape(C, Cin * p * p).float().T)
+    return epilogue_(acc, scale, shift, act).to(weight.dtype).reshape(B, Hp, Wp, C)
 
 
 def depthwise_block_reference(
@@ -74,9 +74,11 @@ def depthwise_block_reference(
     """
     C = x.shape[-1]
     conv_weight = weight.permute(2, 0, 1).unsqueeze(1).float()  # [C, 1, k, k]
-    conv = F.conv2d(x.permute(0, 3, 1, 2).float(), conv_weight, padding="same", groups=C)
-    y = x.float() + fused_epilogue(conv.permute(0, 2, 3, 1), bias, scale, shift, act)
-    return y.to(x.dtype)
+    conv = F.conv2d(x.permute(0, 3, 1, 2).float(), conv_weight, bias, padding="same", groups=C)
+    y = epilogue_(conv.permute(0, 2, 3, 1), scale, shift, act).add_(x)  # [B, H, W, C]
+    # (contiguous: a no-op where the convolution keeps the input's channels-last layout, as mkldnn
+    # and cuDNN do)
+    return y.to(x.dtype).contiguous()
 
 
 def pointwise_reference(
@@ -91,8 +93,8 @@ def pointwise_reference(
 
     The output ``[..., N]`` has the dtype of ``y``.
     """
-    acc = y.float() @ weight.float().T
-    return fused_epilogue(acc, bias, scale, shift, act).to(y.dtype)
+    acc = torch.addmm(bias, y.reshape(-1, y.shape[-1]).float(), weight.float().T)  # [tokens, N]
+    return epilogue_(acc, scale, shift, act).to(y.dtype).reshape(*y.shape[:-1], weight.shape[0])
 
 
 def head_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -100,5 +102,5 @@ def head_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 
     Returns ``[B, N]`` logits in the dtype of ``x``.
     """
-    pooled = x.float().mean(dim=(1, 2))  # [B, C]
-    return (pooled @ weight.float().T + bias).to(x.dtype)
+    pooled = x.mean(dim=(1, 2), dtype=torch.float32)  # [B, C]
+    return torch.addmm(bias, pooled, weight.float().T).to(x.dtype)
