@@ -21,6 +21,16 @@ torch.backends.cudnn.allow_tf32 = False
 import pytest  # noqa: E402
 
 
+@pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist, the test extra's; absent, unused)
+def pytest_xdist_auto_num_workers(config):
+    """``pytest -n auto`` (README): a worker per CPU core, at most 8, since on a GPU machine every
+    worker holds a CUDA context of its own on the one GPU (``.ci/gpu test`` runs 8).
+    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where set."""
+    if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
+        return None
+    return min(os.cpu_count() or 1, 8)
+
+
 def _interpreter_rounds_bf16_to_nearest() -> None:
     """Triton's interpreter (``InterpreterBuilder.cast_impl``, triton 3.9) casts fp32 to bf16 by
     truncation, where a GPU rounds to nearest even: a bf16 kernel's outputs then sit up to an ulp
