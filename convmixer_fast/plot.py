@@ -35,7 +35,9 @@ def plot_result(result: dict, path: str | os.PathLike) -> None:
 
     names = list(result["providers"])
     colours = matplotlib.colormaps["tab20"]
-    figure = Figure(figsize=(6.0 * len(panels), 7.5), layout="constrained")
+    legend_columns = min(4, len({label for series in panels.values() for label in series}))
+    # Wide enough for the legend's columns and the title however few the panels (one, on a CPU run).
+    figure = Figure(figsize=(max(6.0 * len(panels), 2.6 * legend_columns, 10.0), 7.5), layout="constrained")
     grid = figure.add_gridspec(2, len(panels), height_ratios=(4, 1))
     lines = {}  # legend label -> line, the same in every panel
     for column, ((model, image_size), series) in enumerate(panels.items()):
@@ -55,7 +57,7 @@ def plot_result(result: dict, path: str | os.PathLike) -> None:
         ax.grid(True, which="both", alpha=0.3)
     legend = figure.add_subplot(grid[1, :])
     legend.axis("off")
-    legend.legend(list(lines.values()), list(lines), loc="center", ncol=min(4, len(lines)), fontsize="small",
+    legend.legend(list(lines.values()), list(lines), loc="center", ncol=legend_columns, fontsize="small",
                   frameon=False)
     run = result["runs"][-1]
     figure.suptitle(f"{result['device'].get('name')}: torch {run['versions']['torch']}, {run['date']}, "

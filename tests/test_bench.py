@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import warnings
 
 import pytest
 import torch
@@ -306,12 +307,24 @@ def test_markdown_report_of_a_saved_result(tiny_run, tmp_path):
     assert run_bench("--markdown", str(tmp_path / "missing.json"))[0] == 2
 
 
-def test_plot_is_written_or_explained(tiny_run, tmp_path):
+@pytest.mark.parametrize("providers", [None, 8])
+def test_plot_is_written_or_explained(tiny_run, tmp_path, providers):
+    """Written, or why not; with one panel (a CPU run) and as many providers as ``bench`` has, the
+    layout still fits (matplotlib warns where it cannot: the title and legend were cut off)."""
     from convmixer_fast.plot import PlotUnavailableError, plot_result
 
+    result = copy.deepcopy(tiny_run[2])
+    if providers:
+        (workload,) = result["workloads"]
+        entry = next(entry for entry in workload["providers"].values() if entry["status"] == "ok")
+        result["providers"] = [f"convmixer_fast-provider-{index}" for index in range(providers)]
+        workload["providers"] = {name: dict(entry, img_per_s=100.0 + index)
+                                 for index, name in enumerate(result["providers"])}
     path = tmp_path / "plot.png"
     try:
-        plot_result(tiny_run[2], path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plot_result(result, path)
     except PlotUnavailableError as error:
         assert "pip install matplotlib" in str(error)
     else:
