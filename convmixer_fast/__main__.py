@@ -48,6 +48,7 @@ def _device_name(text: str) -> str:
 
 
 ARCHITECTURE_FIELDS = ("dim", "depth", "kernel_size", "patch_size", "n_classes")
+IMAGE_SIZE_HELP = "default: 224 (32 for patch size <= 2), at least one patch (bench.default_image_size)"
 
 
 def _architecture(text: str) -> dict:
@@ -113,7 +114,7 @@ def _verify(args) -> int:
     import torch
 
     from .backends import BackendUnavailableError
-    from .bench import cli_device, cli_image_size_fits
+    from .bench import cli_device, cli_image_size_fits, default_image_size
     from .configs import MODEL_CONFIGS
     from .verify import DTYPES, build_pair, format_rows, rows_as_dicts, verify_model
 
@@ -133,7 +134,7 @@ def _verify(args) -> int:
     backends = args.backend or ["auto"]
     runs = []
     for name, config in configs:
-        image_size = args.image_size or (32 if config["patch_size"] <= 2 else 224)
+        image_size = args.image_size or default_image_size(config)
         for dtype in dtypes:
             torch.manual_seed(args.seed)
             model, reference = build_pair(config, dtype, device, image_size, seed=args.seed)
@@ -232,7 +233,7 @@ def main(argv=None) -> int:
                         help="default: bf16 on a GPU, fp32 on CPU")
     verify.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
     verify.add_argument("--batch", type=_whole_number(1), default=2)
-    verify.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
+    verify.add_argument("--image-size", type=_whole_number(1), help=IMAGE_SIZE_HELP)
     verify.add_argument("--seed", type=int, default=0)
     verify.add_argument("--json", action="store_true", help="print {ok, runs: [each model, dtype and backend with "
                         "its rows]} as JSON")
@@ -255,7 +256,7 @@ def main(argv=None) -> int:
     bench.add_argument("--dtype", nargs="+", action="extend", choices=("fp32", "fp16", "bf16"),
                        help="precision of convmixer_fast and gemm-floor (the eager peers have their own); "
                        "default: bf16 fp16 on a GPU, fp32 on CPU")
-    bench.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
+    bench.add_argument("--image-size", type=_whole_number(1), help=IMAGE_SIZE_HELP)
     bench.add_argument("--device", type=_device_name, help="default: cuda if available, else cpu")
     bench.add_argument("--providers", nargs="+", action="extend", metavar="NAME",
                        help="names or shell patterns, e.g. 'convmixer_fast-*' (default: all but the opt-in ones)")
@@ -278,7 +279,7 @@ def main(argv=None) -> int:
     bench.add_argument("--merge", action="store_true", help="add to the JSON file if it exists (same GPU): this "
                        "run's workloads replace the same ones there, the others stay; the plot shows them all")
     bench.add_argument("--compare", metavar="PATH", help="print the img/s change against a saved result; exit 1 "
-                       "if any entry is slower by more than --max-regression")
+                       "if any entry is slower by more than --max-regression, or if none was measured in both")
     bench.add_argument("--max-regression", type=_fraction, default=0.1, metavar="FRAC",
                        help="allowed slowdown for --compare (default: 0.1, i.e. 10%%)")
     bench.set_defaults(run=_bench)
@@ -288,7 +289,7 @@ def main(argv=None) -> int:
     ops.add_argument("--model", choices=list(MODEL_CONFIGS), help="default: convmixer_1536_20 on a GPU, "
                      "convmixer_cifar10 on CPU")
     ops.add_argument("--batch", type=_whole_number(1), help="default: 256 on a GPU, 2 on CPU")
-    ops.add_argument("--image-size", type=_whole_number(1), help="default: 224 (32 for patch size <= 2)")
+    ops.add_argument("--image-size", type=_whole_number(1), help=IMAGE_SIZE_HELP)
     ops.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="default: bf16 on a GPU, fp32 on CPU")
     ops.add_argument("--backends", nargs="+", action="extend", choices=[n for n in BACKEND_NAMES if n != "auto"],
                      help="default: every backend available on the device")

@@ -121,18 +121,20 @@ class Workload:
         return f"{self.model}-{self.dtype}-b{self.batch}-{self.image_size}px"
 
 
-def default_image_size(model: str) -> int:
-    """224 for the ImageNet configs, 32 for the CIFAR one (patch size <= 2), as ``verify`` does."""
-    from .configs import MODEL_CONFIGS
-
-    return 32 if MODEL_CONFIGS[model]["patch_size"] <= 2 else 224
+def default_image_size(config: dict) -> int:
+    """The commands' image size for a model ``config``: 224 for the ImageNet configs, 32 for the
+    CIFAR one (patch size <= 2); at least one patch, whatever the patch size."""
+    patch_size = config["patch_size"]
+    return max(32 if patch_size <= 2 else 224, patch_size)
 
 
 def make_workloads(device: str, models, batches, dtypes, image_size: int | None = None) -> list[Workload]:
     """Every (model, batch, dtype) combination, model-major: the dtypes of one (model, batch) are
     adjacent, so the fixed-precision peers measured for the first are reused by the next."""
+    from .configs import MODEL_CONFIGS
+
     return [
-        Workload(model, batch, image_size or default_image_size(model), dtype, device)
+        Workload(model, batch, image_size or default_image_size(MODEL_CONFIGS[model]), dtype, device)
         for model in models
         for batch in batches
         for dtype in dtypes
@@ -954,8 +956,9 @@ def markdown_workload(record: dict) -> str:
 
 def compare_results(current: dict, baseline: dict, max_regression: float,
                     baseline_name: str = "baseline") -> tuple[str, bool]:
-    """(report, regressed): img/s change per (workload, provider) measured ok in both; regressed
-    when any is slower than the baseline by more than ``max_regression`` (a fraction)."""
+    """(report, failed): img/s change per (workload, provider) measured ok in both; failed when
+    any is slower than the baseline by more than ``max_regression`` (a fraction), or when none was
+    measured in both (a gate that compared nothing must not pass)."""
     base_run = baseline["runs"][-1]
     lines = [f"comparison with {baseline_name} ({baseline['device'].get('name')}, {base_run.get('date')}, "
              f"commit {(base_run.get('commit') or 'unknown')[:12]}); regression: slower by more than "
@@ -977,7 +980,10 @@ def compare_results(current: dict, baseline: dict, max_regression: float,
             lines.append(f"  {workload['label']:<44} {name:<30} {before['img_per_s']:>10,.1f} "
                          f"{entry['img_per_s']:>10,.1f} {change:>+8.1%}{'  REGRESSION' if regressed else ''}")
     lines.append(f"{compared} entries compared, {regressions} regression{'s' if regressions != 1 else ''}")
-    return "\n".join(lines), regressions > 0
+    if not compared:
+        lines.append("nothing to compare: no workload and provider was measured in both (another model, batch, "
+                     "dtype or image size, or other providers?)")
+    return "\n".join(lines), regressions > 0 or not compared
 
 
 # --------------------------------------------------------------------------------------- command line
@@ -1025,8 +1031,11 @@ def _headline(device: str, workloads: list[Workload], providers: list[Provider],
 
         return f"bench on {device} ({torch.cuda.get_device_name(torch.device(device))}): {what}{where}"
     if defaults:
+        from .configs import MODEL_CONFIGS
+
+        size = default_image_size(MODEL_CONFIGS[CPU_MODEL])
         return (f"CPU run (no GPU in use): the small CPU default workload ({CPU_MODEL}, "
-                f"{default_image_size(CPU_MODEL)}x{default_image_size(CPU_MODEL)}, batch {CPU_BATCH}, {CPU_DTYPE}, "
+                f"{size}x{size}, batch {CPU_BATCH}, {CPU_DTYPE}, "
                 f"at most {CPU_REPEATS} repeats); GPU-only providers skip. CPU figures check the machinery, "
                 f"they are not the comparison{where}")
     return f"CPU run (no GPU in use): {what}; GPU-only providers skip{where}"
@@ -1049,7 +1058,7 @@ def _measure_peaks(workloads: list[Workload], device: str) -> dict[str, float]:
 
 
 def cli_image_size_fits(command: str, models: list[tuple[str, dict]], image_size: int | None) -> bool:
-    """Whether square images of ``image_size`` (None: the commands' default, always large enough)
+    """Whether square images of ``image_size`` (None: ``default_image_size``, always large enough)
     hold a patch of each ``(name, config)``; says which does not on stderr."""
     for name, config in models:
         if image_size is not None and image_size < config["patch_size"]:
@@ -1180,9 +1189,9 @@ def run_cli(args) -> int:
         print(f"\n{len(failed)} provider result{'s' if len(failed) != 1 else ''} WRONG or failed:\n  " + "\n  ".join(failed))
         status = 1
     if baseline is not None:
-        report, regressed = compare_results(result, baseline, args.max_regression, baseline_name=args.compare)
+        report, comparison_failed = compare_results(result, baseline, args.max_regression, baseline_name=args.compare)
         print("\n" + report)
-        status = 1 if regressed else status
+        status = 1 if comparison_failed else status
     return status
 
 

@@ -29,7 +29,10 @@ def _activation(module: nn.Module) -> str:
 
     acts = [m for m in module.modules() if isinstance(m, (nn.GELU, nn.ReLU))]
     _check(bool(acts), "found no nn.GELU / nn.ReLU activation: not a ConvMixer this engine supports")
-    names = {activation_name(m) for m in acts}
+    try:
+        names = {activation_name(m) for m in acts}
+    except ValueError as error:  # (the tanh GELU)
+        raise UnsupportedModelError(str(error)) from None
     _check(len(names) == 1, f"mixed activations {sorted(names)}: ConvMixer uses one throughout")
     return names.pop()
 
@@ -62,6 +65,8 @@ def _global_pool(module: nn.Module, n_classes: int) -> str:
 
 def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     """``(ConvMixer constructor kwargs, eps of every BatchNorm in order)`` of an eager ConvMixer."""
+    from .model import check_architecture
+
     _check(isinstance(module, nn.Module), f"expected an nn.Module, got {type(module).__name__}")
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -83,7 +88,8 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
                and dw.padding_mode == "zeros",
                f"block {j}: expected a depthwise Conv2d({dim}, {dim}, {k}, groups={dim}, padding='same', bias=True), got {dw}")
         _check(pw.in_channels == pw.out_channels == dim and pw.kernel_size == (1, 1) and pw.groups == 1
-               and pw.bias is not None, f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
+               and pw.stride == (1, 1) and pw.padding in ((0, 0), "valid") and pw.bias is not None,
+               f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
     _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d layers, found {len(bns)}")
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
@@ -96,9 +102,38 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
         head = linears[0]
         _check(head.in_features == dim and head.out_features >= 1 and head.bias is not None,
                f"expected Linear({dim}, n_classes, bias=True), got {head}")
-    config = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=n_classes, in_chans=in_chans,
-                  act_layer=_activation(module), global_pool=global_pool)
-    return config, [bn.eps for bn in bns]
+    sizes = dict(dim=dim, depth=depth, kernel_size=k, patch_size=p, n_classes=n_classes, in_chans=in_chans)
+    try:
+        check_architecture(**sizes)
+    except ValueError as error:  # (a kernel past MAX_KERNEL_SIZE)
+        raise UnsupportedModelError(str(error)) from None
+    return dict(sizes, act_layer=_activation(module), global_pool=global_pool), [bn.eps for bn in bns]
+
+
+def convmixer_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict of the innermost submodule of ``module`` that holds all its convolutions,
+    BatchNorms and linears, the one with a ConvMixer's names: ``module``'s own for a ConvMixer, the
+    ConvMixer's where a wrapper holds it (``self.model``; a ``Sequential`` after a preprocessing
+    step, which ``check_same_logits`` then finds). A wrapper whose outputs cannot be checked (16-bit,
+    meta) is refused: what its forward adds would go unseen."""
+    layers = {id(m) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
+    root_name, root = "", module
+    for name, submodule in module.named_modules():  # outer before inner: the last to hold them all
+        if layers <= {id(m) for m in submodule.modules()}:
+            root_name, root = name, submodule
+    _check(root is module or _outputs_checkable(module),
+           f"the ConvMixer is {type(module).__name__}'s submodule {root_name!r}, and the outputs of a "
+           f"{next(module.parameters()).dtype} module on {next(module.parameters()).device.type} are not held "
+           "to the converted model's, so what the wrapper's forward does besides would go unseen: pass the "
+           f"ConvMixer itself (from_eager(module.{root_name})) or the wrapper in float32")
+    return root.state_dict()
+
+
+def _outputs_checkable(module: nn.Module) -> bool:
+    """Whether ``check_same_logits`` compares the module's outputs: fp32 modules with values. A
+    16-bit module's own rounding would need a looser tolerance than the errors it is for."""
+    first = next(module.parameters())
+    return first.dtype == torch.float32 and first.device.type != "meta"
 
 
 # check_same_logits's bound on |logits - module's| / max |module's|. On CPU the folded fp32
@@ -112,17 +147,16 @@ def check_same_logits(module: nn.Module, model) -> None:
     """UnsupportedModelError unless the ConvMixer ``model`` converted from ``module`` gives its
     logits (or its features, without a classifier), within ``SAME_LOGITS_TOLERANCE``, on a random
     batch of 2 images of k + 1 patches a side plus a pixel (the depthwise kernel's whole extent, a
-    partial patch). Run on the module's device, in eval mode (its mode is restored), without
-    autocast, through the ``eager`` backend, leaving torch's random state alone. fp32 modules only:
-    a 16-bit module's own rounding would need a looser tolerance than the errors this is for; a
-    meta module has no values."""
+    partial patch). Run on the module's device, in eval mode (each submodule's mode is restored), without
+    autocast, through the ``eager`` backend, leaving torch's random state alone. fp32 modules with
+    values only (``_outputs_checkable``)."""
     from . import _tf32
     from .backends.eager import has_autocast
     from .verify import errors
 
-    first = next(module.parameters())
-    if first.dtype != torch.float32 or first.device.type == "meta":
+    if not _outputs_checkable(module):
         return
+    first = next(module.parameters())
     side = (model.kernel_size + 1) * model.patch_size + 1
     image = torch.randn(2, model.in_chans, side, side, generator=torch.Generator().manual_seed(0)).to(first.device)
     # The module's convolutions may run in TF32 (cuDNN's default on a GPU), the model's matmuls too.
@@ -130,14 +164,16 @@ def check_same_logits(module: nn.Module, model) -> None:
     tolerance = SAME_LOGITS_TOLERANCE["tf32" if tf32 else "fp32"]
     no_autocast = (torch.autocast(first.device.type, enabled=False)
                    if has_autocast(first.device.type) else contextlib.nullcontext())
-    was_training, settings = module.training, (model.backend, model.cuda_graphs)
+    # Each submodule's own mode, restored one by one: module.train(mode) would set them all alike.
+    modes, settings = [(m, m.training) for m in module.modules()], (model.backend, model.cuda_graphs)
     model.backend, model.cuda_graphs = "eager", False
     try:
         module.eval()
         with torch.no_grad(), no_autocast:
             expected, output = module(image), model(image)
     finally:
-        module.train(was_training)
+        for submodule, training in modes:
+            submodule.training = training
         model.backend, model.cuda_graphs = settings
     what = "logits" if model.n_classes else "features"
     _check(isinstance(expected, torch.Tensor) and expected.shape == output.shape,

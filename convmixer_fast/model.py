@@ -94,14 +94,20 @@ def activation_name(act_layer) -> str:
         if name not in ACTIVATION_LAYERS:
             raise ValueError(f"act_layer must be one of {tuple(ACTIVATION_LAYERS)}, got {act_layer!r}")
         return name
-    module = act_layer() if callable(act_layer) and not isinstance(act_layer, nn.Module) else act_layer
+    expected = f"act_layer must be nn.GELU, nn.ReLU, 'gelu' or 'relu', got {act_layer!r}"
+    module = act_layer
+    if callable(act_layer) and not isinstance(act_layer, nn.Module):  # a class or factory of modules
+        try:
+            module = act_layer()
+        except TypeError as error:  # a function such as F.gelu, a module class that needs arguments
+            raise ValueError(f"{expected} (calling it with no arguments raised: {error})") from error
     if isinstance(module, nn.GELU):
         if module.approximate != "none":
             raise ValueError(f"only the exact (erf) GELU is supported, got GELU(approximate={module.approximate!r})")
         return "gelu"
     if isinstance(module, nn.ReLU):
         return "relu"
-    raise ValueError(f"act_layer must be nn.GELU, nn.ReLU, 'gelu' or 'relu', got {act_layer!r}")
+    raise ValueError(expected)
 
 
 def check_architecture(**sizes: int) -> None:
@@ -237,7 +243,7 @@ class ConvMixer(nn.Module):
         self.num_features = self.head_hidden_size = dim  # (timm's names: the classifier's input width)
         self.activation = activation_name(act_layer)
         self.backend = check_backend_name(backend)
-        self._cuda_graphs = bool(cuda_graphs)
+        self.cuda_graphs = cuda_graphs
         # timm's data config of the weights (input size, interpolation, crop, mean / std), which
         # timm.data.resolve_model_data_config reads: set by create_model for the ImageNet configs,
         # copied by from_eager from a timm module; empty (timm's defaults) otherwise.
@@ -276,7 +282,9 @@ class ConvMixer(nn.Module):
 
     @cuda_graphs.setter
     def cuda_graphs(self, enabled: bool) -> None:
-        self._cuda_graphs = bool(enabled)
+        if not isinstance(enabled, bool):
+            raise ValueError(f"cuda_graphs must be True or False, got {enabled!r}")
+        self._cuda_graphs = enabled
         if not enabled and "_lock" in self.__dict__:
             with self._lock:
                 self._drop_graphs()
@@ -324,17 +332,40 @@ class ConvMixer(nn.Module):
         (``model.head = nn.Linear(dim, n)``, or ``nn.Identity()`` for none) or fewer blocks
         (``model.blocks = model.blocks[:n]``); ``n_classes`` and ``depth`` are read off them. The new
         module is frozen, and the prepared parameters and graphs are dropped. (A Parameter swapped
-        into a submodule is not seen: copy into the old one in place, or use ``load_state_dict``.)"""
+        into a submodule, a layer replaced inside ``stem`` or ``blocks``, an edit through ``.data``
+        or of a BatchNorm's ``eps`` are not seen: copy into the old tensors in place, or use
+        ``load_state_dict``.) A new ``stem`` or ``blocks`` must have the layers it replaces."""
         replaced = "_lock" in self.__dict__ and name in self._modules  # (not while __init__ builds them)
         if replaced and name == "head":
             self._check_classifier(value)
         if replaced and name == "blocks" and not (isinstance(value, nn.Sequential) and len(value) >= 1):
             raise ValueError(f"model.blocks must be an nn.Sequential of at least one block, got {value!r}")
+        if replaced and name in ("stem", "blocks"):
+            self._check_same_layers(name, value)
         super().__setattr__(name, value)
         if replaced:
             if isinstance(value, nn.Module):
                 value.requires_grad_(False)
             self._invalidate_prepared()
+
+    def _check_same_layers(self, name: str, value) -> None:
+        """ValueError unless a module assigned to ``model.stem`` has the stem's layers (names and
+        shapes of its state dict), or each block of one assigned to ``model.blocks`` block 0's: the
+        model's dim, kernel and patch size, which it does not read off them."""
+        def layers(module) -> dict[str, tuple[int, ...]]:
+            return {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+
+        expected = layers(self.stem if name == "stem" else self.blocks[0])
+        for index, part in enumerate([value] if name == "stem" else value):
+            found = layers(part) if isinstance(part, nn.Module) else {}
+            differs = next((f"{key}: expected {expected.get(key, 'none')}, got {found.get(key, 'none')}"
+                            for key in [*expected, *found] if expected.get(key) != found.get(key)), None)
+            if differs:
+                what = "model.stem" if name == "stem" else f"block {index} of model.blocks"
+                raise ValueError(
+                    f"{what} must have the layers of the one it replaces (this model's dim={self.dim}, "
+                    f"kernel_size={self.kernel_size}, patch_size={self.patch_size}, in_chans={self.in_chans}); "
+                    f"{differs} in {type(part).__name__}")
 
     def _check_classifier(self, head) -> None:
         """ValueError unless a module assigned to ``model.head`` is ``nn.Linear(dim, n >= 1)`` with
@@ -412,6 +443,9 @@ class ConvMixer(nn.Module):
             if not 1 <= indices <= depth:
                 raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
             return list(range(depth - indices, depth))
+        if not isinstance(indices, (list, tuple, range)):
+            raise ValueError(f"indices must be None, an int (the last n blocks) or a list / tuple of block "
+                             f"indices, got {indices!r}")
         picked = []
         for index in indices:
             if not isinstance(index, int) or isinstance(index, bool) or not -depth <= index < depth:
@@ -466,7 +500,7 @@ class ConvMixer(nn.Module):
         pooling than the mean, such as timm's ``global_pool="avgmax"``; other layer shapes; a
         forward that uses the layers otherwise, e.g. without the residual) raises
         ``UnsupportedModelError``."""
-        from .convert import check_same_logits, describe_eager
+        from .convert import check_same_logits, convmixer_state_dict, describe_eager
 
         config, eps = describe_eager(module)
         with torch.device("meta"):  # no random initialisation (the module's weights replace it; torch's RNG stays)
@@ -475,7 +509,7 @@ class ConvMixer(nn.Module):
         model.to(dtype=first.dtype).to_empty(device=first.device)
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
             bn.eps = value
-        model.load_state_dict(module.state_dict())
+        model.load_state_dict(convmixer_state_dict(module))
         data_config = getattr(module, "pretrained_cfg", None)
         model.pretrained_cfg = dict(data_config) if isinstance(data_config, dict) else {}
         check_same_logits(module, model)
@@ -498,6 +532,15 @@ class ConvMixer(nn.Module):
         hint = self._config_hint(infer_config(given))
         if mismatched:
             raise CheckpointError("shape mismatch loading the state dict:\n" + "\n".join(mismatched) + hint)
+        not_real_floats = [  # copy_ would cast them silently: quantized ints, masks, complex values
+            f"  {canonical.describe(k)}: {v.dtype}" for k, v in given.items()
+            if k in expected and expected[k].is_floating_point() and (not v.is_floating_point() or v.is_complex())
+        ]
+        if not_real_floats:
+            raise CheckpointError("the checkpoint's weights must be floating point (float32, float16, bfloat16, "
+                                  "float64), got:\n" + "\n".join(not_real_floats[:10])
+                                  + ("\n  ..." if len(not_real_floats) > 10 else "")
+                                  + "\n(a quantized checkpoint needs dequantizing first)")
         if strict and (missing or unexpected):
             lines = []
             if missing:
@@ -625,6 +668,9 @@ class ConvMixer(nn.Module):
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
             raise InputError(f"expected a torch.Tensor image batch, got {type(x).__name__}")
+        if x.layout != torch.strided or x.is_nested:
+            raise InputError(f"expected a dense (strided) image tensor, got a {'nested' if x.is_nested else x.layout} "
+                             "one; pass x.to_dense()")
         if x.dim() != 4:
             raise InputError(f"expected a 4-D NCHW image batch [B, {self.in_chans}, H, W], got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -723,7 +769,10 @@ class ConvMixer(nn.Module):
         return _Run(x, kept, params, ops, pooled)
 
     def _empty_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The ``[0, Hp, Wp, C]`` token map of an empty image batch, in the compute dtype."""
+        """The ``[0, Hp, Wp, C]`` token map of an empty image batch, in the compute dtype, after the
+        checks a non-empty batch gets (eval mode; the parameters' dtype, device and grad)."""
+        self._require_eval()
+        self._prepared_params()
         shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
         return x.new_empty(shape, dtype=self._compute_dtype(x.device))
 

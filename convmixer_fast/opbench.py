@@ -628,7 +628,7 @@ def run_cli(args) -> int:
     model = args.model or (GPU_MODEL if on_gpu else CPU_MODEL)
     config = MODEL_CONFIGS[model]
     batch = (GPU_BATCH if on_gpu else CPU_BATCH) if args.batch is None else args.batch
-    image_size = bench.default_image_size(model) if args.image_size is None else args.image_size
+    image_size = bench.default_image_size(config) if args.image_size is None else args.image_size
     dtype_name = args.dtype or (GPU_DTYPE if on_gpu else CPU_DTYPE)
     dtype = bench._torch_dtype(dtype_name)
     ops = tuple(dict.fromkeys(args.ops or OP_NAMES))

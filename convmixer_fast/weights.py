@@ -139,7 +139,7 @@ def infer_config(tensors: dict[str, torch.Tensor]) -> dict:
     stem = tensors.get("stem.0.weight")
     if stem is not None and stem.ndim == 4:
         config.update(dim=stem.shape[0], in_chans=stem.shape[1], patch_size=stem.shape[-1])
-    blocks = {int(k.split(".")[1]) for k in tensors if k.startswith("blocks.")}
+    blocks = {int(k.split(".")[1]) for k in tensors if k.startswith("blocks.") and k.split(".")[1].isdigit()}
     config["depth"] = len(blocks)
     dw = tensors.get("blocks.0.0.fn.0.weight")
     if dw is not None and dw.ndim == 4:
@@ -163,6 +163,15 @@ CHECKPOINT_WRAPPERS = ("state_dict", "model")  # where training checkpoints keep
 EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential moving average (timm: the former)
 
 
+def _looks_like_safetensors(path: str) -> bool:
+    """Whether the file starts as a safetensors file does (its header's length as a little-endian
+    u64, then the JSON header's ``{``), whatever its name: a Hugging Face cache keeps its files
+    as ``blobs/<hash>``."""
+    with open(path, "rb") as file:
+        start = file.read(9)
+    return len(start) == 9 and start[8:9] == b"{" and 0 < int.from_bytes(start[:8], "little") < os.path.getsize(path)
+
+
 def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
                     use_ema: bool | None = None) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` / ``.pth.tar`` / ``.pt`` / ``.safetensors`` file into a state dict on the CPU.
@@ -180,25 +189,38 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
     if use_ema is not None and not isinstance(use_ema, bool):
         raise ValueError(f"use_ema must be None (as timm: EMA weights where present), True or False, got {use_ema!r}")
     path = os.fspath(path)
+    if not isinstance(path, str):
+        raise CheckpointError(f"checkpoint path must be a str or os.PathLike of str, got {path!r}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
-        if use_ema:
-            raise CheckpointError(f"{path} is a safetensors file, which holds one set of weights: no EMA entry "
-                                  "(load it without use_ema=True)")
+    size = os.path.getsize(path)
+    safetensors_file = path.endswith(".safetensors") or _looks_like_safetensors(path)
+    if safetensors_file and use_ema:
+        raise CheckpointError(f"{path} is a safetensors file, which holds one set of weights: no EMA entry "
+                              "(load it without use_ema=True)")
+    if size == 0:
+        raise CheckpointError(f"checkpoint file {path} is empty (0 bytes)")
+    if safetensors_file:
         try:
             from safetensors.torch import load_file
         except ImportError as error:
             raise CheckpointError(f"reading {path} needs the safetensors package: pip install safetensors") from error
-        return load_file(path, device="cpu")
+        try:
+            return load_file(path, device="cpu")
+        except Exception as error:  # SafetensorError: a truncated download, a file of another format
+            raise CheckpointError(f"could not read safetensors file {path} ({size:,} bytes; truncated or not "
+                                  f"safetensors?): {type(error).__name__}: {error}") from error
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        refused_by_weights_only = weights_only and "Unsupported global" in str(error)  # (a class it holds)
         raise CheckpointError(
-            f"could not read checkpoint {path}: {error}"
+            f"could not read checkpoint {path} ({size:,} bytes"
+            + (")" if refused_by_weights_only else "; truncated or not a torch.save file?)")
+            + f": {type(error).__name__}: {error}"
             + ("\n(if you trust this file, load_checkpoint(path, weights_only=False) unpickles anything)"
-               if weights_only else "")
+               if refused_by_weights_only else "")
         ) from error
     if isinstance(checkpoint, dict):
         def first_entry(names):  # the first of names whose entry is a dict, or None

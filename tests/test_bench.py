@@ -170,6 +170,10 @@ def test_compare_flags_only_slowdowns_beyond_the_threshold(tiny_run):
     assert not regressed and "4 entries compared, 0 regressions" in report
     report, regressed = bench.compare_results(result, slowed(result, "convmixer_fast-eager", 1.5), 0.1)
     assert regressed and "REGRESSION" in report and "-33.3%" in report
+    unrelated = copy.deepcopy(result)
+    unrelated["workloads"][0]["label"] += " (another workload)"
+    report, failed = bench.compare_results(result, unrelated, 0.1)
+    assert failed and "0 entries compared" in report and "nothing to compare" in report  # (a gate must not pass)
 
 
 def test_cli_compare_exits_1_on_a_regression(tiny_run, tmp_path):

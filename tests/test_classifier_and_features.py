@@ -166,7 +166,8 @@ def test_forward_intermediates_checks_its_arguments(reference, image):
     model = cf.ConvMixer.from_eager(reference, backend="eager")
     for indices, message in ((0, "asks for the last 0 blocks; the model has 3"), (4, "last 4 blocks"),
                              ([3], "block index 3 is outside the model's 3 blocks"), ([-4], "index -4"),
-                             ([], "picks no block"), (["1"], "block index '1'")):
+                             ([], "picks no block"), (["1"], "block index '1'"),
+                             (True, "indices must be None, an int .* got True"), (2.0, "got 2.0")):
         with pytest.raises(ValueError, match=message):
             model.forward_intermediates(image, indices=indices)
     with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):

@@ -30,6 +30,13 @@ def test_verify_passes_and_reports_every_kernel(capsys, backend):
     assert all(row["max_rel"] <= row["tolerance"] for row in rows)
 
 
+def test_verify_default_image_size_holds_a_patch_of_any_config(capsys):
+    """Without --image-size, a config whose patch is larger than 224 pixels runs on one patch."""
+    code = main(["verify", "--config", "8,1,3,230", "--backend", "eager", "--dtype", "fp32", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["ok"] and report["runs"][0]["image_size"] == 230
+
+
 def test_verify_runs_every_combination_and_an_unavailable_backend_fails_alone(capsys):
     code = main(["verify", "--config", "16,1,3,2,5", "--image-size", "8", "--device", "cpu",
                  "--backend", "eager", "cuda", "--dtype", "fp32", "bf16", "--json"])

@@ -20,10 +20,19 @@ def model():
     (torch.randint(0, 255, (1, 3, 16, 16)), cf.InputError, r"expected a floating-point image .* got torch.int64"),
     (torch.randn(1, 3, 16, 16, dtype=torch.complex64), cf.InputError, r"got torch.complex64"),
     ([[1.0]], cf.InputError, r"expected a torch.Tensor image batch, got list"),
+    (torch.randn(1, 3, 16, 16).to_sparse(), cf.InputError, r"expected a dense \(strided\) image tensor, got a torch.sparse_coo one"),
 ])
 def test_bad_input(model, x, error, match):
     with pytest.raises(error, match=match):
         model(x)
+
+
+def test_empty_batches_get_the_checks_of_the_others():
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager").train()
+    with pytest.raises(cf.InferenceOnlyError, match="call model.eval"):
+        model(torch.randn(0, 3, 16, 16))
+    with pytest.raises(RuntimeError, match="model dtype must be float32, float16 or bfloat16, got torch.float64"):
+        model.eval().double().forward_features(torch.randn(0, 3, 16, 16))
 
 
 def test_input_on_other_device(model):

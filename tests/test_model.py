@@ -155,6 +155,28 @@ def test_constructor_rejects_bad_configs():
         cf.ConvMixer(8, 1, act_layer="silu")
     with pytest.raises(ValueError, match="backend must be one of"):
         cf.ConvMixer(8, 1, backend="tpu")
+    with pytest.raises(ValueError, match=r"act_layer must be nn.GELU, .* got <built-in function gelu> \(calling it"):
+        cf.ConvMixer(8, 1, act_layer=torch.nn.functional.gelu)  # a function, not a module class
+    with pytest.raises(ValueError, match="cuda_graphs must be True or False, got 'no'"):
+        cf.ConvMixer(8, 1, cuda_graphs="no")
+
+
+def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():
+    """The model reads dim, kernel and patch size off its config, not off a new stem or blocks: one
+    of other shapes is refused at the assignment (it used to fail in the forward, or for a stem of
+    another patch size, run with the old one); fewer blocks are fine."""
+    model = cf.ConvMixer(8, 2, 3, 4, 5, backend="eager")
+    with pytest.raises(ValueError, match=r"model.stem must have the layers .* 0.weight: expected \(8, 3, 4, 4\), "
+                                         r"got \(8, 3, 2, 2\)"):
+        model.stem = cf.ConvMixer(8, 2, 3, 2, 5).stem
+    with pytest.raises(ValueError, match=r"model.stem .* 0.weight: expected \(8, 3, 4, 4\), got none in Identity"):
+        model.stem = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"block 0 of model.blocks .* 0.fn.0.weight: expected \(8, 1, 3, 3\), "
+                                         r"got \(16, 1, 3, 3\)"):
+        model.blocks = cf.ConvMixer(16, 2, 3, 4, 5).blocks
+    model.blocks = model.blocks[:1]
+    model.stem = cf.ConvMixer(8, 2, 3, 4, 5).stem
+    assert model.depth == 1 and model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
 
 
 def test_create_model_configs():

@@ -148,6 +148,46 @@ def test_from_eager_rejects_other_models():
     eager[3][0].fn[0].padding = (1, 1)
     with pytest.raises(cf.UnsupportedModelError, match="block 0: expected a depthwise Conv2d"):
         cf.ConvMixer.from_eager(eager)
+    # A 16-bit module's outputs are not checked: the layers themselves must say everything.
+    eager = reference_model(DIM, DEPTH, K, P, N).half()
+    eager[3][1].padding = (1, 1)
+    with pytest.raises(cf.UnsupportedModelError, match="block 0: expected a pointwise Conv2d"):
+        cf.ConvMixer.from_eager(eager)
+    with pytest.raises(cf.UnsupportedModelError, match="only the exact \\(erf\\) GELU"):
+        cf.ConvMixer.from_eager(reference_model(DIM, DEPTH, K, P, N).apply(
+            lambda m: setattr(m, "approximate", "tanh") if isinstance(m, torch.nn.GELU) else None))
+    with pytest.raises(cf.UnsupportedModelError, match="kernel_size must be an integer in \\[1, 31\\], got 33"):
+        cf.ConvMixer.from_eager(reference_model(DIM, 1, 33, P, N))
+
+
+class _Wrapper(torch.nn.Module):
+    """A ConvMixer held as ``self.model`` (as a LightningModule holds it), or after a step."""
+
+    def __init__(self, model, before=None):
+        super().__init__()
+        self.model, self.before = model, before
+
+    def forward(self, x):
+        return self.model(x if self.before is None else self.before(x))
+
+
+class _Double(torch.nn.Module):
+    def forward(self, x):
+        return 2 * x
+
+
+def test_from_eager_finds_the_convmixer_in_a_wrapper(reference, image):
+    wrapper = _Wrapper(reference)  # in training mode, its ConvMixer in eval mode: both stay so
+    fast = cf.ConvMixer.from_eager(wrapper, backend="eager")
+    assert wrapper.training and not reference.training
+    with torch.no_grad():
+        torch.testing.assert_close(fast(image), reference(image), rtol=1e-4, atol=1e-5)
+    with pytest.raises(cf.UnsupportedModelError, match="its logits differ from the converted model's"):
+        cf.ConvMixer.from_eager(_Wrapper(reference, before=_Double()))
+    wrapped_16_bit = _Wrapper(reference_model(DIM, DEPTH, K, P, N).half(), before=_Double())
+    with pytest.raises(cf.UnsupportedModelError, match=r"_Wrapper's submodule 'model', .* torch.float16 module .*"
+                                                       r"from_eager\(module.model\)"):
+        cf.ConvMixer.from_eager(wrapped_16_bit)
 
 
 @pytest.mark.parametrize("suffix, wrapper", [(".pth", None), (".pth.tar", "state_dict"), (".pt", "model"), (".safetensors", None)])
@@ -223,13 +263,41 @@ def test_checkpoint_weights_are_the_ones_timm_loads(ema_checkpoints):
         assert _same_weights(cf.load_checkpoint(path), timm_models.load_state_dict(str(path))), path.name
 
 
-def test_checkpoint_file_errors(tmp_path):
+def test_checkpoint_file_errors(reference, tmp_path):
     with pytest.raises(cf.CheckpointError, match="checkpoint file not found"):
         cf.load_checkpoint(tmp_path / "missing.pth")
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a pickle")
-    with pytest.raises(cf.CheckpointError, match="could not read checkpoint"):
+    with pytest.raises(cf.CheckpointError, match=r"could not read checkpoint .*bad.pth \(12 bytes; truncated or not a "
+                                                 r"torch.save file\?\): \w+") as error:
         cf.load_checkpoint(bad)
+    assert "weights_only=False" not in str(error.value)  # (it would not help)
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(cf.CheckpointError, match=r"empty.pth is empty \(0 bytes\)"):
+        cf.load_checkpoint(tmp_path / "empty.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    with pytest.raises(cf.CheckpointError, match="Unsupported global(.|\n)*weights_only=False\) unpickles"):
+        cf.load_checkpoint(tmp_path / "module.pth")
+    save_file = pytest.importorskip("safetensors.torch").save_file
+    whole = tmp_path / "whole.safetensors"
+    save_file({key: value.contiguous() for key, value in reference.state_dict().items()}, whole)
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(cf.CheckpointError, match=r"could not read safetensors file .*truncated.safetensors \([\d,]+ "
+                                                 r"bytes; truncated or not safetensors\?\): SafetensorError"):
+        cf.load_checkpoint(truncated)
+    blob = tmp_path / "0123abcd"  # (a Hugging Face cache keeps its files as blobs/<hash>)
+    blob.write_bytes(whole.read_bytes())
+    assert _same_weights(cf.load_checkpoint(blob), reference.state_dict())
+
+
+def test_weights_must_be_real_floating_point(reference):
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    quantized = {key: (value * 10).to(torch.int8) for key, value in reference.state_dict().items()}
+    with pytest.raises(cf.CheckpointError, match=r"weights must be floating point .*\n  stem.0.weight \(checkpoint "
+                                                 r"key '0.weight'\): torch.int8(.|\n)*dequantizing"):
+        model.load_state_dict(quantized)
+    model.load_state_dict({key: value.double() for key, value in reference.state_dict().items()})  # (a cast)
 
 
 def test_shape_mismatch_names_key_and_both_shapes(reference):
@@ -261,3 +329,11 @@ def test_depth_mismatch_is_explained(reference):
 def test_unrecognised_layout():
     with pytest.raises(cf.CheckpointError, match="unrecognised ConvMixer state-dict layout"):
         cf.ConvMixer(DIM, DEPTH, K, P, N).load_state_dict({"encoder.weight": torch.zeros(1)})
+
+
+def test_a_block_key_without_an_index_is_unexpected(reference):
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    state = {**model.state_dict(), "blocks.norm.weight": torch.ones(DIM)}
+    assert model.load_state_dict(state, strict=False).unexpected_keys == ["blocks.norm.weight"]
+    with pytest.raises(cf.CheckpointError, match=r"unexpected keys \(1\): blocks.norm.weight"):
+        model.load_state_dict(state)
