@@ -40,7 +40,7 @@ def create_model(
     features) loads the checkpoint's weights except its classifier's, as timm's ``pretrained=True``
     does. The ImageNet configs carry timm's data config (``pretrained_cfg``).
     """
-    if name not in MODEL_CONFIGS:
+    if not isinstance(name, str) or name not in MODEL_CONFIGS:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_CONFIGS)}")
     if pretrained and checkpoint_path is not None:
         raise ValueError("pass pretrained=True or checkpoint_path, not both")

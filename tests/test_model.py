@@ -186,6 +186,8 @@ def test_create_model_configs():
     assert set(MODEL_CONFIGS) >= {"convmixer_1536_20", "convmixer_768_32", "convmixer_1024_20_ks9_p14", "convmixer_cifar10"}
     with pytest.raises(ValueError, match="unknown model 'convmixer_9'"):
         cf.create_model("convmixer_9")
+    with pytest.raises(ValueError, match=r"unknown model \['convmixer_cifar10'\]; known: "):
+        cf.create_model(["convmixer_cifar10"])
     with pytest.raises(ValueError, match="no published pretrained weights"):
         cf.create_model("convmixer_cifar10", pretrained=True)
     assert model.pretrained_cfg["crop_pct"] == 0.96 and cf.create_model("convmixer_cifar10").pretrained_cfg == {}
