@@ -88,7 +88,7 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
                and dw.padding_mode == "zeros",
                f"block {j}: expected a depthwise Conv2d({dim}, {dim}, {k}, groups={dim}, padding='same', bias=True), got {dw}")
         _check(pw.in_channels == pw.out_channels == dim and pw.kernel_size == (1, 1) and pw.groups == 1
-               and pw.stride == (1, 1) and pw.padding in ((0, 0), "valid") and pw.bias is not None,
+               and pw.stride == (1, 1) and pw.padding in ((0, 0), "valid", "same") and pw.bias is not None,
                f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
     _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d layers, found {len(bns)}")
     for bn in bns:
@@ -121,11 +121,13 @@ def convmixer_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     for name, submodule in module.named_modules():  # outer before inner: the last to hold them all
         if layers <= {id(m) for m in submodule.modules()}:
             root_name, root = name, submodule
-    _check(root is module or _outputs_checkable(module),
-           f"the ConvMixer is {type(module).__name__}'s submodule {root_name!r}, and the outputs of a "
-           f"{next(module.parameters()).dtype} module on {next(module.parameters()).device.type} are not held "
-           "to the converted model's, so what the wrapper's forward does besides would go unseen: pass the "
-           f"ConvMixer itself (from_eager(module.{root_name})) or the wrapper in float32")
+    if root is not module and not _outputs_checkable(module):
+        first = next(module.parameters())
+        why = ("a meta module has no outputs to compare" if first.device.type == "meta" else
+               f"a {first.dtype} module's outputs are not compared (float32 only)")
+        raise UnsupportedModelError(
+            f"the ConvMixer is {type(module).__name__}'s submodule {root_name!r}, and {why}: what the wrapper's "
+            f"forward does besides would go unseen; pass the ConvMixer itself (from_eager(module.{root_name}))")
     return root.state_dict()
 
 

@@ -57,6 +57,7 @@ import contextlib
 import threading
 import warnings
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -282,9 +283,9 @@ class ConvMixer(nn.Module):
 
     @cuda_graphs.setter
     def cuda_graphs(self, enabled: bool) -> None:
-        if not isinstance(enabled, bool):
+        if enabled not in (True, False):  # (0, 1 and NumPy's bools are)
             raise ValueError(f"cuda_graphs must be True or False, got {enabled!r}")
-        self._cuda_graphs = enabled
+        self._cuda_graphs = bool(enabled)
         if not enabled and "_lock" in self.__dict__:
             with self._lock:
                 self._drop_graphs()
@@ -335,7 +336,9 @@ class ConvMixer(nn.Module):
         into a submodule, a layer replaced inside ``stem`` or ``blocks``, an edit through ``.data``
         or of a BatchNorm's ``eps`` are not seen: copy into the old tensors in place, or use
         ``load_state_dict``.) A new ``stem`` or ``blocks`` must have the layers it replaces."""
-        replaced = "_lock" in self.__dict__ and name in self._modules  # (not while __init__ builds them)
+        # (Not while __init__ builds them, nor while nn.DataParallel's replicate assigns a replica's
+        # children, before their parameters: the replica's caches start empty.)
+        replaced = "_lock" in self.__dict__ and name in self._modules and not self.__dict__.get("_is_replica")
         if replaced and name == "head":
             self._check_classifier(value)
         if replaced and name == "blocks" and not (isinstance(value, nn.Sequential) and len(value) >= 1):
@@ -443,8 +446,8 @@ class ConvMixer(nn.Module):
             if not 1 <= indices <= depth:
                 raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
             return list(range(depth - indices, depth))
-        if not isinstance(indices, (list, tuple, range)):
-            raise ValueError(f"indices must be None, an int (the last n blocks) or a list / tuple of block "
+        if isinstance(indices, (str, bytes)) or not isinstance(indices, Iterable):
+            raise ValueError(f"indices must be None, an int (the last n blocks) or a sequence of block "
                              f"indices, got {indices!r}")
         picked = []
         for index in indices:
@@ -770,9 +773,10 @@ class ConvMixer(nn.Module):
 
     def _empty_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[0, Hp, Wp, C]`` token map of an empty image batch, in the compute dtype, after the
-        checks a non-empty batch gets (eval mode; the parameters' dtype, device and grad)."""
+        checks of a non-empty batch that need no prepared parameters (eval mode; one dtype and
+        device): nothing shared is touched, so no lock is taken."""
         self._require_eval()
-        self._prepared_params()
+        self._check_uniform(list(self.parameters()))
         shape = (0, x.shape[2] // self.patch_size, x.shape[3] // self.patch_size, self.dim)
         return x.new_empty(shape, dtype=self._compute_dtype(x.device))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import re
 from dataclasses import dataclass
 
@@ -193,8 +194,11 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
         raise CheckpointError(f"checkpoint path must be a str or os.PathLike of str, got {path!r}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
-    size = os.path.getsize(path)
-    safetensors_file = path.endswith(".safetensors") or _looks_like_safetensors(path)
+    try:
+        size = os.path.getsize(path)
+        safetensors_file = path.endswith(".safetensors") or _looks_like_safetensors(path)
+    except OSError as error:  # (permissions, say)
+        raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
     if safetensors_file and use_ema:
         raise CheckpointError(f"{path} is a safetensors file, which holds one set of weights: no EMA entry "
                               "(load it without use_ema=True)")
@@ -215,9 +219,11 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
             checkpoint = torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as error:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         refused_by_weights_only = weights_only and "Unsupported global" in str(error)  # (a class it holds)
+        unreadable = not refused_by_weights_only and isinstance(error, (pickle.UnpicklingError, EOFError, OSError,
+                                                                        RuntimeError, KeyError, ValueError))
         raise CheckpointError(
             f"could not read checkpoint {path} ({size:,} bytes"
-            + (")" if refused_by_weights_only else "; truncated or not a torch.save file?)")
+            + ("; truncated or not a torch.save file?)" if unreadable else ")")
             + f": {type(error).__name__}: {error}"
             + ("\n(if you trust this file, load_checkpoint(path, weights_only=False) unpickles anything)"
                if refused_by_weights_only else "")

@@ -23,12 +23,13 @@ import pytest  # noqa: E402
 
 @pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist, the test extra's; absent, unused)
 def pytest_xdist_auto_num_workers(config):
-    """``pytest -n auto`` (README): a worker per CPU core, at most 8, since on a GPU machine every
-    worker holds a CUDA context of its own on the one GPU (``.ci/gpu test`` runs 8).
-    ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where set."""
+    """``pytest -n auto`` (README): a worker per CPU core this process may run on, at most 8, since
+    on a GPU machine every worker holds a CUDA context of its own on the one GPU (``.ci/gpu test``
+    runs 8). ``PYTEST_XDIST_AUTO_NUM_WORKERS`` still decides where set."""
     if os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS"):
         return None
-    return min(os.cpu_count() or 1, 8)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(cores, 8)
 
 
 def _interpreter_rounds_bf16_to_nearest() -> None:
@@ -60,6 +61,13 @@ if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("trito
 @pytest.fixture(autouse=True)
 def _seeded():
     """Every test draws its random inputs from a fixed seed: failures reproduce."""
+    torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _seeded_module():
+    """Likewise a module's fixtures, which are set up before ``_seeded``: under pytest-xdist a
+    worker runs the modules in no fixed order, so the random state they found would vary."""
     torch.manual_seed(0)
 
 

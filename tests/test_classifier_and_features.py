@@ -170,6 +170,7 @@ def test_forward_intermediates_checks_its_arguments(reference, image):
                              (True, "indices must be None, an int .* got True"), (2.0, "got 2.0")):
         with pytest.raises(ValueError, match=message):
             model.forward_intermediates(image, indices=indices)
+    assert len(model.forward_intermediates(image, indices={0, 2}, intermediates_only=True)) == 2  # (any iterable)
     with pytest.raises(ValueError, match="output_fmt must be 'NCHW'"):
         model.forward_intermediates(image, output_fmt="NHWC")
     with pytest.raises(cf.InputError):

@@ -2,6 +2,7 @@
 
 import copy
 import io
+import sys
 
 import pytest
 import torch
@@ -136,6 +137,23 @@ def test_data_parallel_replicas_have_their_own_caches():
         torch.testing.assert_close(replica(x), expected, rtol=0, atol=0)
 
 
+def test_data_parallel_replicate_builds_working_replicas(monkeypatch):
+    """``nn.DataParallel``'s ``replicate`` assigns each replica's children before their parameters:
+    the checks of a replaced head, stem or blocks must let it (they raised on the bare head). The
+    broadcast to GPUs is replaced by copies, so it runs on the CPU."""
+    replicate = sys.modules["torch.nn.parallel.replicate"]
+    monkeypatch.setattr(replicate, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [[t.clone() for t in tensors] for _ in devices])
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="eager")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        replicas = replicate.replicate(model, [0, 1])
+        for replica in replicas:
+            assert replica._lock is not model._lock
+            torch.testing.assert_close(replica(x), expected, rtol=0, atol=0)
+
+
 def test_empty_batch():
     model = cf.ConvMixer(8, 1, 3, 2, 4, backend="eager")
     assert model(torch.randn(0, 3, 8, 8)).shape == (0, 4)
@@ -159,6 +177,7 @@ def test_constructor_rejects_bad_configs():
         cf.ConvMixer(8, 1, act_layer=torch.nn.functional.gelu)  # a function, not a module class
     with pytest.raises(ValueError, match="cuda_graphs must be True or False, got 'no'"):
         cf.ConvMixer(8, 1, cuda_graphs="no")
+    assert cf.ConvMixer(8, 1, cuda_graphs=0).cuda_graphs is False  # (0 / 1, as bools are)
 
 
 def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():

@@ -55,7 +55,7 @@ def stem_reference(
     patches = image.unfold(2, p, p).unfold(3, p, p)  # [B, Cin, Hp, Wp, p, p]
     Hp, Wp = patches.shape[2], patches.shape[3]
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(B * Hp * Wp, Cin * p * p)  # [B*Hp*Wp, Cin*p*p]
-    acc = torch.addmm(bias, patches.to(weight.dtype).float(), weight.reshape(C, Cin * p * p).float().T)
+    acc = torch.addmm(bias.float(), patches.to(weight.dtype).float(), weight.reshape(C, Cin * p * p).float().T)
     return epilogue_(acc, scale, shift, act).to(weight.dtype).reshape(B, Hp, Wp, C)
 
 
@@ -74,7 +74,7 @@ def depthwise_block_reference(
     """
     C = x.shape[-1]
     conv_weight = weight.permute(2, 0, 1).unsqueeze(1).float()  # [C, 1, k, k]
-    conv = F.conv2d(x.permute(0, 3, 1, 2).float(), conv_weight, bias, padding="same", groups=C)
+    conv = F.conv2d(x.permute(0, 3, 1, 2).float(), conv_weight, bias.float(), padding="same", groups=C)
     y = epilogue_(conv.permute(0, 2, 3, 1), scale, shift, act).add_(x)  # [B, H, W, C]
     # (contiguous: a no-op where the convolution keeps the input's channels-last layout, as mkldnn
     # and cuDNN do)
@@ -93,7 +93,7 @@ def pointwise_reference(
 
     The output ``[..., N]`` has the dtype of ``y``.
     """
-    acc = torch.addmm(bias, y.reshape(-1, y.shape[-1]).float(), weight.float().T)  # [tokens, N]
+    acc = torch.addmm(bias.float(), y.reshape(-1, y.shape[-1]).float(), weight.float().T)  # [tokens, N]
     return epilogue_(acc, scale, shift, act).to(y.dtype).reshape(*y.shape[:-1], weight.shape[0])
 
 
@@ -103,4 +103,4 @@ def head_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     Returns ``[B, N]`` logits in the dtype of ``x``.
     """
     pooled = x.mean(dim=(1, 2), dtype=torch.float32)  # [B, C]
-    return torch.addmm(bias, pooled, weight.float().T).to(x.dtype)
+    return torch.addmm(bias.float(), pooled, weight.float().T).to(x.dtype)
