@@ -149,9 +149,9 @@ def check_same_logits(module: nn.Module, model) -> None:
     """UnsupportedModelError unless the ConvMixer ``model`` converted from ``module`` gives its
     logits (or its features, without a classifier), within ``SAME_LOGITS_TOLERANCE``, on a random
     batch of 2 images of k + 1 patches a side plus a pixel (the depthwise kernel's whole extent, a
-    partial patch). Run on the module's device, in eval mode (each submodule's mode is restored), without
-    autocast, through the ``eager`` backend, leaving torch's random state alone. fp32 modules with
-    values only (``_outputs_checkable``)."""
+    partial patch). Run on the module's device, in eval mode (each submodule's mode is restored),
+    without autocast, through the ``eager`` backend, leaving torch's random state alone. fp32
+    modules with values only (``_outputs_checkable``)."""
     from . import _tf32
     from .backends.eager import has_autocast
     from .verify import errors
