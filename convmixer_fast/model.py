@@ -111,6 +111,11 @@ def activation_name(act_layer) -> str:
     raise ValueError(expected)
 
 
+def _first_ten(items: list[str], separator: str) -> str:
+    """The first ten of ``items`` joined by ``separator``, then "..." where there are more."""
+    return separator.join(items[:10]) + (" ..." if len(items) > 10 else "")
+
+
 def check_architecture(**sizes: int) -> None:
     """ValueError naming the first of the given architecture sizes (``ConvMixer``'s ``dim``,
     ``depth``, ``kernel_size``, ``patch_size``, ``n_classes``, ``in_chans``) the model cannot take
@@ -541,15 +546,14 @@ class ConvMixer(nn.Module):
         ]
         if not_real_floats:
             raise CheckpointError("the checkpoint's weights must be floating point (float32, float16, bfloat16, "
-                                  "float64), got:\n" + "\n".join(not_real_floats[:10])
-                                  + ("\n  ..." if len(not_real_floats) > 10 else "")
+                                  "float64), got:\n" + _first_ten(not_real_floats, "\n")
                                   + "\n(a quantized checkpoint needs dequantizing first)")
         if strict and (missing or unexpected):
             lines = []
             if missing:
-                lines.append(f"missing keys ({len(missing)}): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+                lines.append(f"missing keys ({len(missing)}): {_first_ten(missing, ', ')}")
             if unexpected:
-                lines.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+                lines.append(f"unexpected keys ({len(unexpected)}): {_first_ten(unexpected, ', ')}")
             raise CheckpointError(f"state dict ({canonical.layout} layout) does not fit the model:\n  "
                                   + "\n  ".join(lines) + hint + "\n(strict=False loads the keys that fit)")
         result = super().load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False, assign=assign)

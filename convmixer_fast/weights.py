@@ -164,13 +164,13 @@ CHECKPOINT_WRAPPERS = ("state_dict", "model")  # where training checkpoints keep
 EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential moving average (timm: the former)
 
 
-def _looks_like_safetensors(path: str) -> bool:
-    """Whether the file starts as a safetensors file does (its header's length as a little-endian
-    u64, then the JSON header's ``{``), whatever its name: a Hugging Face cache keeps its files
-    as ``blobs/<hash>``."""
+def _looks_like_safetensors(path: str, size: int) -> bool:
+    """Whether the file of ``size`` bytes starts as a safetensors file does (its header's length as
+    a little-endian u64, then the JSON header's ``{``), whatever its name: a Hugging Face cache
+    keeps its files as ``blobs/<hash>``."""
     with open(path, "rb") as file:
         start = file.read(9)
-    return len(start) == 9 and start[8:9] == b"{" and 0 < int.from_bytes(start[:8], "little") < os.path.getsize(path)
+    return len(start) == 9 and start[8:9] == b"{" and 0 < int.from_bytes(start[:8], "little") < size
 
 
 def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
@@ -196,7 +196,7 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
         size = os.path.getsize(path)
-        safetensors_file = path.endswith(".safetensors") or _looks_like_safetensors(path)
+        safetensors_file = path.endswith(".safetensors") or _looks_like_safetensors(path, size)
     except OSError as error:  # (permissions, say)
         raise CheckpointError(f"could not read checkpoint {path}: {error}") from error
     if safetensors_file and use_ema:
