@@ -312,7 +312,24 @@ def main(argv=None) -> int:
     tune.set_defaults(run=_tune_gemm)
 
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (MemoryError, RuntimeError) as error:  # (torch.OutOfMemoryError is a RuntimeError)
+        if not _out_of_memory(error):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"python -m convmixer_fast {args.command}: out of memory: {message}\n"
+              f"(a smaller --batch, --image-size or model fits)", file=sys.stderr)
+        return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a failed allocation: Python's MemoryError, torch's OutOfMemoryError (a
+    GPU's), or the RuntimeError of torch's CPU allocator."""
+    import torch
+
+    return (isinstance(error, (MemoryError, torch.OutOfMemoryError))
+            or "DefaultCPUAllocator: can't allocate memory" in str(error))
 
 
 if __name__ == "__main__":

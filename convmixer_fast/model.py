@@ -5,7 +5,8 @@ Inference only. The module holds ordinary ``nn.Conv2d`` / ``nn.BatchNorm2d`` / `
 computation of DESIGN.md §2 on the parameters prepared by ``prepare.prepare_params``, cached per
 device and dtype and re-prepared when any parameter or buffer changes (``.to()``, ``load_state_dict``,
 in-place edits: detected through the tensors' version counters; ``head`` or ``blocks`` replaced on
-the model: ``__setattr__``).
+the model: ``__setattr__``; a tensor or layer assigned inside them: torch's registration hooks,
+``_layer_changed``, which also refuses one that does not fit).
 
 Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
 the compute dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
@@ -54,8 +55,11 @@ settings, none of these caches; so do ``nn.DataParallel``'s replicas.
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 import threading
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -68,7 +72,7 @@ from .backends import BackendOps, ResolvedOps, check_backend_name, resolve_ops
 from .backends.eager import has_autocast
 from .ops._checks import MAX_KERNEL_SIZE
 from .prepare import PreparedParams, prepare_params
-from .reference import Residual
+from .reference import ConvMixerReference, Residual
 from .weights import CheckpointError, infer_config, to_canonical
 
 ACTIVATION_LAYERS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -116,15 +120,23 @@ def _first_ten(items: list[str], separator: str) -> str:
     return separator.join(items[:10]) + (" ..." if len(items) > 10 else "")
 
 
-def check_architecture(**sizes: int) -> None:
-    """ValueError naming the first of the given architecture sizes (``ConvMixer``'s ``dim``,
-    ``depth``, ``kernel_size``, ``patch_size``, ``n_classes``, ``in_chans``) the model cannot take
+def check_architecture(**sizes: int) -> dict[str, int]:
+    """The given architecture sizes (``ConvMixer``'s ``dim``, ``depth``, ``kernel_size``,
+    ``patch_size``, ``n_classes``, ``in_chans``) as Python ints: any integer type is taken (a NumPy
+    integer, say; not a bool or a float). ValueError naming the first the model cannot take
     (``n_classes=0``: no classifier, as timm's ``num_classes=0``)."""
+    checked = {}
     for name, value in sizes.items():
         low, high = (0 if name == "n_classes" else 1), (MAX_KERNEL_SIZE if name == "kernel_size" else None)
-        if not isinstance(value, int) or isinstance(value, bool) or value < low or (high and value > high):
+        try:
+            number = None if isinstance(value, bool) else operator.index(value)
+        except TypeError:
+            number = None
+        if number is None or number < low or (high and number > high):
             expected = f"in [{low}, {high}]" if high else f">= {low}"
             raise ValueError(f"{name} must be an integer {expected}, got {value!r}")
+        checked[name] = number
+    return checked
 
 
 def check_global_pool(global_pool, n_classes: int) -> str:
@@ -207,6 +219,57 @@ def _remember(cache: OrderedDict, key, value, bound: int = MAX_CACHED_SHAPES) ->
     return dropped
 
 
+def _layer_signature(layer: nn.Module) -> str:
+    """What a model takes as given of one of its layers, for the check that a layer put in another's
+    place is alike: its type and settings (``extra_repr``: a convolution's geometry, the GELU's
+    form), not a BatchNorm's eps (read at each preparation) or momentum (no effect in eval mode)."""
+    settings = "" if isinstance(layer, nn.modules.batchnorm._BatchNorm) else layer.extra_repr()
+    return f"{type(layer).__name__}({settings})"
+
+
+def _layers(module: nn.Module) -> dict[str, str | tuple[int, ...]]:
+    """Each layer's signature under its name ("" for ``module`` itself) and each state-dict
+    tensor's shape under its key: two modules with equal ``_layers`` compute alike."""
+    layers: dict[str, str | tuple[int, ...]] = {name: _layer_signature(layer) for name, layer in module.named_modules()}
+    return layers | {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+
+
+@functools.cache
+def _architecture_layers(dim: int, kernel_size: int, patch_size: int, in_chans: int, activation: str) -> tuple[dict, dict]:
+    """``_layers`` of the stem and of a block of an architecture, as the original defines them."""
+    with torch.device("meta"):
+        original = ConvMixerReference(dim, 1, kernel_size, patch_size, 1, in_chans=in_chans,
+                                      activation=ACTIVATION_LAYERS[activation])
+    return _layers(nn.Sequential(*original[:3])), _layers(original[3])
+
+
+# Every layer of a ConvMixer -> the models that hold it (weakly both ways; a layer may have left a
+# model since: ``ConvMixer._layer_changed`` looks). torch's global registration hooks call
+# ``_registered`` for every parameter, buffer or child module assigned to any module in the process.
+_HOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@functools.cache
+def _install_registration_hooks() -> None:
+    """Once per process, at the first ConvMixer built (importing the package installs nothing)."""
+    from torch.nn.modules import module as nn_module
+
+    nn_module.register_module_parameter_registration_hook(functools.partial(_registered, "parameter"))
+    nn_module.register_module_buffer_registration_hook(functools.partial(_registered, "buffer"))
+    nn_module.register_module_module_registration_hook(functools.partial(_registered, "module"))
+
+
+def _registered(kind: str, module: nn.Module, name: str, value) -> None:
+    """torch's registration hook: ``value`` (a parameter, buffer or module, by ``kind``) is about
+    to be assigned as ``module.<name>``. A layer of a ConvMixer tells the models holding it."""
+    try:
+        holders = _HOLDERS.get(module)
+    except TypeError:  # a module class made unhashable (an eq dataclass, say): none of ours
+        return
+    for model in list(holders or ()):
+        model._layer_changed(kind, module, name, value)
+
+
 class ConvMixer(nn.Module):
     """ConvMixer (Trockman & Kolter) for inference: same parameters, same logits, fused kernels.
 
@@ -241,8 +304,9 @@ class ConvMixer(nn.Module):
             if n_classes not in (1000, num_classes):
                 raise ValueError(f"n_classes={n_classes} and num_classes={num_classes} disagree; pass one")
             n_classes = num_classes
-        check_architecture(dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size,
-                           n_classes=n_classes, in_chans=in_chans)
+        dim, depth, kernel_size, patch_size, n_classes, in_chans = check_architecture(
+            dim=dim, depth=depth, kernel_size=kernel_size, patch_size=patch_size, n_classes=n_classes, in_chans=in_chans
+        ).values()
         self._global_pool = check_global_pool(global_pool, n_classes)
         self.dim, self.kernel_size, self.patch_size = dim, kernel_size, patch_size
         self.in_chans = in_chans
@@ -276,9 +340,11 @@ class ConvMixer(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self._reset_runtime_state()
+        _install_registration_hooks()
+        self._hold_layers(self)
 
-    _RUNTIME_STATE = ("_lock", "_prepared", "_weight_tensors", "_activation_buffers", "_resolved_ops", "_graphs",
-                      "_signatures", "_replay_stream")
+    _RUNTIME_STATE = ("_lock", "_prepared", "_weight_tensors", "_versioned_tensors", "_activation_buffers",
+                      "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
 
     @property
     def cuda_graphs(self) -> bool:
@@ -299,9 +365,10 @@ class ConvMixer(nn.Module):
         """The caches derived from the parameters and the calls made (``_RUNTIME_STATE``): never
         copied or pickled (``__getstate__``), rebuilt empty."""
         self._lock = threading.RLock()  # held while a call uses the shared state below
-        # (sum of weight versions, compute dtype -> params): the model dtype's, and an autocast dtype's
-        self._prepared: tuple[int, dict[torch.dtype, PreparedParams]] | None = None
-        self._weight_tensors: list[torch.Tensor] | None = None
+        # ((sum of weight versions, depth), compute dtype -> params): the model dtype's, and an autocast dtype's
+        self._prepared: tuple[tuple[int, int], dict[torch.dtype, PreparedParams]] | None = None
+        self._weight_tensors: list[torch.Tensor] | None = None  # every parameter and buffer
+        self._versioned_tensors: list[torch.Tensor] | None = None  # those with a version counter
         # (B, Hp, Wp, compute dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
@@ -322,9 +389,11 @@ class ConvMixer(nn.Module):
             state.pop(name, None)
         return state
 
-    def __setstate__(self, state: dict) -> None:
+    def __setstate__(self, state: dict) -> None:  # copy.deepcopy, unpickling
         super().__setstate__(state)
         self._reset_runtime_state()
+        _install_registration_hooks()
+        self._hold_layers(self)
 
     def _replicate_for_data_parallel(self):
         """``nn.DataParallel``'s replica (a shallow copy, given its device's parameters next): its own
@@ -337,10 +406,8 @@ class ConvMixer(nn.Module):
         """A submodule replaced after construction is seen: timm's classifier surgery
         (``model.head = nn.Linear(dim, n)``, or ``nn.Identity()`` for none) or fewer blocks
         (``model.blocks = model.blocks[:n]``); ``n_classes`` and ``depth`` are read off them. The new
-        module is frozen, and the prepared parameters and graphs are dropped. (A Parameter swapped
-        into a submodule, a layer replaced inside ``stem`` or ``blocks``, an edit through ``.data``
-        or of a BatchNorm's ``eps`` are not seen: copy into the old tensors in place, or use
-        ``load_state_dict``.) A new ``stem`` or ``blocks`` must have the layers it replaces."""
+        module is frozen, and the prepared parameters and graphs are dropped. A new ``stem`` or
+        ``blocks`` must have the layers it replaces. (Changes inside the layers: ``_layer_changed``.)"""
         # (Not while __init__ builds them, nor while nn.DataParallel's replicate assigns a replica's
         # children, before their parameters: the replica's caches start empty.)
         replaced = "_lock" in self.__dict__ and name in self._modules and not self.__dict__.get("_is_replica")
@@ -354,26 +421,94 @@ class ConvMixer(nn.Module):
         if replaced:
             if isinstance(value, nn.Module):
                 value.requires_grad_(False)
+                self._hold_layers(value)
             self._invalidate_prepared()
 
     def _check_same_layers(self, name: str, value) -> None:
-        """ValueError unless a module assigned to ``model.stem`` has the stem's layers (names and
-        shapes of its state dict), or each block of one assigned to ``model.blocks`` block 0's: the
-        model's dim, kernel and patch size, which it does not read off them."""
-        def layers(module) -> dict[str, tuple[int, ...]]:
-            return {key: tuple(tensor.shape) for key, tensor in module.state_dict().items()}
+        """ValueError unless a module assigned to ``model.stem`` has the layers of the model's stem,
+        or each block of one assigned to ``model.blocks`` those of its blocks."""
+        stem_layers, block_layers = self._architecture_layers()
+        if name == "stem":
+            self._check_alike("model.stem", stem_layers, value)
+        else:
+            for index, block in enumerate(value):
+                self._check_alike(f"block {index} of model.blocks", block_layers, block)
 
-        expected = layers(self.stem if name == "stem" else self.blocks[0])
-        for index, part in enumerate([value] if name == "stem" else value):
-            found = layers(part) if isinstance(part, nn.Module) else {}
-            differs = next((f"{key}: expected {expected.get(key, 'none')}, got {found.get(key, 'none')}"
-                            for key in [*expected, *found] if expected.get(key) != found.get(key)), None)
-            if differs:
-                what = "model.stem" if name == "stem" else f"block {index} of model.blocks"
-                raise ValueError(
-                    f"{what} must have the layers of the one it replaces (this model's dim={self.dim}, "
-                    f"kernel_size={self.kernel_size}, patch_size={self.patch_size}, in_chans={self.in_chans}); "
-                    f"{differs} in {type(part).__name__}")
+    def _architecture_layers(self) -> tuple[dict, dict]:
+        """``_layers`` of this model's stem and of each of its blocks, as built."""
+        return _architecture_layers(self.dim, self.kernel_size, self.patch_size, self.in_chans, self.activation)
+
+    def _check_layers(self) -> None:
+        """ValueError unless the stem, every block and the head have the layers of the model's
+        architecture, each tensor set: run before each preparation, it catches what changed
+        unseen since the last (a parameter set to None, a layer deleted inside a block) before
+        ``prepare_params`` reads it. (Not in ``nn.DataParallel``'s replicas, whose layers hold
+        their tensors as plain attributes: those of the original, which its own forward checks.)"""
+        if self.__dict__.get("_is_replica"):
+            return
+        self._check_same_layers("stem", self.stem)
+        self._check_same_layers("blocks", self.blocks)
+        self._check_classifier(self.head)
+
+    def _check_alike(self, what: str, expected_layers: dict, found) -> None:
+        """ValueError unless ``found``, put in the place of ``what``, has the layers
+        ``expected_layers`` (``_layers``: their types and settings, the shapes of their tensors):
+        the model's architecture (dim, kernel and patch size, activation), which it does not read
+        off them."""
+        found_layers = _layers(found) if isinstance(found, nn.Module) else {"": type(found).__name__}
+        differs = next((f"{key or 'the module'}: expected {expected_layers.get(key, 'none')}, got "
+                        f"{found_layers.get(key, 'none')}" for key in [*expected_layers, *found_layers]
+                        if expected_layers.get(key) != found_layers.get(key)), None)
+        if differs:
+            raise ValueError(
+                f"{what} must have the layers it replaces, which the model was built with (dim={self.dim}, "
+                f"kernel_size={self.kernel_size}, patch_size={self.patch_size}, in_chans={self.in_chans}, "
+                f"act={self.activation}); {differs}")
+
+    def _hold_layers(self, module: nn.Module) -> None:
+        """Register ``module``'s layers as this model's (``_HOLDERS``), ``module`` itself included
+        unless it is the model."""
+        for layer in module.modules():
+            if layer is not self:
+                _HOLDERS.setdefault(layer, weakref.WeakSet()).add(self)
+
+    def _layer_changed(self, kind: str, layer: nn.Module, name: str, value) -> None:
+        """``value``, a ``kind`` ("parameter", "buffer" or "module"), is about to be assigned as
+        ``layer.<name>`` (torch's registration hook, through ``_registered``): a Parameter swapped
+        in (``model.head.weight = nn.Parameter(...)``), a buffer, a layer replaced
+        (``model.stem[0] = ...``) or a block appended (``model.blocks.append(...)``). A tensor must
+        have the shape of the one it replaces, a layer the layers of the one it replaces (a block
+        those of the model's blocks); layers are neither added elsewhere nor removed. Then the
+        prepared parameters and graphs are dropped, as for any change, and a new tensor or layer
+        is frozen. (Blocks deleted are seen too: the depth is part of the version. Not seen until
+        the next preparation, as they pass no hook: a parameter set to None or a layer deleted
+        inside ``stem`` or a block, which ``_check_layers`` then refuses; an edit through
+        ``.data``, a BatchNorm's ``eps`` set, which it uses: copy into the tensors in place, or
+        use ``load_state_dict``.)"""
+        path = next((path for path, module in self.named_modules() if module is layer), None)
+        if path is None:  # it has left this model
+            return
+        where = f"model.{path}.{name}"
+        if kind == "module":
+            old = layer._modules.get(name)
+            if layer is self.blocks and value is not None:
+                self._check_alike(where, self._architecture_layers()[1], value)
+            elif old is None or value is None:
+                raise ValueError(f"{where}: a ConvMixer's layers are set at construction, and none is added "
+                                 f"or removed (got {value!r} for {old!r}); build the ConvMixer you need")
+            else:
+                self._check_alike(where, _layers(old), value)
+            if value is not None:
+                value.requires_grad_(False)
+                self._hold_layers(value)
+        else:
+            old = (layer._parameters if kind == "parameter" else layer._buffers).get(name)
+            if old is not None and (value is None or tuple(value.shape) != tuple(old.shape)):
+                got = None if value is None else f"shape {tuple(value.shape)}"
+                raise ValueError(f"{where}: expected a tensor of shape {tuple(old.shape)}, got {got}")
+            if isinstance(value, nn.Parameter) and value.is_leaf:
+                value.requires_grad_(False)
+        self._invalidate_prepared()
 
     def _check_classifier(self, head) -> None:
         """ValueError unless a module assigned to ``model.head`` is ``nn.Linear(dim, n >= 1)`` with
@@ -574,7 +709,7 @@ class ConvMixer(nn.Module):
     def _invalidate_prepared(self) -> None:
         with self._lock:
             self._prepared = None
-            self._weight_tensors = None
+            self._weight_tensors = self._versioned_tensors = None
             self._drop_shape_caches()  # now, not at the next forward: they hold device memory
 
     def _drop_shape_caches(self) -> None:
@@ -610,21 +745,25 @@ class ConvMixer(nn.Module):
         In-place edits are seen through the tensors' version counters, which only grow: their sum
         changes whenever any of them does (one pass over a cached list, no per-tensor key). Tensors
         created under ``torch.inference_mode()`` have no version counter: in-place edits of those
-        are not seen (``load_state_dict`` and ``.to()`` still refresh everything).
+        are not seen (``load_state_dict`` and ``.to()`` still refresh everything). Tensors and
+        layers assigned are seen as they are assigned (``_layer_changed``), blocks deleted by the
+        depth, which is part of the version.
         """
         if torch.compiler.is_compiling():
             return prepare_params(self, dtype)  # traced into the graph; no Python-side cache
         if self._weight_tensors is None:
+            self._check_layers()
             self._weight_tensors = [t for _, t in self.named_parameters()] + [
                 t for name, t in self.named_buffers() if not name.endswith("num_batches_tracked")
             ]
+            self._versioned_tensors = [t for t in self._weight_tensors if not t.is_inference()]
         tensors = self._weight_tensors
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise InferenceOnlyError(
                 "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
-        version = sum(t._version for t in tensors if not t.is_inference())
+        version = (sum(t._version for t in self._versioned_tensors), len(self.blocks))
         dtype = dtype or self._param_dtype
         stale = self._prepared is None or self._prepared[0] != version
         if (stale or dtype not in self._prepared[1]) and _capturing(tensors[0]):
@@ -693,10 +832,12 @@ class ConvMixer(nn.Module):
                 "convert and normalise it first (e.g. x.float() / 255)"
             )
         if x.device != self._param_device:
-            raise InputError(
-                f"input is on {x.device} but the model is on {self._param_device}; move one "
-                f"(model.to({str(x.device)!r}) or x.to({str(self._param_device)!r}))"
-            )
+            if self._param_device.type == "meta":  # (.to() cannot copy out of a meta tensor)
+                how = (f"materialise it with model.to_empty(device={str(x.device)!r}), then load its weights "
+                       "(load_state_dict / load_checkpoint)")
+            else:
+                how = f"move one (model.to({str(x.device)!r}) or x.to({str(self._param_device)!r}))"
+            raise InputError(f"input is on {x.device} but the model is on {self._param_device}; {how}")
         if torch.is_grad_enabled() and x.requires_grad:
             raise InferenceOnlyError(
                 "convmixer_fast.ConvMixer is inference-only and the input requires grad; "

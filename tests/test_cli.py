@@ -124,6 +124,29 @@ def test_bad_arguments_exit_2_saying_what_was_expected(capsys, argv, message):
     assert "Traceback" not in captured.err and captured.out == ""
 
 
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 58.00 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: ..."),
+    MemoryError(),
+])
+def test_out_of_memory_exits_2_naming_the_allocation(capsys, monkeypatch, error):
+    """A batch, image or config too large for the device: one line saying so, not a traceback;
+    other errors still raise."""
+    from convmixer_fast import verify
+
+    def build_pair(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(verify, "build_pair", build_pair)
+    assert main(["verify", "--config", "16,1,3,2", "--device", "cpu"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("python -m convmixer_fast verify: out of memory: ")
+    assert (str(error) or "MemoryError").splitlines()[0] in captured.err and "Traceback" not in captured.err
+    monkeypatch.setattr(verify, "build_pair", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        main(["verify", "--config", "16,1,3,2", "--device", "cpu"])
+
+
 @pytest.mark.parametrize("command", ["verify", "bench", "bench-ops"])
 def test_a_missing_gpu_is_a_usage_error(capsys, command):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

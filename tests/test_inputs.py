@@ -37,8 +37,22 @@ def test_empty_batches_get_the_checks_of_the_others():
 
 def test_input_on_other_device(model):
     x = torch.randn(1, 3, 16, 16, device="meta")
-    with pytest.raises(cf.InputError, match=r"input is on meta but the model is on cpu"):
+    with pytest.raises(cf.InputError, match=r"input is on meta but the model is on cpu; move one \(model.to\('meta'\)"):
         model(x)
+
+
+def test_a_meta_model_is_told_how_to_get_weights():
+    """A model built under torch.device("meta") has no values to move: the error names to_empty and
+    loading the weights, the way that works, and that way gives the logits of the weights."""
+    weights = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager").eval()
+    with torch.device("meta"):
+        model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager").eval()
+    x = torch.randn(2, 3, 16, 16)
+    with pytest.raises(cf.InputError, match=r"model is on meta; materialise it with model.to_empty\(device='cpu'\)"):
+        model(x)
+    model.to_empty(device="cpu").load_state_dict(weights.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), weights(x))
 
 
 def test_training_and_grad_are_refused(model):

@@ -178,6 +178,19 @@ def test_constructor_rejects_bad_configs():
     with pytest.raises(ValueError, match="cuda_graphs must be True or False, got 'no'"):
         cf.ConvMixer(8, 1, cuda_graphs="no")
     assert cf.ConvMixer(8, 1, cuda_graphs=0).cuda_graphs is False  # (0 / 1, as bools are)
+    with pytest.raises(ValueError, match="dim must be an integer >= 1, got 8.0"):
+        cf.ConvMixer(8.0, 1)
+    with pytest.raises(ValueError, match="depth must be an integer >= 1, got True"):
+        cf.ConvMixer(8, True)
+
+
+def test_sizes_of_any_integer_type_are_taken_as_ints():
+    """NumPy integers (a config read from an array or a sweep) are integers: kept as Python ints."""
+    np = pytest.importorskip("numpy")
+    model = cf.ConvMixer(np.int64(8), np.int32(1), np.uint8(3), np.int16(2), np.int64(4), backend="eager")
+    sizes = (model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes)
+    assert sizes == (8, 1, 3, 2, 4) and all(type(size) is int for size in sizes)
+    assert model(torch.randn(1, 3, 4, 4)).shape == (1, 4)
 
 
 def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():
@@ -185,17 +198,138 @@ def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():
     of other shapes is refused at the assignment (it used to fail in the forward, or for a stem of
     another patch size, run with the old one); fewer blocks are fine."""
     model = cf.ConvMixer(8, 2, 3, 4, 5, backend="eager")
-    with pytest.raises(ValueError, match=r"model.stem must have the layers .* 0.weight: expected \(8, 3, 4, 4\), "
-                                         r"got \(8, 3, 2, 2\)"):
+    with pytest.raises(ValueError, match=r"model.stem must have the layers it replaces, .*patch_size=4.*; 0: expected "
+                                         r"Conv2d\(3, 8, kernel_size=\(4, 4\), stride=\(4, 4\)\), got Conv2d\(3, 8, "
+                                         r"kernel_size=\(2, 2\), stride=\(2, 2\)\)"):
         model.stem = cf.ConvMixer(8, 2, 3, 2, 5).stem
-    with pytest.raises(ValueError, match=r"model.stem .* 0.weight: expected \(8, 3, 4, 4\), got none in Identity"):
+    with pytest.raises(ValueError, match=r"model.stem .*; the module: expected Sequential\(\), got Identity\(\)"):
         model.stem = torch.nn.Identity()
-    with pytest.raises(ValueError, match=r"block 0 of model.blocks .* 0.fn.0.weight: expected \(8, 1, 3, 3\), "
-                                         r"got \(16, 1, 3, 3\)"):
+    with pytest.raises(ValueError, match=r"block 0 of model.blocks .*; 0.fn.0: expected Conv2d\(8, 8, .*groups=8\), "
+                                         r"got Conv2d\(16, 16, .*groups=16\)"):
         model.blocks = cf.ConvMixer(16, 2, 3, 4, 5).blocks
+    with pytest.raises(ValueError, match=r"block 0 of model.blocks .*act=gelu\); 0.fn.1: expected GELU\(approximate='none'\), "
+                                         r"got ReLU\(\)"):  # (the model would have run its GELU)
+        model.blocks = cf.ConvMixer(8, 2, 3, 4, 5, act_layer=torch.nn.ReLU).blocks
     model.blocks = model.blocks[:1]
     model.stem = cf.ConvMixer(8, 2, 3, 4, 5).stem
     assert model.depth == 1 and model(torch.randn(1, 3, 16, 16)).shape == (1, 5)
+
+
+def _logits_of_its_layers(model, x):
+    """The logits of a ConvMixer built afresh with ``model``'s depth, classes and state dict."""
+    rebuilt = cf.ConvMixer(model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes,
+                           backend="eager")
+    rebuilt.load_state_dict(model.state_dict())
+    return rebuilt(x)
+
+
+def _random_weights_(model):
+    for tensor in model.state_dict().values():
+        if tensor.is_floating_point():
+            tensor.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda m: setattr(m.head, "weight", torch.nn.Parameter(torch.randn(5, 8))), id="parameter-swapped"),
+    pytest.param(lambda m: setattr(m.stem[0], "bias", torch.nn.Parameter(torch.randn(8))), id="stem-bias-swapped"),
+    pytest.param(lambda m: setattr(m.blocks[1][3], "running_var", torch.rand(8) + 2), id="buffer-assigned"),
+    pytest.param(lambda m: m.stem.__setitem__(0, torch.nn.Conv2d(3, 8, 4, stride=4)), id="layer-replaced"),
+    pytest.param(lambda m: m.blocks.__setitem__(1, _random_weights_(copy.deepcopy(m.blocks[2]))), id="block-replaced"),
+    pytest.param(lambda m: m.blocks.__delitem__(1), id="block-deleted"),
+    pytest.param(lambda m: m.blocks.pop(-1), id="block-popped"),
+    pytest.param(lambda m: m.blocks.append(_random_weights_(copy.deepcopy(m.blocks[0]))), id="block-appended"),
+])
+def test_tensors_and_layers_assigned_inside_the_model_are_seen(change):
+    """A change made after the first forward, inside the stem, blocks or head, gives the logits of
+    the layers as they now are. (Each used to return the logits of the prepared parameters from
+    before: torch's registration hooks now tell the model.)"""
+    torch.manual_seed(0)
+    model = _random_weights_(cf.ConvMixer(8, 3, 3, 4, 5, backend="eager"))
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        change(model)
+        after = model(x)
+        torch.testing.assert_close(after, _logits_of_its_layers(model, x), rtol=0, atol=0)
+    assert not torch.equal(after, before)
+    assert not any(tensor.requires_grad for tensor in model.parameters())  # what came in is frozen too
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: setattr(m.head, "weight", torch.nn.Parameter(torch.zeros(7, 8))),
+     r"model.head.weight: expected a tensor of shape \(5, 8\), got shape \(7, 8\)"),
+    (lambda m: setattr(m.blocks[0][3], "running_mean", None),
+     r"model.blocks.0.3.running_mean: expected a tensor of shape \(8,\), got None"),
+    (lambda m: m.stem.__setitem__(0, torch.nn.Conv2d(1, 8, 4, stride=4)),  # a grayscale stem
+     r"model.stem.0 must have the layers it replaces, .*in_chans=3.*; the module: expected Conv2d\(3, 8, "),
+    (lambda m: m.blocks[0].__setitem__(2, torch.nn.ReLU()),
+     r"model.blocks.0.2 .*act=gelu\); the module: expected GELU\(approximate='none'\), got ReLU\(\)"),
+    (lambda m: m.blocks[0][0].fn.__setitem__(0, torch.nn.Conv2d(8, 8, 3, groups=8)),  # no padding
+     r"model.blocks.0.0.fn.0 .*; the module: expected Conv2d\(8, 8, .*padding=same, groups=8\), got "),
+    (lambda m: m.blocks.append(torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1))),
+     r"model.blocks.3 must have the layers it replaces, .*; 0: expected Residual\(\), got Conv2d"),
+    (lambda m: m.blocks[0].append(torch.nn.Dropout()),
+     r"model.blocks.0.4: a ConvMixer's layers are set at construction, and none is added or removed"),
+])
+def test_a_tensor_or_layer_that_does_not_fit_is_refused_where_it_is_assigned(change, message):
+    model = cf.ConvMixer(8, 3, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        before = model(x)
+        with pytest.raises(ValueError, match=message):
+            change(model)
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # nothing changed
+
+
+def test_a_parameter_set_to_none_is_refused_at_the_next_preparation():
+    """``conv.bias = None`` passes no hook: the next preparation (after any change) refuses it
+    with the layer it found, where prepare_params used to fail with an AttributeError."""
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    model.stem[0].bias = None
+    with pytest.raises(ValueError, match=r"model.stem must have the layers it replaces, .*; 0: expected Conv2d\(3, 8, "
+                                         r"kernel_size=\(4, 4\), stride=\(4, 4\)\), got .*bias=False\)"):
+        model(torch.randn(1, 3, 16, 16))
+
+
+def test_copies_see_changes_to_their_own_layers_only():
+    """A deep copy or an unpickled model holds its own layers; a layer taken out of a model may be
+    changed freely."""
+    torch.manual_seed(0)
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    copies = [copy.deepcopy(model), torch.load(io.BytesIO(buffer.getvalue()), weights_only=False)]
+    with torch.no_grad():
+        before = model(x)
+        for duplicate in copies:
+            duplicate(x)
+            duplicate.head.bias = torch.nn.Parameter(duplicate.head.bias + 1)
+            torch.testing.assert_close(duplicate(x), before + 1)
+        torch.testing.assert_close(model(x), before, rtol=0, atol=0)
+        old_head = model.head
+        model.head = torch.nn.Linear(8, 3)
+        old_head.weight = torch.nn.Parameter(torch.zeros(2, 2))  # not the model's any more
+        assert model(x).shape == (1, 3)
+
+
+def test_the_registration_hooks_leave_other_modules_alone():
+    """The hooks see every module of the process once a ConvMixer exists: others' assignments go
+    through untouched, an unhashable module's (an eq dataclass's) included."""
+    cf.ConvMixer(8, 1, 3, 4, 5)
+
+    class Unhashable(torch.nn.Module):
+        __hash__ = None
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(2))
+            self.layer = torch.nn.Linear(2, 3)
+
+    module = Unhashable()
+    module.weight = torch.nn.Parameter(torch.ones(7))  # (a ConvMixer's layer would refuse the shape)
+    assert module.weight.shape == (7,) and module.weight.requires_grad and module.layer.out_features == 3
 
 
 def test_create_model_configs():
