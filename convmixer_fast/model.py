@@ -4,9 +4,10 @@ Inference only. The module holds ordinary ``nn.Conv2d`` / ``nn.BatchNorm2d`` / `
 (so ``.to()``, ``.half()``, ``state_dict()`` behave as usual); ``forward`` runs the folded
 computation of DESIGN.md §2 on the parameters prepared by ``prepare.prepare_params``, cached per
 device and dtype and re-prepared when any parameter or buffer changes (``.to()``, ``load_state_dict``,
-in-place edits: detected through the tensors' version counters; ``head`` or ``blocks`` replaced on
-the model: ``__setattr__``; a tensor or layer assigned inside them: torch's registration hooks,
-``_layer_changed``, which also refuses one that does not fit).
+in-place edits: detected through the tensors' version counters; ``stem``, ``blocks`` or ``head``
+replaced on the model: ``__setattr__``; a tensor or layer assigned inside them: torch's
+registration hooks, ``_layer_changed``, which also refuses one that does not fit; blocks deleted or
+inserted: ``_prepared_params``).
 
 Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
 the compute dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
@@ -120,6 +121,17 @@ def _first_ten(items: list[str], separator: str) -> str:
     return separator.join(items[:10]) + (" ..." if len(items) > 10 else "")
 
 
+def _integer(value) -> int | None:
+    """``value`` as a Python int where it is an integer of any type (a NumPy integer, say), not a
+    bool; else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def check_architecture(**sizes: int) -> dict[str, int]:
     """The given architecture sizes (``ConvMixer``'s ``dim``, ``depth``, ``kernel_size``,
     ``patch_size``, ``n_classes``, ``in_chans``) as Python ints: any integer type is taken (a NumPy
@@ -128,10 +140,7 @@ def check_architecture(**sizes: int) -> dict[str, int]:
     checked = {}
     for name, value in sizes.items():
         low, high = (0 if name == "n_classes" else 1), (MAX_KERNEL_SIZE if name == "kernel_size" else None)
-        try:
-            number = None if isinstance(value, bool) else operator.index(value)
-        except TypeError:
-            number = None
+        number = _integer(value)
         if number is None or number < low or (high and number > high):
             expected = f"in [{low}, {high}]" if high else f">= {low}"
             raise ValueError(f"{name} must be an integer {expected}, got {value!r}")
@@ -243,10 +252,25 @@ def _architecture_layers(dim: int, kernel_size: int, patch_size: int, in_chans: 
     return _layers(nn.Sequential(*original[:3])), _layers(original[3])
 
 
-# Every layer of a ConvMixer -> the models that hold it (weakly both ways; a layer may have left a
-# model since: ``ConvMixer._layer_changed`` looks). torch's global registration hooks call
-# ``_registered`` for every parameter, buffer or child module assigned to any module in the process.
-_HOLDERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# id() of every layer of a ConvMixer -> (a weak reference to the layer, the models that hold it,
+# weakly; a layer may have left a model since: ``ConvMixer._layer_changed`` looks). Keyed by id, so
+# that the global hooks never hash a module of someone else's (a __hash__ may fail, or be slow).
+# torch's global registration hooks call ``_registered`` for every parameter, buffer or child module
+# assigned to any module in the process.
+_HOLDERS: dict[int, tuple[weakref.ref, weakref.WeakSet]] = {}
+
+
+def _hold(layer: nn.Module, model: nn.Module) -> None:
+    """Record ``model`` as holding ``layer`` (``_HOLDERS``); the entry goes when the layer dies."""
+    key = id(layer)
+    entry = _HOLDERS.get(key)
+    if entry is None or entry[0]() is not layer:
+        def forget(dead: weakref.ref, key: int = key) -> None:
+            if _HOLDERS.get(key, (None,))[0] is dead:
+                del _HOLDERS[key]
+
+        entry = _HOLDERS[key] = (weakref.ref(layer, forget), weakref.WeakSet())
+    entry[1].add(model)
 
 
 @functools.cache
@@ -262,11 +286,10 @@ def _install_registration_hooks() -> None:
 def _registered(kind: str, module: nn.Module, name: str, value) -> None:
     """torch's registration hook: ``value`` (a parameter, buffer or module, by ``kind``) is about
     to be assigned as ``module.<name>``. A layer of a ConvMixer tells the models holding it."""
-    try:
-        holders = _HOLDERS.get(module)
-    except TypeError:  # a module class made unhashable (an eq dataclass, say): none of ours
+    entry = _HOLDERS.get(id(module))
+    if entry is None or entry[0]() is not module:
         return
-    for model in list(holders or ()):
+    for model in list(entry[1]):
         model._layer_changed(kind, module, name, value)
 
 
@@ -343,8 +366,8 @@ class ConvMixer(nn.Module):
         _install_registration_hooks()
         self._hold_layers(self)
 
-    _RUNTIME_STATE = ("_lock", "_prepared", "_weight_tensors", "_versioned_tensors", "_activation_buffers",
-                      "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
+    _RUNTIME_STATE = ("_lock", "_loading", "_prepared", "_weight_tensors", "_versioned_tensors", "_weight_blocks",
+                      "_activation_buffers", "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
 
     @property
     def cuda_graphs(self) -> bool:
@@ -365,10 +388,12 @@ class ConvMixer(nn.Module):
         """The caches derived from the parameters and the calls made (``_RUNTIME_STATE``): never
         copied or pickled (``__getstate__``), rebuilt empty."""
         self._lock = threading.RLock()  # held while a call uses the shared state below
-        # ((sum of weight versions, depth), compute dtype -> params): the model dtype's, and an autocast dtype's
-        self._prepared: tuple[tuple[int, int], dict[torch.dtype, PreparedParams]] | None = None
+        self._loading = False  # inside load_state_dict
+        # (sum of weight versions, compute dtype -> params): the model dtype's, and an autocast dtype's
+        self._prepared: tuple[int, dict[torch.dtype, PreparedParams]] | None = None
         self._weight_tensors: list[torch.Tensor] | None = None  # every parameter and buffer
         self._versioned_tensors: list[torch.Tensor] | None = None  # those with a version counter
+        self._weight_blocks: tuple[nn.Module, ...] = ()  # the blocks they were gathered from
         # (B, Hp, Wp, compute dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
         self._resolved_ops: dict[tuple, ResolvedOps] = {}  # (backend, device, dtype) -> ops
@@ -470,7 +495,7 @@ class ConvMixer(nn.Module):
         unless it is the model."""
         for layer in module.modules():
             if layer is not self:
-                _HOLDERS.setdefault(layer, weakref.WeakSet()).add(self)
+                _hold(layer, self)
 
     def _layer_changed(self, kind: str, layer: nn.Module, name: str, value) -> None:
         """``value``, a ``kind`` ("parameter", "buffer" or "module"), is about to be assigned as
@@ -478,19 +503,24 @@ class ConvMixer(nn.Module):
         in (``model.head.weight = nn.Parameter(...)``), a buffer, a layer replaced
         (``model.stem[0] = ...``) or a block appended (``model.blocks.append(...)``). A tensor must
         have the shape of the one it replaces, a layer the layers of the one it replaces (a block
-        those of the model's blocks); layers are neither added elsewhere nor removed. Then the
-        prepared parameters and graphs are dropped, as for any change, and a new tensor or layer
-        is frozen. (Blocks deleted are seen too: the depth is part of the version. Not seen until
-        the next preparation, as they pass no hook: a parameter set to None or a layer deleted
-        inside ``stem`` or a block, which ``_check_layers`` then refuses; an edit through
-        ``.data``, a BatchNorm's ``eps`` set, which it uses: copy into the tensors in place, or
-        use ``load_state_dict``.)"""
+        those of the model's blocks); no tensor or layer is added elsewhere or removed. The new
+        tensor or layer is frozen, then stored under the model's lock (torch stores it again
+        after its hooks: a forward on another thread in between would otherwise prepare the old
+        one) and the prepared parameters and graphs are dropped, as for any change. (Blocks
+        deleted or inserted, which pass no hook, ``_prepared_params`` sees. Not seen until the
+        next preparation: a parameter set to None or a layer deleted inside ``stem`` or a block,
+        which ``_check_layers`` then refuses. Not seen at all: an edit through ``.data``, a
+        BatchNorm's ``eps`` set, tensors swapped in by ``torch.func.functional_call``: copy into
+        the tensors in place, or use ``load_state_dict``.)"""
+        if self._loading and kind != "module":  # load_state_dict checked the shapes; it drops the caches once
+            return
         path = next((path for path, module in self.named_modules() if module is layer), None)
         if path is None:  # it has left this model
             return
         where = f"model.{path}.{name}"
+        store = {"parameter": layer._parameters, "buffer": layer._buffers, "module": layer._modules}[kind]
+        old = store.get(name)
         if kind == "module":
-            old = layer._modules.get(name)
             if layer is self.blocks and value is not None:
                 self._check_alike(where, self._architecture_layers()[1], value)
             elif old is None or value is None:
@@ -502,13 +532,18 @@ class ConvMixer(nn.Module):
                 value.requires_grad_(False)
                 self._hold_layers(value)
         else:
-            old = (layer._parameters if kind == "parameter" else layer._buffers).get(name)
+            if name not in store:
+                raise ValueError(f"{where}: a ConvMixer's layers take no tensor but their own; build the "
+                                 "ConvMixer you need")
             if old is not None and (value is None or tuple(value.shape) != tuple(old.shape)):
                 got = None if value is None else f"shape {tuple(value.shape)}"
                 raise ValueError(f"{where}: expected a tensor of shape {tuple(old.shape)}, got {got}")
+            # (into a slot set to None before: checked against the architecture at the next preparation)
             if isinstance(value, nn.Parameter) and value.is_leaf:
                 value.requires_grad_(False)
-        self._invalidate_prepared()
+        with self._lock:
+            store[name] = value
+            self._invalidate_prepared()
 
     def _check_classifier(self, head) -> None:
         """ValueError unless a module assigned to ``model.head`` is ``nn.Linear(dim, n >= 1)`` with
@@ -568,7 +603,7 @@ class ConvMixer(nn.Module):
         """As timm's: a new classifier of ``num_classes`` outputs (``nn.Linear``'s random
         initialisation, on the model's device and dtype: load its weights next), none for 0;
         ``global_pool`` as in the constructor (None: unchanged)."""
-        check_architecture(n_classes=num_classes)
+        num_classes = check_architecture(n_classes=num_classes)["n_classes"]
         pool = check_global_pool(self._global_pool if global_pool is None else global_pool, num_classes)
         head = (nn.Linear(self.dim, num_classes, device=self._param_device, dtype=self._param_dtype)
                 if num_classes else nn.Identity())
@@ -582,7 +617,8 @@ class ConvMixer(nn.Module):
         depth = self.depth
         if indices is None:
             indices = depth
-        if isinstance(indices, int) and not isinstance(indices, bool):
+        if _integer(indices) is not None:
+            indices = _integer(indices)
             if not 1 <= indices <= depth:
                 raise ValueError(f"indices={indices} asks for the last {indices} blocks; the model has {depth}")
             return list(range(depth - indices, depth))
@@ -590,9 +626,10 @@ class ConvMixer(nn.Module):
             raise ValueError(f"indices must be None, an int (the last n blocks) or a sequence of block "
                              f"indices, got {indices!r}")
         picked = []
-        for index in indices:
-            if not isinstance(index, int) or isinstance(index, bool) or not -depth <= index < depth:
-                raise ValueError(f"block index {index!r} is outside the model's {depth} blocks "
+        for given in indices:
+            index = _integer(given)
+            if index is None or not -depth <= index < depth:
+                raise ValueError(f"block index {given!r} is outside the model's {depth} blocks "
                                  f"(0 to {depth - 1}, or -{depth} to -1 from the end)")
             picked.append(index % depth)
         if not picked:
@@ -691,8 +728,14 @@ class ConvMixer(nn.Module):
                 lines.append(f"unexpected keys ({len(unexpected)}): {_first_ten(unexpected, ', ')}")
             raise CheckpointError(f"state dict ({canonical.layout} layout) does not fit the model:\n  "
                                   + "\n  ".join(lines) + hint + "\n(strict=False loads the keys that fit)")
-        result = super().load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False, assign=assign)
-        self._invalidate_prepared()
+        with self._lock:  # (atomic for the model's other threads)
+            self._loading = True  # (assign=True: the registration hooks need not look at each tensor)
+            try:
+                result = super().load_state_dict({k: v for k, v in given.items() if k in expected}, strict=False,
+                                                 assign=assign)
+            finally:
+                self._loading = False
+            self._invalidate_prepared()
         if assign:
             self.requires_grad_(False)
         return type(result)(missing, unexpected)
@@ -746,26 +789,41 @@ class ConvMixer(nn.Module):
         changes whenever any of them does (one pass over a cached list, no per-tensor key). Tensors
         created under ``torch.inference_mode()`` have no version counter: in-place edits of those
         are not seen (``load_state_dict`` and ``.to()`` still refresh everything). Tensors and
-        layers assigned are seen as they are assigned (``_layer_changed``), blocks deleted by the
-        depth, which is part of the version.
+        layers assigned are seen as they are assigned (``_layer_changed``); blocks deleted or
+        inserted (``del model.blocks[i]``, ``insert``: no hook sees them) here, by the blocks the
+        tensors were gathered from. Each preparation first checks the layers (``_check_layers``).
         """
         if torch.compiler.is_compiling():
             return prepare_params(self, dtype)  # traced into the graph; no Python-side cache
-        if self._weight_tensors is None:
+        blocks = tuple(self.blocks._modules.values())
+        gathered = self._weight_tensors is None or blocks != self._weight_blocks
+        if gathered:
             self._check_layers()
-            self._weight_tensors = [t for _, t in self.named_parameters()] + [
+            parameters = [t for _, t in self.named_parameters()]
+            if not all(isinstance(t, nn.Parameter) for t in parameters):
+                # (what torch.func.functional_call swaps in: kept, they would stay after it restores)
+                raise RuntimeError(
+                    "a parameter of the model is a plain tensor, written into a layer's _parameters (as "
+                    "torch.func.functional_call does): convmixer_fast.ConvMixer runs the weights it prepared from "
+                    "its own parameters and does not support functional_call; load others with load_state_dict"
+                )
+            self._weight_tensors = parameters + [
                 t for name, t in self.named_buffers() if not name.endswith("num_batches_tracked")
             ]
             self._versioned_tensors = [t for t in self._weight_tensors if not t.is_inference()]
+            self._weight_blocks = blocks
+            self._prepared = None
         tensors = self._weight_tensors
         if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             raise InferenceOnlyError(
                 "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
-        version = (sum(t._version for t in self._versioned_tensors), len(self.blocks))
+        version = sum(t._version for t in self._versioned_tensors)
         dtype = dtype or self._param_dtype
         stale = self._prepared is None or self._prepared[0] != version
+        if stale and not gathered:
+            self._check_layers()
         if (stale or dtype not in self._prepared[1]) and _capturing(tensors[0]):
             self._check_uniform(tensors)  # the caller's capture: prepared into its graph, at each replay
             return prepare_params(self, dtype)

@@ -191,6 +191,10 @@ def test_sizes_of_any_integer_type_are_taken_as_ints():
     sizes = (model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes)
     assert sizes == (8, 1, 3, 2, 4) and all(type(size) is int for size in sizes)
     assert model(torch.randn(1, 3, 4, 4)).shape == (1, 4)
+    model.reset_classifier(np.int64(3))
+    assert type(model.n_classes) is int and model.n_classes == 3
+    assert len(model.forward_intermediates(torch.randn(1, 3, 4, 4), indices=[np.int64(0)], intermediates_only=True)) == 1
+    model.prune_intermediate_layers(np.int64(1))
 
 
 def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():
@@ -239,6 +243,9 @@ def _random_weights_(model):
     pytest.param(lambda m: m.blocks.__delitem__(1), id="block-deleted"),
     pytest.param(lambda m: m.blocks.pop(-1), id="block-popped"),
     pytest.param(lambda m: m.blocks.append(_random_weights_(copy.deepcopy(m.blocks[0]))), id="block-appended"),
+    pytest.param(lambda m: m.blocks.insert(0, _random_weights_(copy.deepcopy(m.blocks[0]))), id="block-inserted"),
+    pytest.param(lambda m: (m.blocks.__delitem__(1), m.blocks.insert(1, _random_weights_(copy.deepcopy(m.blocks[0])))),
+                 id="block-deleted-and-inserted"),  # (the same depth; insert passes no hook)
 ])
 def test_tensors_and_layers_assigned_inside_the_model_are_seen(change):
     """A change made after the first forward, inside the stem, blocks or head, gives the logits of
@@ -252,6 +259,8 @@ def test_tensors_and_layers_assigned_inside_the_model_are_seen(change):
         change(model)
         after = model(x)
         torch.testing.assert_close(after, _logits_of_its_layers(model, x), rtol=0, atol=0)
+        model.blocks[0][3].running_var.mul_(2)  # an in-place edit after it, in a block that may be new
+        torch.testing.assert_close(model(x), _logits_of_its_layers(model, x), rtol=0, atol=0)
     assert not torch.equal(after, before)
     assert not any(tensor.requires_grad for tensor in model.parameters())  # what came in is frozen too
 
@@ -271,6 +280,8 @@ def test_tensors_and_layers_assigned_inside_the_model_are_seen(change):
      r"model.blocks.3 must have the layers it replaces, .*; 0: expected Residual\(\), got Conv2d"),
     (lambda m: m.blocks[0].append(torch.nn.Dropout()),
      r"model.blocks.0.4: a ConvMixer's layers are set at construction, and none is added or removed"),
+    (lambda m: setattr(m.stem[2], "extra_scale", torch.nn.Parameter(torch.ones(8))),
+     r"model.stem.2.extra_scale: a ConvMixer's layers take no tensor but their own"),
 ])
 def test_a_tensor_or_layer_that_does_not_fit_is_refused_where_it_is_assigned(change, message):
     model = cf.ConvMixer(8, 3, 3, 4, 5, backend="eager")
@@ -280,6 +291,48 @@ def test_a_tensor_or_layer_that_does_not_fit_is_refused_where_it_is_assigned(cha
         with pytest.raises(ValueError, match=message):
             change(model)
         torch.testing.assert_close(model(x), before, rtol=0, atol=0)  # nothing changed
+
+
+def test_a_block_inserted_unlike_the_others_is_refused_at_the_next_forward():
+    """``insert`` writes past torch's hooks: the next forward sees other blocks and checks them."""
+    model = cf.ConvMixer(8, 2, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    model(x)
+    model.blocks.insert(0, torch.nn.Sequential(torch.nn.Conv2d(8, 8, 1)))
+    with pytest.raises(ValueError, match=r"block 0 of model.blocks must have the layers it replaces, .*; 0: expected "
+                                         r"Residual\(\), got Conv2d"):
+        model(x)
+
+
+def test_an_assignment_is_seen_by_a_forward_running_while_torch_stores_it():
+    """The model stores an assigned tensor itself, under its lock, before torch does after its
+    hooks: a forward on another thread in between (here: a hook of the caller's, which runs after
+    the model's) already sees the new tensor, and its preparation is not kept past the assignment."""
+    from torch.nn.modules import module as nn_module
+
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    seen = []
+    handle = nn_module.register_module_parameter_registration_hook(
+        lambda module, name, value: seen.append(model(x)) if module is model.head else None)
+    try:
+        with torch.no_grad():
+            model(x)
+            model.head.bias = torch.nn.Parameter(model.head.bias + 100)
+            after = model(x)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(seen[0], after, rtol=0, atol=0)
+    torch.testing.assert_close(after, _logits_of_its_layers(model, x), rtol=0, atol=0)
+
+
+def test_functional_call_is_refused_where_it_would_be_kept():
+    """torch.func.functional_call writes tensors into the layers past torch's hooks: a model
+    preparing its weights during one refuses (it would have kept them after the call)."""
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="does not support functional_call"):
+        torch.func.functional_call(model, {"head.bias": model.head.bias + 100}, (x,))
 
 
 def test_a_parameter_set_to_none_is_refused_at_the_next_preparation():
@@ -316,7 +369,8 @@ def test_copies_see_changes_to_their_own_layers_only():
 
 def test_the_registration_hooks_leave_other_modules_alone():
     """The hooks see every module of the process once a ConvMixer exists: others' assignments go
-    through untouched, an unhashable module's (an eq dataclass's) included."""
+    through untouched, and the hooks never hash them (an eq dataclass's __hash__ is None; this
+    one's fails until __init__ has set what it reads)."""
     cf.ConvMixer(8, 1, 3, 4, 5)
 
     class Unhashable(torch.nn.Module):
@@ -327,9 +381,19 @@ def test_the_registration_hooks_leave_other_modules_alone():
             self.weight = torch.nn.Parameter(torch.zeros(2))
             self.layer = torch.nn.Linear(2, 3)
 
+    class HashedByName(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 3)
+            self.name = "hashed by name"
+
+        def __hash__(self):
+            return hash(self.name)
+
     module = Unhashable()
     module.weight = torch.nn.Parameter(torch.ones(7))  # (a ConvMixer's layer would refuse the shape)
     assert module.weight.shape == (7,) and module.weight.requires_grad and module.layer.out_features == 3
+    assert HashedByName().layer.out_features == 3
 
 
 def test_create_model_configs():
