@@ -445,8 +445,7 @@ class ConvMixer(nn.Module):
         super().__setattr__(name, value)
         if replaced:
             if isinstance(value, nn.Module):
-                value.requires_grad_(False)
-                self._hold_layers(value)
+                self._take_in(value)
             self._invalidate_prepared()
 
     def _check_same_layers(self, name: str, value) -> None:
@@ -490,6 +489,11 @@ class ConvMixer(nn.Module):
                 f"kernel_size={self.kernel_size}, patch_size={self.patch_size}, in_chans={self.in_chans}, "
                 f"act={self.activation}); {differs}")
 
+    def _take_in(self, module: nn.Module) -> None:
+        """A module that joins the model after construction: frozen, its layers held."""
+        module.requires_grad_(False)
+        self._hold_layers(module)
+
     def _hold_layers(self, module: nn.Module) -> None:
         """Register ``module``'s layers as this model's (``_HOLDERS``), ``module`` itself included
         unless it is the model."""
@@ -529,8 +533,7 @@ class ConvMixer(nn.Module):
             else:
                 self._check_alike(where, _layers(old), value)
             if value is not None:
-                value.requires_grad_(False)
-                self._hold_layers(value)
+                self._take_in(value)
         else:
             if name not in store:
                 raise ValueError(f"{where}: a ConvMixer's layers take no tensor but their own; build the "
