@@ -212,6 +212,7 @@ def _tune_gemm(args) -> int:
 
 
 def main(argv=None) -> int:
+    from . import _settings
     from .backends import BACKEND_NAMES
     from .configs import MODEL_CONFIGS
     from .inspect import BACKENDS as INSPECT_BACKENDS
@@ -312,6 +313,9 @@ def main(argv=None) -> int:
     tune.set_defaults(run=_tune_gemm)
 
     args = parser.parse_args(argv)
+    switch_error = _settings.runtime_switch_error()
+    if switch_error is not None:
+        parser.error(switch_error)  # (exit 2)
     try:
         return args.run(args)
     except (MemoryError, RuntimeError) as error:  # (torch.OutOfMemoryError is a RuntimeError)

@@ -30,8 +30,10 @@ Runtime environment variables:
                                    later process does not redo it: ``auto/`` (the backend measured
                                    fastest per op and shape on each GPU, ``backends/measured.py``)
                                    and ``inspect/`` (the cuda kernels' cubins). Default:
-                                   ~/.cache/convmixer_fast. (Triton keeps its own compiled kernels
-                                   and autotune results under TRITON_CACHE_DIR, default ~/.triton.)
+                                   ~/.cache/convmixer_fast (without a home directory:
+                                   convmixer_fast-<uid> in the temporary folder). (Triton keeps its
+                                   own compiled kernels and autotune results under TRITON_CACHE_DIR,
+                                   default ~/.triton.)
   CONVMIXER_FAST_AUTO_MEASURE=0    ``backend="auto"`` takes, per op, the first backend of
                                    ``AUTO_ORDER`` that runs it instead of timing the candidates on
                                    the first call with each new shape (deterministic choices).
@@ -48,6 +50,9 @@ Runtime environment variables:
                                    ``bench`` and ``bench-ops`` record it in their results where git
                                    cannot tell (``.ci/gpu``'s caller sets it on the GPU machine).
 
+The on/off switches (NO_CUDA, AUTO_MEASURE, TRITON_AUTOTUNE) take 0 / 1, false / true, no / yes or
+off / on; unset or empty, their default; any other value raises a ValueError naming the variable.
+
 Development scripts (not read by the package):
   GPU_BUDGET_S=570                 ``.ci/gpu``: seconds its whole invocation may take (each stage gets
                                    at most what is left; the device tool stops a command at 600).
@@ -58,6 +63,7 @@ Development scripts (not read by the package):
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 ENV_NO_CUDA = "CONVMIXER_FAST_NO_CUDA"
@@ -82,28 +88,57 @@ NVCC_FLAGS = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo", "-DN
 TRITON_COMPILE_OPTIONS = {"enable_fp_fusion": True}
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _falsy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("0", "false", "no", "off")
+def _switch(name: str, default: bool) -> bool:
+    """An on/off environment variable: 1/true/yes/on or 0/false/no/off (any case); unset or empty,
+    ``default``. Anything else raises, naming the variable: a typo must not leave it at its default."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}: expected 0 or 1 (or false / true, no / yes, off / on), got {os.environ[name]!r}")
 
 
 def cache_dir(*parts: str) -> str:
-    """A folder under CONVMIXER_FAST_CACHE_DIR (default ~/.cache/convmixer_fast); not created here."""
-    root = os.environ.get(ENV_CACHE_DIR) or os.path.join(os.path.expanduser("~"), ".cache", "convmixer_fast")
+    """A folder under CONVMIXER_FAST_CACHE_DIR (default ~/.cache/convmixer_fast); not created here.
+    A leading ``~`` in the variable is expanded (set in a Dockerfile or a .env file, no shell did).
+    Without a home (no HOME and no passwd entry, as a container's arbitrary uid has) the default is
+    convmixer_fast-<uid> in the temporary folder, not a folder named ``~`` in the working one."""
+    root = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if root:
+        root = os.path.expanduser(root)
+    else:
+        home = os.path.expanduser("~")
+        if home == "~":
+            import tempfile
+
+            root = os.path.join(tempfile.gettempdir(), f"convmixer_fast-{os.getuid() if hasattr(os, 'getuid') else 0}")
+        else:
+            root = os.path.join(home, ".cache", "convmixer_fast")
     return os.path.join(root, *parts)
 
 
 def auto_measures() -> bool:
     """Whether ``backend="auto"`` times its candidates per op and shape (CONVMIXER_FAST_AUTO_MEASURE)."""
-    return not _falsy(os.environ.get(ENV_AUTO_MEASURE))
+    return _switch(ENV_AUTO_MEASURE, default=True)
 
 
 def triton_autotunes() -> bool:
     """Whether Triton kernels benchmark their autotune configs (CONVMIXER_FAST_TRITON_AUTOTUNE)."""
-    return not _falsy(os.environ.get(ENV_TRITON_AUTOTUNE))
+    return _switch(ENV_TRITON_AUTOTUNE, default=True)
+
+
+def runtime_switch_error() -> str | None:
+    """The message of the first malformed runtime on/off switch, else None: the CLI asks before it
+    runs anything, so a typo stops it at once rather than deep inside a measurement."""
+    for read in (auto_measures, triton_autotunes):
+        try:
+            read()
+        except ValueError as error:
+            return str(error)
+    return None
 
 
 def source_commit() -> str | None:
@@ -112,10 +147,15 @@ def source_commit() -> str | None:
 
 
 def cuda_archs() -> list[str]:
-    archs = [a.strip() for a in os.environ.get(ENV_CUDA_ARCHS, DEFAULT_CUDA_ARCHS).split(";") if a.strip()]
+    """The entries of CONVMIXER_FAST_CUDA_ARCHS: two or three digits and an optional "a" each, at
+    least one (with none, torch's build would choose architectures of its own)."""
+    value = os.environ.get(ENV_CUDA_ARCHS, DEFAULT_CUDA_ARCHS)
+    archs = [a.strip() for a in value.split(";") if a.strip()]
     for arch in archs:
-        if not arch.rstrip("a").isdigit():
+        if not re.fullmatch(r"[0-9]{2,3}a?", arch, flags=re.ASCII):
             raise ValueError(f"{ENV_CUDA_ARCHS}: expected entries like 80 or 90a, got {arch!r}")
+    if not archs:
+        raise ValueError(f"{ENV_CUDA_ARCHS}: expected ';'-separated entries like 80;90a, got {value!r}")
     return archs
 
 
@@ -204,7 +244,7 @@ def cuda_tool(name: str) -> str | None:
 
 def cuda_build_status(torch_cuda_version: str | None, cuda_home: str | None) -> tuple[bool, str]:
     """(build CUDA sources?, why / what) from torch's CUDA version and the toolkit location."""
-    if _truthy(os.environ.get(ENV_NO_CUDA)):
+    if _switch(ENV_NO_CUDA, default=False):
         return False, f"off: {ENV_NO_CUDA} is set"
     if not torch_cuda_version:
         return False, "off: torch is a CPU build"

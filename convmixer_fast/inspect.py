@@ -409,7 +409,8 @@ def _kernel_and_config(demangled: str) -> tuple[str, str]:
 
 
 def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
-    """nvcc ``source`` to a cubin for ``arch`` (cached by sources, flags and nvcc); its path."""
+    """nvcc ``source`` to a cubin for ``arch`` (cached by sources, flags, nvcc and the CUTLASS
+    version: an upgraded nvidia-cutlass keeps its include path); its path."""
     from . import _settings
 
     nvcc = _cuda_tool("nvcc")
@@ -423,6 +424,10 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
             digest.update(os.path.basename(path).encode() + f.read())
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
     digest.update(" ".join(flags).encode() + version.encode())
+    for include in _settings.cutlass_include_dirs():
+        if os.path.isfile(os.path.join(include, "cutlass", "version.h")):
+            with open(os.path.join(include, "cutlass", "version.h"), "rb") as f:
+                digest.update(f.read())
     name = os.path.splitext(os.path.basename(source))[0]
     cubin = os.path.join(cache_dir, f"{name}-{arch}-{digest.hexdigest()[:16]}.cubin")
     if not os.path.exists(cubin):
@@ -459,7 +464,11 @@ def inspect_cuda(arch: str, sources: list[str] | None = None) -> list[dict]:
     from . import _settings
 
     cache_dir = _settings.cache_dir("inspect")
-    os.makedirs(cache_dir, exist_ok=True)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+    except OSError as error:
+        raise InspectError(f"cannot keep the cubins in {cache_dir} ({error}): set {_settings.ENV_CACHE_DIR} to a "
+                           "writable folder") from None
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         cubins = list(pool.map(lambda source: _compile_cubin(source, arch, cache_dir), sources))
     return [row for cubin in cubins for row in _cuda_rows(cubin, arch)]

@@ -57,9 +57,47 @@ def test_toolkit_of_a_wrapped_nvcc(tmp_path, monkeypatch):
 def test_cuda_archs_switch(monkeypatch):
     monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, "90a")
     assert _settings.gencode_flags() == ["-gencode=arch=compute_90a,code=sm_90a"]
-    monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, "sm90")
-    with pytest.raises(ValueError, match="expected entries like 80 or 90a, got 'sm90'"):
-        _settings.cuda_archs()
+    monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, " 80 ; 90a ;")
+    assert _settings.cuda_archs() == ["80", "90a"]
+    for value in ("sm90", "9", "90aa", "\u0669\u0660"):  # (the last: Arabic-Indic digits, which isdigit takes)
+        monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, f"80;{value}")
+        with pytest.raises(ValueError, match=f"expected entries like 80 or 90a, got '{value}'"):
+            _settings.cuda_archs()
+    for value in ("", ";"):  # no architecture: torch's build would pick its own (plain sm_90, say)
+        monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, value)
+        with pytest.raises(ValueError, match="expected ';'-separated entries like 80;90a"):
+            _settings.cuda_archs()
+
+
+@pytest.mark.parametrize("name, default", [
+    (_settings.ENV_AUTO_MEASURE, True), (_settings.ENV_TRITON_AUTOTUNE, True), (_settings.ENV_NO_CUDA, False),
+])
+def test_on_off_switches_take_the_documented_spellings_and_refuse_others(monkeypatch, name, default):
+    read = {_settings.ENV_AUTO_MEASURE: _settings.auto_measures, _settings.ENV_TRITON_AUTOTUNE: _settings.triton_autotunes,
+            _settings.ENV_NO_CUDA: lambda: _settings.cuda_build_status("13.0", None)[1].endswith("is set")}[name]
+    monkeypatch.delenv(name, raising=False)
+    assert read() is default
+    for value, on in [("", default), (" ", default), ("0", False), ("off", False), ("No", False), ("FALSE", False),
+                      ("1", True), ("on", True), ("Yes", True), (" true ", True)]:
+        monkeypatch.setenv(name, value)
+        assert read() is on, value
+    for value in ("maybe", "2", "false-"):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=f"{name}: expected 0 or 1 .*got '{value}'"):
+            read()
+
+
+def test_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv(_settings.ENV_CACHE_DIR, str(tmp_path))
+    assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "auto")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv(_settings.ENV_CACHE_DIR, "~/cache")  # as a Dockerfile's ENV sets it: no shell expanded ~
+    assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "home", "cache", "auto")
+    monkeypatch.delenv(_settings.ENV_CACHE_DIR)
+    assert _settings.cache_dir() == os.path.join(str(tmp_path), "home", ".cache", "convmixer_fast")
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no HOME, no passwd entry (docker run -u)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
+    assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "tmp", f"convmixer_fast-{os.getuid()}", "auto")
 
 
 @pytest.mark.parametrize("arch, runs_on, not_on", [

@@ -124,6 +124,16 @@ def test_bad_arguments_exit_2_saying_what_was_expected(capsys, argv, message):
     assert "Traceback" not in captured.err and captured.out == ""
 
 
+@pytest.mark.parametrize("variable", ["CONVMIXER_FAST_AUTO_MEASURE", "CONVMIXER_FAST_TRITON_AUTOTUNE"])
+def test_a_malformed_switch_is_a_usage_error(capsys, monkeypatch, variable):
+    monkeypatch.setenv(variable, "maybe")
+    with pytest.raises(SystemExit) as exit_:
+        main(["verify", "--config", "16,1,3,2", "--device", "cpu"])
+    captured = capsys.readouterr()
+    assert exit_.value.code == 2 and f"{variable}: expected 0 or 1" in captured.err and "'maybe'" in captured.err
+    assert "Traceback" not in captured.err and captured.out == ""
+
+
 @pytest.mark.parametrize("error", [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 58.00 GiB"),
     RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: ..."),

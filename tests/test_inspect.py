@@ -182,6 +182,33 @@ def _cuda_toolchain_missing() -> str | None:
     return None
 
 
+def test_cubins_are_cached_per_cutlass_version(tmp_path, monkeypatch):
+    """An upgraded nvidia-cutlass keeps its include path (and so the flags): the cached cubin must
+    still be rebuilt. nvcc is stood in for by a script that writes its -o file."""
+    fake_nvcc = tmp_path / "nvcc"
+    fake_nvcc.write_text('#!/bin/sh\nwhile [ $# -gt 0 ]; do [ "$1" = -o ] && echo cubin > "$2"; shift; done\n')
+    fake_nvcc.chmod(0o755)
+    monkeypatch.setattr(insp, "_cuda_tool", lambda name: str(fake_nvcc))
+    version_header = tmp_path / "cutlass" / "include" / "cutlass" / "version.h"
+    version_header.parent.mkdir(parents=True)
+    (version_header.parent / "cutlass.h").write_text("")
+    monkeypatch.setenv("CUTLASS_DIR", str(tmp_path / "cutlass"))
+    source = f"{insp.CUDA_KERNEL_DIR}/head.cu"
+    (tmp_path / "cache").mkdir()
+    cubins = []
+    for version in (2, 2, 3):
+        version_header.write_text(f"#define CUTLASS_MINOR {version}\n")
+        cubins.append(insp._compile_cubin(source, "sm_90a", str(tmp_path / "cache")))
+    assert cubins[0] == cubins[1] != cubins[2]
+
+
+def test_an_unusable_cubin_cache_names_the_variable(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("CONVMIXER_FAST_CACHE_DIR", str(tmp_path / "file"))
+    with pytest.raises(insp.InspectError, match="set CONVMIXER_FAST_CACHE_DIR to a writable folder"):
+        insp.inspect_cuda("sm_90a", sources=[f"{insp.CUDA_KERNEL_DIR}/head.cu"])
+
+
 @pytest.fixture(scope="module", params=["sm_90a", "sm_80"])
 def cuda_rows(request):
     missing = _cuda_toolchain_missing()

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
+import os
+import stat
 import threading
 import time
+import warnings
 
 import pytest
 import torch
@@ -181,6 +185,73 @@ def test_an_unwritable_cache_warns_and_inference_goes_on(tmp_path):
         assert measured_op(Recorder("cuda"), store)(torch.zeros(2)) == "cuda"
 
 
+def test_a_failed_save_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "choices.json"
+    path.mkdir()  # os.replace cannot put the file there
+    with pytest.warns(UserWarning) as caught:  # (it is unreadable too)
+        measured_op(Recorder("cuda"), measured.ChoiceStore(str(path), IDENTITY))(torch.zeros(2))
+    assert any("could not save" in str(warning.message) for warning in caught)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["choices.json", "choices.json.lock"]
+
+
+def test_the_file_is_created_as_the_umask_says(tmp_path):
+    """Not mkstemp's 0600: a cache folder shared by a team stays readable by the others."""
+    previous = os.umask(0o022)
+    try:
+        measured_op(Recorder("cuda"), measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY))(torch.zeros(2))
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "choices.json").stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("document", [
+    {"schema": measured.STORE_SCHEMA, "identity": IDENTITY, "choices": {"sig": {"backend": ["cuda"]}}},
+    "[" * 100_000,  # nested past the JSON parser's recursion limit
+])
+def test_an_odd_file_measures_anew(tmp_path, document):
+    path = tmp_path / "choices.json"
+    path.write_text(json.dumps(document) if isinstance(document, dict) else document)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (the deep one warns that it is unreadable)
+        store = measured.ChoiceStore(str(path), IDENTITY)
+    assert store.get("sig") is None
+
+
+def _put_many(path: str, worker: int, count: int) -> None:
+    store = measured.ChoiceStore(path, IDENTITY)
+    for index in range(count):
+        store.put(f"{worker}-{index}", "cuda", {"cuda": 1.0})
+
+
+def test_processes_sharing_the_file_keep_each_others_choices(tmp_path):
+    """Each save re-reads and merges the file under a lock: without it, a process writing between
+    another's read and write dropped that one's choices (~3% of them with three processes)."""
+    path = str(tmp_path / "choices.json")
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_put_many, args=(path, worker, 100)) for worker in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+        assert worker.exitcode == 0
+    assert len(json.loads((tmp_path / "choices.json").read_text())["choices"]) == 300
+
+
+def test_each_identity_keeps_a_file_of_its_own(monkeypatch):
+    """Two environments on one machine (another torch, say, or Triton autotuning off) keep their
+    choices side by side instead of wiping each other's file at every save."""
+    monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "1")
+    first = measured.store_for(CPU)
+    measured_op(Recorder("cuda"), first)(torch.zeros(2))
+    monkeypatch.setenv("CONVMIXER_FAST_TRITON_AUTOTUNE", "0")
+    second = measured.store_for(CPU)
+    assert second.identity == {**first.identity, "triton_autotune": False}
+    assert second.path != first.path and os.path.dirname(second.path) == os.path.dirname(first.path)
+    measured_op(Recorder("triton"), second)(torch.zeros(3))
+    assert measured.ChoiceStore(first.path, first.identity).choices.keys() != second.choices.keys()
+    assert len(measured.ChoiceStore(first.path, first.identity).choices) == 1
+
+
 def test_a_candidate_that_raises_is_left_out_and_all_failing_raise(tmp_path):
     store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
     recorder = Recorder(fastest="triton")
@@ -342,7 +413,7 @@ def test_model_auto_measures_per_op_and_gives_the_same_logits(twin_backend, monk
         model(x)
     assert twin_backend == ["stem", "depthwise_block", "pointwise", "depthwise_block", "pointwise", "head"]
     stored = list((tmp_path / "cache" / "auto").glob("*.json"))
-    assert [p.name for p in stored] == ["cpu.json"]
+    assert [p.name[:4] for p in stored] == ["cpu-"]  # cpu-<identity hash>.json
     assert len(json.loads(stored[0].read_text())["choices"]) == 4  # one signature per op
 
 

@@ -19,10 +19,13 @@ that computes wrongly on this GPU and shape is never chosen. If none agrees, the
 (slow, right, warned about). Where the reference's own output is not finite (NaN / Inf inputs) or
 it cannot run, the candidates are not judged.
 
-Choices live per process and in one JSON file per GPU model under ``CONVMIXER_FAST_CACHE_DIR``'s
-``auto/`` (``_settings``): a later process on the same kind of GPU, with the same versions of
-convmixer_fast, torch and triton and the same kernels (``kernels_fingerprint``: a rebuilt or edited
-kernel counts as new), reuses them without measuring; any change starts afresh.
+Choices live per process and in a JSON file per GPU model and identity under
+``CONVMIXER_FAST_CACHE_DIR``'s ``auto/`` (``_settings``): a later process on the same kind of GPU,
+with the same versions of convmixer_fast, torch and triton, the same kernels
+(``kernels_fingerprint``: a rebuilt or edited kernel counts as new) and the same Triton autotuning
+switch, reuses them without measuring; any change starts a file of its own (two environments on one
+machine do not overwrite each other's). Processes sharing a file merge their choices under a file
+lock.
 ``CONVMIXER_FAST_AUTO_MEASURE=0`` turns measuring off (the first candidate runs). An unmeasured
 signature during CUDA graph capture takes the first candidate (timing would synchronize the
 device); torch.compile never sees these ops (the model resolves without measuring while tracing).
@@ -32,13 +35,13 @@ work on the GPU while one runs, another process's say, is timed with it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
 import re
 import statistics
-import tempfile
 import threading
 import time
 import warnings
@@ -161,14 +164,14 @@ def device_identity(device: torch.device) -> dict:
     else:
         name = device.type
     return {"device": name, "convmixer_fast": __version__, "kernels": kernels_fingerprint(), "torch": torch.__version__,
-            "triton": triton_version}
+            "triton": triton_version, "triton_autotune": _settings.triton_autotunes()}
 
 
 class ChoiceStore:
     """signature -> the chosen backend and every candidate's seconds, for one device identity;
     loaded from and saved to ``path`` (JSON). A missing, unreadable or other-identity file gives an
-    empty store; saving re-reads the file and merges, so processes sharing it keep each other's
-    choices."""
+    empty store; saving re-reads the file and merges under a lock on ``path + ".lock"``, so
+    processes sharing it keep each other's choices."""
 
     def __init__(self, path: str, identity: dict):
         self.path, self.identity = path, identity
@@ -180,7 +183,7 @@ class ChoiceStore:
                 document = json.load(file)
         except (FileNotFoundError, NotADirectoryError):
             return {}
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, RecursionError) as error:  # (bad JSON or UTF-8; nested too deep)
             warnings.warn(f"convmixer_fast: ignoring the unreadable auto-backend cache {self.path}: {error}")
             return {}
         if (not isinstance(document, dict) or document.get("schema") != STORE_SCHEMA
@@ -190,32 +193,58 @@ class ChoiceStore:
 
     def get(self, key: str) -> str | None:
         entry = self.choices.get(key)
-        return entry.get("backend") if isinstance(entry, dict) else None
+        backend = entry.get("backend") if isinstance(entry, dict) else None
+        return backend if isinstance(backend, str) else None  # (an edited file's list, say: measured anew)
 
     def put(self, key: str, backend: str, seconds: dict[str, float], failures: dict[str, str] | None = None) -> None:
         self.choices[key] = {"backend": backend, "seconds": seconds, **({"failed": failures} if failures else {})}
-        merged = {**self._read(), **self.choices}
-        document = {"schema": STORE_SCHEMA, "identity": self.identity, "choices": merged}
+        # Written next to the file, then renamed over it (readers see the old or the new file); the
+        # temporary name is per process and thread where no lock exists. os.open's mode 0o666 goes
+        # through the umask as any new file's does (mkstemp's 0o600 would shut out a shared cache).
+        temporary = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            handle, temporary = tempfile.mkstemp(dir=os.path.dirname(self.path), suffix=".tmp")
-            with os.fdopen(handle, "w") as file:
-                json.dump(document, file, indent=1, sort_keys=True)
-            os.replace(temporary, self.path)  # atomic: readers see the old or the new file
+            with _file_lock(self.path + ".lock"):
+                document = {"schema": STORE_SCHEMA, "identity": self.identity,
+                            "choices": {**self._read(), **self.choices}}
+                handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+                try:
+                    with os.fdopen(handle, "w") as file:
+                        json.dump(document, file, indent=1, sort_keys=True)
+                    os.replace(temporary, self.path)
+                finally:
+                    with contextlib.suppress(OSError):  # (a full disk: no stray temporary file per put)
+                        os.unlink(temporary)
         except OSError as error:  # a read-only home must not break inference
             warnings.warn(f"convmixer_fast: could not save the auto-backend cache {self.path}: {error}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+    """An exclusive advisory lock (``flock``) on ``path``, created if missing; none where the
+    platform has no ``fcntl`` (Windows: the last writer's merge wins)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # (released when the handle closes)
+        yield
 
 
 _STORES: dict[str, ChoiceStore] = {}
 
 
 def store_for(device: torch.device) -> ChoiceStore:
-    """The process-wide store of ``device``'s kind (one file per device model under the cache dir)."""
+    """The process-wide store of ``device``'s kind and identity (a file per device model and
+    identity hash under the cache dir)."""
     identity = device_identity(device)
     slug = re.sub(r"[^a-z0-9]+", "-", identity["device"].lower()).strip("-")
-    path = os.path.join(_settings.cache_dir("auto"), f"{slug}.json")
+    identity_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    path = os.path.join(_settings.cache_dir("auto"), f"{slug}-{identity_hash}.json")
     store = _STORES.get(path)
-    if store is None or store.identity != identity:
+    if store is None:
         store = _STORES[path] = ChoiceStore(path, identity)
     return store
 
