@@ -115,6 +115,14 @@ struct Checker {
   void apart(const at::Tensor& output, const char* output_name, const at::Tensor& input, const char* input_name) const {
     TORCH_CHECK_VALUE(!may_overlap(output, input), op, ": ", output_name, " must not overlap ", input_name);
   }
+  // The op's weight and fp32 epilogue vectors are read (by other CTAs) while `output` is written.
+  void apart_from_operands(const at::Tensor& output, const char* output_name, const at::Tensor& weight,
+                           const at::Tensor& bias, const at::Tensor& scale, const at::Tensor& shift) const {
+    apart(output, output_name, weight, "weight");
+    apart(output, output_name, bias, "bias");
+    apart(output, output_name, scale, "scale");
+    apart(output, output_name, shift, "shift");
+  }
   // TMA and 16-byte vector accesses: a fresh tensor always is; a view with an offset may not be.
   void aligned16(const at::Tensor& t, const char* name) const {
     TORCH_CHECK_VALUE(reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0, op, ": ", name,
@@ -190,6 +198,7 @@ void cuda_stem(const at::Tensor& image, const at::Tensor& weight, const at::Tens
   check.shape_is(out, "out", {batch, height / patch, width / patch, channels});
   check.placed(out, "out", device);
   check.apart(out, "out", image, "image");
+  check.apart_from_operands(out, "out", weight, bias, scale, shift);
   check.runs_here(device);
 #ifdef CONVMIXER_FAST_WITH_CUDA
   const c10::cuda::CUDAGuard guard(device);
@@ -222,6 +231,7 @@ void cuda_depthwise_block(const at::Tensor& x, const at::Tensor& weight, const a
   check.shape_is(out, "out", x.sizes());
   check.placed(out, "out", device);
   check.apart(out, "out", x, "x (the kernel reads the halo of x)");
+  check.apart_from_operands(out, "out", weight, bias, scale, shift);
   const int algorithm_index = depthwise_algorithm_index(algorithm);
   check.expect(algorithm_index >= 0,
                "algorithm must be one of " + depthwise_algorithm_names() + ", got '" + algorithm + "'");
@@ -277,6 +287,7 @@ void cuda_pointwise(const at::Tensor& y, const at::Tensor& weight, const at::Ten
   check.shape_is(out, "out", out_shape);
   check.placed(out, "out", device);
   check.apart(out, "out", y, "y");
+  check.apart_from_operands(out, "out", weight, bias, scale, shift);
   const std::pair<const at::Tensor*, const char*> operands[] = {
       {&y, "y"}, {&weight, "weight"}, {&bias, "bias"}, {&scale, "scale"}, {&shift, "shift"}, {&out, "out"}};
   for (const auto& [t, name] : operands) check.aligned16(*t, name);
@@ -323,6 +334,10 @@ void cuda_head(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& 
   check.apart(pooled, "pooled", x, "x");
   check.apart(out, "out", x, "x");
   check.apart(out, "out", pooled, "pooled");
+  check.apart(pooled, "pooled", weight, "weight");  // the classifier reads them after the pool wrote pooled
+  check.apart(pooled, "pooled", bias, "bias");
+  check.apart(out, "out", weight, "weight");
+  check.apart(out, "out", bias, "bias");
   check.runs_here(device);
 #ifdef CONVMIXER_FAST_WITH_CUDA
   const c10::cuda::CUDAGuard guard(device);

@@ -79,6 +79,7 @@ CASES = [
      "pointwise: y must start at a 16-byte aligned address"),
     ("pointwise", 6, lambda a: a[0].view(-1)[:48].view(2, 3, 8), ValueError, "pointwise: out must not overlap y"),
     ("pointwise", 0, lambda a: a[0][..., :0], ValueError, r"y must be \[\.\.\., K\] with K >= 1"),
+    ("pointwise", 6, lambda a: a[1].view(-1)[:48].view(2, 3, 8), ValueError, "pointwise: out must not overlap weight"),
     ("head", 0, lambda a: a[0][:0], ValueError, "head: x must be non-empty"),
     ("head", 2, lambda a: a[2].double(), TypeError, "head: bias must have dtype torch.float32"),
     ("head", 3, lambda a: torch.empty(2, 9), ValueError, r"head: pooled must have shape \[2, 8\]"),

@@ -38,6 +38,7 @@ CASES = [
     ("stem", dict(image=lambda a: a["image"][0]), ValueError, r"image must be \[B, Cin, H, W\], got shape \[3, 8, 8\]"),
     ("stem", dict(image=lambda a: a["image"][:, :, :1]), ValueError, "H and W must be >= the patch size 2, got H=1"),
     ("stem", dict(weight=lambda a: a["weight"][..., :1].contiguous()), ValueError, "square patches"),
+    ("stem", dict(weight=lambda a: a["weight"][..., :0, :0].contiguous()), ValueError, "square patches, p >= 1"),
     ("stem", dict(weight=lambda a: a["weight"][:, :2].contiguous()), ValueError, r"Cin=3 \(image.shape\[1\]\)"),
     ("stem", dict(weight=lambda a: a["weight"].transpose(2, 3)), ValueError, "weight must be contiguous"),
     ("stem", dict(weight=lambda a: a["weight"].double()), TypeError, "weight must have a dtype in"),
@@ -135,10 +136,23 @@ def test_an_image_of_2_31_elements_is_rejected(outputs_fn, base):
 
 
 @pytest.mark.parametrize("offset", [0, 7], ids=["same", "partial"])
-def test_depthwise_out_overlapping_x_rejected(offset):
+def test_outputs_overlapping_inputs_or_each_other_rejected(offset):
     x = DEPTHWISE["x"]
     storage = torch.zeros(2 * x.numel())
-    with pytest.raises(ValueError, match="out must not overlap x"):
-        _checks.check_depthwise_out_apart(storage[: x.numel()].view_as(x),
-                                          storage[offset: offset + x.numel()].view_as(x))
-    _checks.check_depthwise_out_apart(x, torch.empty_like(x))
+    with pytest.raises(ValueError, match="depthwise_block: out must not overlap x"):
+        _checks.check_apart("depthwise_block", {"out": storage[offset: offset + x.numel()].view_as(x)},
+                            {"x": storage[: x.numel()].view_as(x)})
+    weight = torch.zeros(64)
+    with pytest.raises(ValueError, match="head: out must not overlap pooled"):
+        _checks.check_apart("head", {"pooled": weight[:8], "out": weight[offset: offset + 8]}, {})
+    _checks.check_apart("depthwise_block", {"out": torch.empty_like(x)}, {"x": x, "weight": weight})
+    _checks.check_apart("stem", {"out": storage[:0]}, {"image": storage})  # nothing written: no overlap
+
+
+def test_a_strided_input_spans_its_gaps():
+    """A cropped image spans more bytes than it holds: an ``out`` in its gaps' range still overlaps."""
+    storage = torch.zeros(4, 3, 8, 8)
+    image = storage[:, :, :4, :4]
+    with pytest.raises(ValueError, match="stem: out must not overlap image"):
+        _checks.check_apart("stem", {"out": storage[1, 0, 6]}, {"image": image})
+    _checks.check_apart("stem", {"out": torch.empty(8)}, {"image": image})

@@ -76,6 +76,17 @@ def test_head_opcheck(kernel_backend):
     torch.library.opcheck(op, (x, weight, bias, pooled, out))
 
 
+def test_head_rejects_outputs_overlapping_the_classifier(kernel_backend):
+    """The classifier reads the weight and bias after the pool has written pooled."""
+    x, weight, bias = make_inputs(2, 3, 3, 8, 8, torch.float32, seed=3)
+    with pytest.raises(ValueError, match="head: pooled must not overlap weight"):
+        kernel_backend.load_ops().head(x, weight, bias, pooled=weight[:2])
+    storage = torch.zeros(24, device=DEVICE)
+    bias = storage[:8].copy_(bias)
+    with pytest.raises(ValueError, match="head: out must not overlap bias"):
+        kernel_backend.load_ops().head(x, weight, bias, out=storage[4:20].view(2, 8))
+
+
 def test_entry_checks_arguments():
     """The entry runs the shared checks (ops/_checks.py, tested in test_op_checks.py) first."""
     x, weight, bias = make_inputs(2, 3, 3, 8, 5, torch.float16, seed=3)

@@ -75,6 +75,16 @@ def test_allocates_output(kernel_backend):
     torch.testing.assert_close(result, expected, atol=4e-3, rtol=4e-3)
 
 
+def test_op_rejects_out_overlapping_an_input(kernel_backend):
+    """Other programs read the weight and the epilogue vectors while one writes its tile of out."""
+    y, weight, bias, scale, shift = make_inputs((2, 3), 8, 8, torch.float16)
+    pointwise = kernel_backend.load_ops().pointwise
+    with pytest.raises(ValueError, match="pointwise: out must not overlap weight"):
+        pointwise(y, weight, bias, scale, shift, "gelu", out=weight.view(-1)[:48].view(2, 3, 8))
+    with pytest.raises(ValueError, match="pointwise: out must not overlap y"):
+        pointwise(y, weight, bias, scale, shift, "gelu", out=y)
+
+
 TMA_CONFIGS = [c for c in pw.CONFIGS if c.kwargs["TMA"]]
 
 

@@ -70,12 +70,30 @@ def _shape(shape) -> str:
     return str(list(shape))
 
 
-def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the memory of two contiguous tensors overlaps (pointers only, no device sync)."""
-    a_start, b_start = a.data_ptr(), b.data_ptr()
-    a_end = a_start + a.numel() * a.element_size()
-    b_end = b_start + b.numel() * b.element_size()
-    return a.device == b.device and a_start < b_end and b_start < a_end
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """The first byte of ``t``'s elements and one past its last (any non-negative strides); an
+    empty tensor spans nothing."""
+    start = t.data_ptr()
+    if t.is_contiguous():
+        return start, start + t.nbytes
+    if t.numel() == 0:
+        return start, start
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return start, start + (last + 1) * t.element_size()
+
+
+def check_apart(op: str, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]) -> None:
+    """Each output must not overlap an input or an output before it: a kernel's programs read the
+    inputs (the depthwise block: the halo of x) while others write, so an overlap is a silently wrong
+    answer. Called where real pointers exist (inside the op, not at trace time under torch.compile),
+    on tensors already checked to share a device; the cuda backend's C++ checks the same."""
+    spans = [(name, _byte_span(t)) for name, t in inputs.items()]
+    for out_name, out in outputs.items():
+        out_start, out_end = _byte_span(out)
+        for name, (start, end) in spans:
+            if out_start < end and start < out_end:
+                _Checker(op).fail(ValueError, f"{out_name} must not overlap {name}")
+        spans.append((out_name, (out_start, out_end)))
 
 
 def stem_outputs(image, weight, bias, scale, shift, act, out) -> torch.Tensor:
@@ -87,8 +105,8 @@ def stem_outputs(image, weight, bias, scale, shift, act, out) -> torch.Tensor:
     B, Cin, H, W = image.shape
     check.tensor("weight", weight, dtypes=SUPPORTED_DTYPES, device=image.device)
     check.expect(
-        weight.dim() == 4 and weight.shape[1] == Cin and weight.shape[2] == weight.shape[3],
-        lambda: f"weight must be [C, Cin, p, p] with Cin={Cin} (image.shape[1]) and square patches, "
+        weight.dim() == 4 and weight.shape[1] == Cin and weight.shape[2] == weight.shape[3] and weight.shape[2] >= 1,
+        lambda: f"weight must be [C, Cin, p, p] with Cin={Cin} (image.shape[1]) and square patches, p >= 1, "
         f"got shape {_shape(weight.shape)}",
     )
     C, _, patch, _ = weight.shape
@@ -100,7 +118,7 @@ def stem_outputs(image, weight, bias, scale, shift, act, out) -> torch.Tensor:
 
 def depthwise_block_outputs(x, weight, bias, scale, shift, act, out) -> torch.Tensor:
     """x ``[B, H, W, C]`` tokens, weight ``[k, k, C]`` (1 <= k <= 31) in x's dtype; returns out
-    (x's shape and dtype; see also ``check_depthwise_out_apart``)."""
+    (x's shape and dtype; see also ``check_apart``)."""
     check = _Checker("depthwise_block")
     check.tensor("x", x, dtypes=SUPPORTED_DTYPES)
     check.expect(x.dim() == 4, lambda: f"x must be [B, H, W, C] tokens, got shape {_shape(x.shape)}")
@@ -116,14 +134,6 @@ def depthwise_block_outputs(x, weight, bias, scale, shift, act, out) -> torch.Te
     )
     check.epilogue(bias, scale, shift, act, C, x.device)
     return check.output("out", out, x.shape, x.dtype, x.device)
-
-
-def check_depthwise_out_apart(x: torch.Tensor, out: torch.Tensor) -> None:
-    """The kernel reads neighbours of every output: ``out`` must not overlap ``x``. Called where real
-    pointers exist (inside the op, not at trace time under torch.compile)."""
-    if _overlaps(out, x):
-        _Checker("depthwise_block").fail(ValueError, "out must not overlap x (the kernel reads the halo of x "
-                                         "after other programs may have written out)")
 
 
 def pointwise_outputs(y, weight, bias, scale, shift, act, out) -> torch.Tensor:

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from .._settings import TRITON_COMPILE_OPTIONS
-from ._checks import MAX_KERNEL_SIZE, check_depthwise_out_apart, depthwise_block_outputs, epilogue_entry
+from ._checks import MAX_KERNEL_SIZE, check_apart, depthwise_block_outputs, epilogue_entry
 from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
@@ -249,7 +249,7 @@ def _grid(B: int, H: int, W: int, C: int):
 
 def _launch(x, weight, bias, scale, shift, act, out) -> None:
     # Checked here, not in the entry: pointers exist only at run time (not under torch.compile).
-    check_depthwise_out_apart(x, out)
+    check_apart("depthwise_block", {"out": out}, {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     B, H, W, C = x.shape
     K = weight.shape[0]
     with device_guard(x):
@@ -270,9 +270,10 @@ depthwise_block = epilogue_entry(
 
     ``weight`` is ``[k, k, C]`` (``1 <= k <= 31``) in the dtype of ``x``; ``bias``, ``scale`` and
     ``shift`` are fp32 ``[C]``; ``act`` is ``"gelu"`` or ``"relu"``. ``out`` (``[B, H, W, C]``,
-    dtype of ``x``, must not overlap ``x``) is allocated when None. All tensors must be contiguous
-    and on one device. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong
-    activation, shape, contiguity, device or an ``out`` that overlaps ``x`` (``ops._checks``).
+    dtype of ``x``, must not overlap an input) is allocated when None. All tensors must be
+    contiguous and on one device. Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a
+    wrong activation, shape, contiguity, device or an ``out`` that overlaps an input
+    (``ops._checks``).
     """,
 )
 

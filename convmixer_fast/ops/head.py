@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .._settings import TRITON_COMPILE_OPTIONS
-from ._checks import head_outputs
+from ._checks import check_apart, head_outputs
 from ._triton_utils import KernelSpec, TRITON_DTYPE_NAMES, autotune, config_label, device_guard
 
 __all__ = ["head", "kernel_specs", "POOL_CONFIGS", "CLASSIFIER_CONFIGS"]
@@ -139,6 +139,7 @@ def triton_head(
     out: torch.Tensor,
 ) -> None:
     """Pool ``x`` ``[B, H, W, C]`` into ``pooled`` (fp32 ``[B, C]``); ``out = pooled @ Wᵀ + b``."""
+    check_apart("head", {"pooled": pooled, "out": out}, {"x": x, "weight": weight, "bias": bias})
     B, H, W, C = x.shape
     N = weight.shape[0]
     HW = H * W
@@ -167,9 +168,9 @@ def head(
 
     ``weight`` ``[N, C]`` has the dtype of ``x``, ``bias`` is fp32 ``[N]``. ``pooled`` (fp32
     ``[B, C]``, the workspace: on return it holds the channel means) and ``out`` (``[B, N]``, dtype
-    of ``x``) are allocated when None. All tensors must be contiguous and on one device.
-    Raises ``TypeError`` for a wrong dtype and ``ValueError`` for a wrong shape, contiguity or
-    device (``ops._checks``).
+    of ``x``) are allocated when None; they must overlap neither an input nor each other. All tensors
+    must be contiguous and on one device. Raises ``TypeError`` for a wrong dtype and ``ValueError``
+    for a wrong shape, contiguity, device or overlap (``ops._checks``).
     """
     pooled, out = head_outputs(x, weight, bias, pooled, out)
     triton_head(x, weight, bias, pooled, out)

@@ -44,7 +44,7 @@ from convmixer_fast.ops._triton_utils import (
     is_interpreting,
     max_shared_memory,
 )
-from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
+from convmixer_fast.ops._checks import check_apart, epilogue_entry, pointwise_outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,6 +510,7 @@ def tma_requirements(y: torch.Tensor, weight: torch.Tensor) -> str:
 def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | None = None, kind: str = "any") -> None:
     """Launch on already validated tensors; ``config`` forces one config (tests), else the
     autotuner of ``kind`` (``CONFIG_KINDS``) chooses."""
+    check_apart("pointwise", {"out": out}, {"y": y, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     N, K = weight.shape
     M = math.prod(y.shape[:-1])
     tma = tma_loads_apply(y, weight)
@@ -531,9 +532,9 @@ pointwise = epilogue_entry(
 
     x: ``[..., K]`` contiguous, fp32/fp16/bf16; weight: ``[N, K]`` contiguous, x's dtype;
     bias/scale/shift: fp32 ``[N]``; act: "gelu" or "relu"; out: optional ``[..., N]`` contiguous
-    tensor of x's dtype (allocated when None). Returns ``out``.
-    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
-    (``ops._checks``).
+    tensor of x's dtype that overlaps no input (allocated when None). Returns ``out``.
+    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts or an
+    overlapping ``out`` (``ops._checks``).
     """,
 )
 

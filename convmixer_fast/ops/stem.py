@@ -22,7 +22,7 @@ from convmixer_fast.ops._triton_utils import (
     autotune,
     epilogue_custom_op,
 )
-from convmixer_fast.ops._checks import epilogue_entry, stem_outputs
+from convmixer_fast.ops._checks import check_apart, epilogue_entry, stem_outputs
 from convmixer_fast.ops.pointwise import (
     GEMM_AUTOTUNE_KEY,
     epilogue_store,
@@ -103,6 +103,7 @@ _stem_tuned = autotune(CONFIGS, key=GEMM_AUTOTUNE_KEY)(
 
 def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config | None = None) -> None:
     """Launch on already validated tensors; ``config`` forces one config (tests), else autotune."""
+    check_apart("stem", {"out": out}, {"image": image, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     B, Cin, H, W = image.shape
     N, _, patch, _ = weight.shape
     Hp, Wp = H // patch, W // patch
@@ -124,9 +125,9 @@ stem = epilogue_entry(
     x: fp32/fp16/bf16, any strides (read in place; need not match the weight dtype);
     weight: conv weight ``[C, Cin, p, p]`` contiguous, fp32/fp16/bf16 (the model dtype);
     bias/scale/shift: fp32 ``[C]``; act: "gelu" or "relu"; out: optional contiguous
-    ``[B, H//p, W//p, C]`` tensor of the weight dtype (allocated when None). Returns ``out``.
-    Raises TypeError for wrong types/dtypes and ValueError for wrong shapes/devices/layouts
-    (``ops._checks``).
+    ``[B, H//p, W//p, C]`` tensor of the weight dtype that overlaps no input (allocated when None).
+    Returns ``out``. Raises TypeError for wrong types/dtypes and ValueError for wrong
+    shapes/devices/layouts or an overlapping ``out`` (``ops._checks``).
     """,
 )
 

@@ -16,8 +16,9 @@ cudaError_t stem(const void* image, DType image_dtype, const int64_t image_strid
   if (batch == 0 || channels == 0) return cudaSuccess;  // no output
   const int64_t K = static_cast<int64_t>(in_channels) * patch * patch;
   if (K > INT_MAX || static_cast<int64_t>(patch) * patch > INT_MAX) return cudaErrorInvalidValue;
-  if (image_strides == nullptr || weight == nullptr || out == nullptr || epilogue.bias == nullptr ||
-      epilogue.scale == nullptr || epilogue.shift == nullptr || (image == nullptr && K > 0))
+  // K == 0 (Cin == 0): image and weight are empty, and torch hands out nullptr for them.
+  if (image_strides == nullptr || out == nullptr || epilogue.bias == nullptr || epilogue.scale == nullptr ||
+      epilogue.shift == nullptr || (K > 0 && (image == nullptr || weight == nullptr)))
     return cudaErrorInvalidValue;
 
   const int Hp = height / patch;  // floored, as the strided conv does
