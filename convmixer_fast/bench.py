@@ -75,6 +75,7 @@ MIN_REPEATS = 3
 MEASURE_SECONDS = 0.5
 MIN_REPEAT_SECONDS = 0.01
 PEAK_GEMM_SIZE = 8192
+LATENCY_SECONDS = 0.25  # most time spent on single synchronized calls (at least MIN_REPEATS of them)
 AMP_DTYPES = {"cuda": "fp16", "cpu": "bf16"}  # autocast dtype of the eager peers per device type
 TABLE_BASELINES = ("eager-amp", "torch-compile", "gemm-floor")
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -210,7 +211,7 @@ class WorkloadInputs:
     reference: object  # fp32 ConvMixerReference (eval) with trained-looking random weights
     image: object  # torch.randn [B, 3, S, S] fp32 on the device
     logits: object  # the reference's fp32 logits, computed with TF32 off
-    eager_errors: dict = field(default_factory=dict)  # dtype -> the eager backend's error (InputCache.eager_error)
+    dtype_errors: dict = field(default_factory=dict)  # dtype -> (eager backend's, plain PyTorch's) errors
 
 
 def _torch_dtype(name: str):
@@ -466,20 +467,24 @@ class InputCache:
             self._inputs = (key, WorkloadInputs(reference, image, logits))
         return self._inputs[1]
 
-    def eager_error(self, workload: Workload, dtype: str) -> float:
-        """``max|out - ref| / max|ref|`` of the workload's logits computed by convmixer_fast's eager
-        backend in ``dtype`` (PyTorch's ops, rounding to ``dtype`` where the kernels do): what the
-        dtype itself loses on this network, the yardstick of ``verify.model_tolerance``."""
+    def dtype_errors(self, workload: Workload, dtype: str) -> tuple[float, float]:
+        """``max|out - ref| / max|ref|`` of the workload's logits in ``dtype`` computed by
+        convmixer_fast's eager backend (PyTorch's ops, rounding to ``dtype`` where the kernels do)
+        and by plain PyTorch (``verify.plain_torch_error``): what the dtype itself loses on this
+        network, the yardsticks of ``verify.model_tolerance``."""
         import torch
 
-        from .verify import errors
+        from .verify import errors, plain_torch_error
 
         inputs = self.get(workload)
-        if dtype not in inputs.eager_errors:
+        if dtype not in inputs.dtype_errors:
             model = self.convmixer_fast(replace(workload, dtype=dtype), "eager", cuda_graphs=False)
             with torch.inference_mode():
-                inputs.eager_errors[dtype] = errors(model(inputs.image), inputs.logits)[1]
-        return inputs.eager_errors[dtype]
+                eager_error = errors(model(inputs.image), inputs.logits)[1]
+            del model
+            plain_error = plain_torch_error(inputs.reference, inputs.image, _torch_dtype(dtype), inputs.logits)
+            inputs.dtype_errors[dtype] = eager_error, plain_error
+        return inputs.dtype_errors[dtype]
 
     def _reference_model(self, workload: Workload):
         """The fp32 reference of the workload's model, its weights calibrated at its image size."""
@@ -522,16 +527,16 @@ class Check:
         return self.max_rel_err <= self.tolerance  # False for NaN
 
 
-def model_tolerance(dtype: str, device_type: str, eager_error: float) -> float:
-    """``verify``'s whole-model tolerance of ``dtype`` given the eager backend's error in it; fp32 on
-    a GPU counts as TF32 when matmuls or cuDNN convolutions (its default, which the eager peers use)
-    may run in TF32."""
+def model_tolerance(dtype: str, device_type: str, eager_error: float, plain_error: float) -> float:
+    """``verify``'s whole-model tolerance of ``dtype`` given the eager backend's and plain
+    PyTorch's errors in it; fp32 on a GPU counts as TF32 when matmuls or cuDNN convolutions (its
+    default, which the eager peers use) may run in TF32."""
     import torch
 
     from . import _tf32, verify
 
     floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=_tf32.any_allowed())[1]
-    return verify.model_tolerance(floor, eager_error)
+    return verify.model_tolerance(floor, eager_error, plain_error)
 
 
 def check_logits(provider: Provider, prepared: Prepared, workload: Workload, cache: InputCache) -> Check | None:
@@ -544,16 +549,20 @@ def check_logits(provider: Provider, prepared: Prepared, workload: Workload, cac
     inputs, dtype = cache.get(workload), provider.dtype(workload)
     relative = [errors(prepared.run(), inputs.logits)[1] for _ in range(CHECKED_CALL)]
     max_rel_err = max(relative, key=lambda error: math.inf if math.isnan(error) else error)
-    return Check(max_rel_err, model_tolerance(dtype, workload.device_type, cache.eager_error(workload, dtype)))
+    return Check(max_rel_err, model_tolerance(dtype, workload.device_type, *cache.dtype_errors(workload, dtype)))
 
 
 @dataclass(frozen=True)
 class Timing:
-    """Median seconds per call over repeats; ``per_call_s`` holds each repeat's mean."""
+    """Median seconds per call over repeats; ``per_call_s`` holds each repeat's mean (calls back to
+    back: on a GPU the host queues a call while the previous ones run). ``latency_s``: the median
+    wall time of single calls, each waited for (the host's own work included: what a caller that
+    needs each result before the next input waits)."""
 
     median_s: float
     per_call_s: tuple[float, ...]
     calls_per_repeat: int
+    latency_s: float | None = None
 
 
 def plan_repeats(call_seconds: float, max_repeats: int) -> tuple[int, int]:
@@ -585,9 +594,25 @@ def warm_up(run: Callable[[], object], device_type: str, warmup: int) -> float:
     return time.perf_counter() - start
 
 
-def time_calls(run: Callable[[], object], device_type: str, *, warmup: int, max_repeats: int) -> Timing:
+def latency(run: Callable[[], object], device_type: str, call_seconds: float, max_calls: int) -> float:
+    """The median wall time of single synchronized calls of ``run`` (``call_seconds`` each, about:
+    as many as fit ``LATENCY_SECONDS``, at least ``MIN_REPEATS``, at most ``max_calls``)."""
+    calls = min(max_calls, max(MIN_REPEATS, int(LATENCY_SECONDS / max(call_seconds, 1e-9))))
+    call = synchronized(run, device_type)
+    _synchronize(device_type)
+    seconds = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        call()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def time_calls(run: Callable[[], object], device_type: str, *, warmup: int, max_repeats: int,
+               with_latency: bool = False) -> Timing:
     """Time ``run`` after ``warm_up`` (its last call sizes the repeats, ``plan_repeats``): CUDA
-    events around each repeat on a GPU, ``time.perf_counter`` on CPU; the median is the figure."""
+    events around each repeat on a GPU, ``time.perf_counter`` on CPU; the median is the figure.
+    ``with_latency``: then single synchronized calls too (``latency``)."""
     import torch
 
     repeats, calls = plan_repeats(warm_up(run, device_type, warmup), max_repeats)
@@ -607,7 +632,9 @@ def time_calls(run: Callable[[], object], device_type: str, *, warmup: int, max_
             for _ in range(calls):
                 run()
             per_call.append((time.perf_counter() - begin) / calls)
-    return Timing(statistics.median(per_call), tuple(per_call), calls)
+    median = statistics.median(per_call)
+    single = latency(run, device_type, median, max_repeats) if with_latency else None
+    return Timing(median, tuple(per_call), calls, single)
 
 
 def matmul_peak_tflops(dtype: str, device: str, max_repeats: int = GPU_REPEATS) -> float:
@@ -679,7 +706,7 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
             if check is not None and not check.ok:
                 return Entry(provider, "wrong", precision, check=check, wall_s=time.perf_counter() - start,
                              reason=f"max rel err {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
-            timing = time_calls(prepared.run, device_type, warmup=warmup, max_repeats=max_repeats)
+            timing = time_calls(prepared.run, device_type, warmup=warmup, max_repeats=max_repeats, with_latency=True)
     except Exception as error:  # one failing provider is reported; the others still run
         return Entry(provider, "error", precision, reason=error_summary(error), wall_s=time.perf_counter() - start)
     return Entry(provider, "ok", precision, timing=timing, compile_s=prepared.compile_s, detail=prepared.describe(),
@@ -724,6 +751,7 @@ def workload_record(workload: Workload, entries: list[Entry], peak_tflops: float
                 repeats=len(entry.timing.per_call_s),
                 calls_per_repeat=entry.timing.calls_per_repeat,
                 times_ms=[t * 1e3 for t in entry.timing.per_call_s],
+                latency_ms=entry.timing.latency_s * 1e3,
             )
         providers[entry.provider.name] = record
     add_ratios(providers)
@@ -738,7 +766,8 @@ def workload_record(workload: Workload, entries: list[Entry], peak_tflops: float
 
 def run_workloads(workloads: list[Workload], providers: list[Provider], *, warmup: int, max_repeats: int,
                   peaks: dict[str, float], seed: int = 0,
-                  on_step: Callable[[str], None] = lambda label: None) -> Iterator[dict]:
+                  on_step: Callable[[str], None] = lambda label: None,
+                  on_partial: Callable[[dict], None] = lambda record: None) -> Iterator[dict]:
     """Measure every provider on every workload, yielding each workload's record when it is done.
 
     A fixed-precision provider (the peers) is measured once per (model, batch, image size) and
@@ -768,6 +797,8 @@ def run_workloads(workloads: list[Workload], providers: list[Provider], *, warmu
                     gc.collect()  # the provider's models, graphs and buffers go before the next one's
                     torch.cuda.empty_cache()
             entries.append(measured[key])
+            if len(entries) < len(providers):  # what a kill before the workload ends would otherwise lose
+                on_partial({**workload_record(workload, entries, peaks.get(workload.dtype)), "partial": True})
         yield workload_record(workload, entries, peaks.get(workload.dtype))
 
 
@@ -905,7 +936,8 @@ def format_workload(record: dict) -> str:
     parts = ", ".join(f"{part} {flops[part] / 1e9:.3g}" for part in ("stem", "depthwise", "pointwise", "head"))
     peak = f"; {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
     lines = [f"{record['label']}: {record['gflop_per_image']:.4g} GFLOP/img ({parts}){peak}"]
-    header = (f"  {'provider':<30} {'precision':<14} {'img/s':>10} {'ms/batch':>9} {'TFLOP/s':>8} {'%peak':>6}"
+    header = (f"  {'provider':<30} {'precision':<14} {'img/s':>10} {'ms/batch':>9} {'latency':>9} {'TFLOP/s':>8} "
+              f"{'%peak':>6}"
               + "".join(f" {'x ' + name:>16}" for name in TABLE_BASELINES))
     lines.append(header)
     notes = []
@@ -916,7 +948,7 @@ def format_workload(record: dict) -> str:
             continue
         fraction = entry.get("fraction_of_peak")
         row += (f" {_number(entry['img_per_s'], 10)} {_number(entry['ms_per_batch'], 9, 3)}"
-                f" {_number(entry['tflops'], 8, 2)} {_number(fraction * 100 if fraction else None, 6)}")
+                f" {_number(entry.get('latency_ms'), 9, 3)} {_number(entry['tflops'], 8, 2)} {_number(fraction * 100 if fraction else None, 6)}")
         for baseline in TABLE_BASELINES:
             ratio = entry["ratios"].get(baseline)
             row += f" {'-' if ratio is None else f'{ratio:.2f}x':>16}" if baseline != name else f" {'':>16}"
@@ -933,9 +965,9 @@ def markdown_workload(record: dict) -> str:
     provider that ran, then the ones that did not with their status."""
     peak = f", {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
     lines = [f"**{record['label']}** ({record['gflop_per_image']:.4g} GFLOP/img{peak})", "",
-             "| provider | precision | img/s | ms/batch | TFLOP/s | %peak | "
+             "| provider | precision | img/s | ms/batch | latency ms | TFLOP/s | %peak | "
              + " | ".join(f"× {name}" for name in TABLE_BASELINES) + " |",
-             "|---|---|" + "---:|" * (4 + len(TABLE_BASELINES))]
+             "|---|---|" + "---:|" * (5 + len(TABLE_BASELINES))]
     others = []
     for name, entry in record["providers"].items():
         if entry["status"] != "ok":
@@ -946,8 +978,9 @@ def markdown_workload(record: dict) -> str:
                    f"{entry['ratios'][baseline]:.2f}×" if baseline in entry["ratios"] else "-")
                   for baseline in TABLE_BASELINES]
         detail = f" ({entry['detail']})" if entry.get("detail") else ""
+        latency_ms = f"{entry['latency_ms']:.3f}" if entry.get("latency_ms") is not None else "-"
         cells = [f"`{name}`{detail}", entry["precision"], f"{entry['img_per_s']:,.1f}", f"{entry['ms_per_batch']:.3f}",
-                 f"{entry['tflops']:.2f}", f"{fraction * 100:.1f}" if fraction else "-", *ratios]
+                 latency_ms, f"{entry['tflops']:.2f}", f"{fraction * 100:.1f}" if fraction else "-", *ratios]
         lines.append("| " + " | ".join(cells) + " |")
     if others:
         lines += ["", "Not timed: " + "; ".join(others) + "."]
@@ -1166,15 +1199,22 @@ def run_cli(args) -> int:
             write_result(merged, json_path)
         return merged
 
+    def keep(record: dict) -> None:
+        """``record`` saved in place of its workload's partial one: after each provider (a partial
+        record, ``"partial": true``) and each workload, so a run killed midway keeps what it measured."""
+        if result["workloads"] and result["workloads"][-1].get("partial"):
+            result["workloads"].pop()
+        result["workloads"].append(record)
+        save()
+
     progress = _Progress(len(workloads) * len(providers))
     failed = []
     try:
         for record in run_workloads(workloads, providers, warmup=args.warmup, max_repeats=max_repeats, peaks=peaks,
-                                    seed=args.seed, on_step=progress.step):
-            result["workloads"].append(record)
+                                    seed=args.seed, on_step=progress.step, on_partial=keep):
+            keep(record)
             failed += [f"{record['label']}: {name} {e['status']}" for name, e in record["providers"].items()
                        if e["status"] in ("wrong", "error")]
-            save()  # after each workload: an interrupted run keeps what it measured
             progress.write("\n" + format_workload(record))
     finally:
         progress.close()

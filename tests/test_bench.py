@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import time
 import warnings
 
 import pytest
@@ -131,7 +132,8 @@ def test_result_json_schema(tiny_run):
             assert entry["reason"] and "img_per_s" not in entry
     for name, entry in ok.items():
         assert {"img_per_s", "ms_per_batch", "tflops", "fraction_of_peak", "flops_per_batch", "compile_s",
-                "repeats", "calls_per_repeat", "times_ms", "ratios"} <= set(entry)
+                "repeats", "calls_per_repeat", "times_ms", "latency_ms", "ratios"} <= set(entry)
+        assert entry["latency_ms"] > 0
         assert entry["img_per_s"] == pytest.approx(2 / (entry["ms_per_batch"] / 1e3))
         assert entry["repeats"] == len(entry["times_ms"]) and entry["fraction_of_peak"] is None  # CPU: no peak
         assert set(entry["ratios"]) == set(ok) - {name}
@@ -208,6 +210,40 @@ def test_load_result_rejects_other_json(tmp_path, tiny_run):
     assert bench.load_result(tiny_run[3]) == tiny_run[2]
 
 
+def test_latency_times_single_calls_each_waited_for(monkeypatch):
+    queued = []
+    monkeypatch.setattr(bench, "_synchronize", lambda device_type: queued.append("sync"))
+    seconds = bench.latency(lambda: queued.append("call") or time.sleep(0.002), "cuda", 0.002, max_calls=5)
+    assert queued == ["sync"] + ["call", "sync"] * 5  # as many as fit LATENCY_SECONDS, at most max_calls
+    assert 0.002 <= seconds < 0.1
+    queued.clear()
+    bench.latency(lambda: queued.append("call"), "cuda", 10.0, max_calls=20)
+    assert queued.count("call") == bench.MIN_REPEATS  # a long call: the fewest
+
+
+def test_a_run_killed_midway_keeps_the_providers_it_measured(monkeypatch, tmp_path):
+    """The result is saved after each provider (a partial record, replaced when the workload ends):
+    a budget cut during the last providers of a long workload must not lose the first ones."""
+    measure = bench.measure_provider
+
+    def killed_at_the_third(provider, *args, **kwargs):
+        if provider.name == "gemm-floor":
+            raise KeyboardInterrupt  # what the device tool's timeout leaves of the process
+        return measure(provider, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "measure_provider", killed_at_the_third)
+    path = tmp_path / "killed.json"
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(*TINY, "--providers", "eager-fp32", "convmixer_fast-eager", "gemm-floor", "--json", str(path))
+    (record,) = json.loads(path.read_text())["workloads"]
+    assert record["partial"] is True and list(record["providers"]) == ["eager-fp32", "convmixer_fast-eager"]
+    assert all(entry["status"] == "ok" for entry in record["providers"].values())
+    monkeypatch.setattr(bench, "measure_provider", measure)
+    run_bench(*TINY, "--providers", "eager-fp32", "convmixer_fast-eager", "--json", str(path))
+    (record,) = json.loads(path.read_text())["workloads"]
+    assert "partial" not in record and len(record["providers"]) == 2
+
+
 def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
     from convmixer_fast import verify
 
@@ -227,7 +263,8 @@ def test_a_providers_tolerance_grows_with_the_eager_backends_error_in_its_dtype(
     monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.bfloat16, 1e-9)
     workload = bench.make_workloads("cpu", ["convmixer_cifar10"], [2], ["bf16"], 8)[0]
     cache = bench.InputCache()
-    eager_error = cache.eager_error(workload, "bf16")
+    eager_error, plain_error = cache.dtype_errors(workload, "bf16")
+    assert eager_error < verify.PLAIN_ERROR_CAP * plain_error  # (else the cap would set the tolerance)
     model = cache.convmixer_fast(workload, "eager", cuda_graphs=False)
     provider = next(p for p in bench.all_providers() if p.name == "convmixer_fast-eager")
     with torch.inference_mode():
@@ -300,12 +337,13 @@ def test_markdown_report_of_a_saved_result(tiny_run, tmp_path):
     assert code == 0
     lines = out.splitlines()
     assert "torch" in lines[0] and "commit" in lines[0]
-    assert "| provider | precision | img/s | ms/batch | TFLOP/s | %peak | × eager-amp | × torch-compile | × gemm-floor |" in lines
+    assert ("| provider | precision | img/s | ms/batch | latency ms | TFLOP/s | %peak | × eager-amp | × torch-compile "
+            "| × gemm-floor |") in lines
     entries = tiny_run[2]["workloads"][0]["providers"]
     for name, entry in entries.items():
         if entry["status"] == "ok":
             (row,) = [line for line in lines if line.startswith(f"| `{name}`")]
-            assert f"{entry['img_per_s']:,.1f}" in row
+            assert f"{entry['img_per_s']:,.1f}" in row and f"| {entry['latency_ms']:.3f} |" in row
         else:
             assert f"`{name}` ({entry['status']}: {entry['reason']})" in out
     assert run_bench("--markdown", str(tmp_path / "missing.json"))[0] == 2
