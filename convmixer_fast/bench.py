@@ -36,8 +36,9 @@ DESIGN.md §1; gemm-floor counts its GEMMs only); %peak is against a ``torch.mm`
 ``PEAK_GEMM_SIZE``-square matrices in the workload's dtype, measured in the same run (GPU only).
 
 Results: a JSON document (``result_document``; schema below ``RESULT_SCHEMA``), rewritten after each
-workload so an interrupted run keeps what it measured; ``--merge`` adds workloads to an existing
-file of the same device; ``--compare`` checks img/s against a saved result.
+provider (the workload marked ``"partial": true`` until its last provider is done) so an interrupted
+run keeps what it measured; ``--merge`` adds workloads to an existing file of the same device (a
+partial one does not replace a complete one); ``--compare`` checks img/s against a saved result.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ MIN_REPEATS = 3
 MEASURE_SECONDS = 0.5
 MIN_REPEAT_SECONDS = 0.01
 PEAK_GEMM_SIZE = 8192
-LATENCY_SECONDS = 0.25  # most time spent on single synchronized calls (at least MIN_REPEATS of them)
+LATENCY_SECONDS = 0.25  # most time spent on single synchronized calls (at least one)
 AMP_DTYPES = {"cuda": "fp16", "cpu": "bf16"}  # autocast dtype of the eager peers per device type
 TABLE_BASELINES = ("eager-amp", "torch-compile", "gemm-floor")
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -596,8 +597,9 @@ def warm_up(run: Callable[[], object], device_type: str, warmup: int) -> float:
 
 def latency(run: Callable[[], object], device_type: str, call_seconds: float, max_calls: int) -> float:
     """The median wall time of single synchronized calls of ``run`` (``call_seconds`` each, about:
-    as many as fit ``LATENCY_SECONDS``, at least ``MIN_REPEATS``, at most ``max_calls``)."""
-    calls = min(max_calls, max(MIN_REPEATS, int(LATENCY_SECONDS / max(call_seconds, 1e-9))))
+    as many as fit ``LATENCY_SECONDS``, at least one, at most ``max_calls``; a call that long is
+    GPU-bound, its latency near its time back to back)."""
+    calls = min(max_calls, max(1, int(LATENCY_SECONDS / max(call_seconds, 1e-9))))
     call = synchronized(run, device_type)
     _synchronize(device_type)
     seconds = []
@@ -903,10 +905,16 @@ def merge_results(existing: dict, new: dict) -> dict:
                          f"{existing['device'].get('name')!r}")
     offset = len(existing["runs"])
     incoming = {w["label"]: {**w, "run": w["run"] + offset} for w in new["workloads"]}
-    kept = [incoming.pop(w["label"], w) for w in existing["workloads"]]
+
+    def replaced(old: dict) -> bool:  # a partial record (a run cut short) never displaces a complete one
+        record = incoming.get(old["label"])
+        return record is not None and (not record.get("partial") or bool(old.get("partial")))
+
+    labels = {w["label"] for w in existing["workloads"]}
+    kept = [incoming[w["label"]] if replaced(w) else w for w in existing["workloads"]]
     return {**existing, "runs": existing["runs"] + new["runs"],
             "providers": {**existing["providers"], **new["providers"]},
-            "workloads": kept + list(incoming.values())}
+            "workloads": kept + [w for label, w in incoming.items() if label not in labels]}
 
 
 def write_result(result: dict, path: str | os.PathLike) -> None:
@@ -936,7 +944,7 @@ def format_workload(record: dict) -> str:
     parts = ", ".join(f"{part} {flops[part] / 1e9:.3g}" for part in ("stem", "depthwise", "pointwise", "head"))
     peak = f"; {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
     lines = [f"{record['label']}: {record['gflop_per_image']:.4g} GFLOP/img ({parts}){peak}"]
-    header = (f"  {'provider':<30} {'precision':<14} {'img/s':>10} {'ms/batch':>9} {'latency':>9} {'TFLOP/s':>8} "
+    header = (f"  {'provider':<30} {'precision':<14} {'img/s':>10} {'ms/batch':>9} {'latency ms':>10} {'TFLOP/s':>8} "
               f"{'%peak':>6}"
               + "".join(f" {'x ' + name:>16}" for name in TABLE_BASELINES))
     lines.append(header)
@@ -948,7 +956,7 @@ def format_workload(record: dict) -> str:
             continue
         fraction = entry.get("fraction_of_peak")
         row += (f" {_number(entry['img_per_s'], 10)} {_number(entry['ms_per_batch'], 9, 3)}"
-                f" {_number(entry.get('latency_ms'), 9, 3)} {_number(entry['tflops'], 8, 2)} {_number(fraction * 100 if fraction else None, 6)}")
+                f" {_number(entry.get('latency_ms'), 10, 3)} {_number(entry['tflops'], 8, 2)} {_number(fraction * 100 if fraction else None, 6)}")
         for baseline in TABLE_BASELINES:
             ratio = entry["ratios"].get(baseline)
             row += f" {'-' if ratio is None else f'{ratio:.2f}x':>16}" if baseline != name else f" {'':>16}"
@@ -964,7 +972,8 @@ def markdown_workload(record: dict) -> str:
     """One workload record as the Markdown table the README shows: a heading line, one row per
     provider that ran, then the ones that did not with their status."""
     peak = f", {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
-    lines = [f"**{record['label']}** ({record['gflop_per_image']:.4g} GFLOP/img{peak})", "",
+    partial = "; partial: the run stopped before its other providers" if record.get("partial") else ""
+    lines = [f"**{record['label']}** ({record['gflop_per_image']:.4g} GFLOP/img{peak}{partial})", "",
              "| provider | precision | img/s | ms/batch | latency ms | TFLOP/s | %peak | "
              + " | ".join(f"× {name}" for name in TABLE_BASELINES) + " |",
              "|---|---|" + "---:|" * (5 + len(TABLE_BASELINES))]

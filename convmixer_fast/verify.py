@@ -21,15 +21,17 @@ the same dtype, whichever is larger: the kernels lose at most a few times what t
 loses on that network (torch's autocast came to up to 1.8x the eager backend's error: 0.39 on
 768/32 in bf16; measured on the CPU machine, batch 4, 224 px). The eager backend shares
 ``prepare_params`` with the kernels, so its error counts only up to ``PLAIN_ERROR_CAP`` times that
-of plain PyTorch (the reference module cast to the dtype; on the CPU machine within 0.8-1.2x of
-the eager backend's: 0.047 against 0.040 on the CIFAR config, 0.154 against 0.123 on 1024/20 p14,
-0.252 against 0.292 on 768/32).
+of plain PyTorch (the reference module cast to the dtype). In bf16 on the CPU machine plain
+PyTorch's error was 0.86-1.25x the eager backend's: 0.047 against 0.040 (CIFAR config, batch 8,
+32 px), 0.154 against 0.123 (1024/20 p14, batch 2, 224 px), 0.252 against 0.292 (768/32, batch 1,
+224 px).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -84,10 +86,19 @@ def model_tolerance(floor: float, eager_error: float, plain_error: float) -> flo
 def plain_torch_error(reference: torch.nn.Module, image: torch.Tensor, dtype: torch.dtype,
                       reference_logits: torch.Tensor) -> float:
     """The relative error of plain PyTorch in ``dtype`` against ``reference_logits``: the fp32
-    ``reference`` module copied and cast to ``dtype``, on ``image`` rounded to it."""
-    plain = copy.deepcopy(reference).to(dtype)
-    with torch.inference_mode():
-        return errors(plain(image.to(dtype)), reference_logits)[1]
+    ``reference`` module copied and cast to ``dtype``, on ``image`` rounded to it. NaN (no cap in
+    ``model_tolerance``) for float32, where that copy is the reference itself, and where it cannot
+    run (out of memory, say: warned; the model under test is not blamed for it)."""
+    if dtype == torch.float32:
+        return math.nan
+    try:
+        plain = copy.deepcopy(reference).to(dtype)
+        with torch.inference_mode():
+            return errors(plain(image.to(dtype)), reference_logits)[1]
+    except Exception as error:  # (a yardstick that cannot be had leaves the eager backend's alone)
+        warnings.warn(f"verify: plain PyTorch could not run the reference in {dtype} ({type(error).__name__}: "
+                      f"{error}); the tolerance counts the eager backend's error uncapped", stacklevel=2)
+        return math.nan
 
 
 def errors(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:

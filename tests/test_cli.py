@@ -1,6 +1,7 @@
 """``python -m convmixer_fast`` info and verify (inspect is tested in test_inspect.py)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -93,6 +94,25 @@ def test_model_tolerance_is_the_floor_or_a_multiple_of_the_eager_error(monkeypat
     monkeypatch.setattr(verify, "EAGER_ERROR_FACTOR", 3.0)
     monkeypatch.setattr(verify, "PLAIN_ERROR_CAP", 2.0)
     assert verify.model_tolerance(floor, eager_error, plain_error) == pytest.approx(expected)
+
+
+def test_plain_pytorch_gives_no_cap_in_fp32_or_where_it_cannot_run():
+    """In fp32 the plain copy is the reference itself (its error 0 would cap every tolerance to the
+    floor); a reference that cannot run in the dtype is warned about, not blamed on the model."""
+    from convmixer_fast import verify
+
+    reference = torch.nn.Linear(4, 3)
+    image = torch.randn(2, 4)
+    logits = reference(image).detach()
+    assert math.isnan(verify.plain_torch_error(reference, image, torch.float32, logits))
+    assert 0 < verify.plain_torch_error(reference, image, torch.bfloat16, logits) < 0.1
+
+    class Refusing(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("CUDA out of memory")
+
+    with pytest.warns(UserWarning, match="plain PyTorch could not run the reference in torch.bfloat16"):
+        assert math.isnan(verify.plain_torch_error(Refusing(), image, torch.bfloat16, logits))
 
 
 def test_a_bug_the_eager_backend_shares_with_the_kernels_is_caught(monkeypatch):

@@ -228,9 +228,14 @@ def _file_lock(path: str):
     except ImportError:
         yield
         return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # (released when the handle closes)
+    # Read-only: flock needs no write access, so another user of a shared cache whose umask left
+    # the lock file 0644 can still take the lock (and the folder's write bit is what saving needs).
+    handle = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # (released when the descriptor closes)
         yield
+    finally:
+        os.close(handle)
 
 
 _STORES: dict[str, ChoiceStore] = {}
