@@ -956,7 +956,8 @@ def format_workload(record: dict) -> str:
             continue
         fraction = entry.get("fraction_of_peak")
         row += (f" {_number(entry['img_per_s'], 10)} {_number(entry['ms_per_batch'], 9, 3)}"
-                f" {_number(entry.get('latency_ms'), 10, 3)} {_number(entry['tflops'], 8, 2)} {_number(fraction * 100 if fraction else None, 6)}")
+                f" {_number(entry.get('latency_ms'), 10, 3)} {_number(entry['tflops'], 8, 2)}"
+                f" {_number(fraction * 100 if fraction else None, 6)}")
         for baseline in TABLE_BASELINES:
             ratio = entry["ratios"].get(baseline)
             row += f" {'-' if ratio is None else f'{ratio:.2f}x':>16}" if baseline != name else f" {'':>16}"
