@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .. import _settings
+from ._checks import check_apart
 from ._interpreter import is_interpreting  # noqa: F401  (re-exported for the op modules)
 from .gelu import GELU_LOG2_PHI_COEFFICIENTS
 
@@ -46,13 +47,18 @@ def max_shared_memory(device: torch.device) -> int:
     return driver.active.utils.get_device_properties(device.index)["max_shared_mem"]
 
 
-def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str):
+def epilogue_custom_op(name: str, launch: Callable[..., None], doc: str, input_name: str):
     """The ``convmixer_fast::<name>`` custom op ``(x, weight, bias, scale, shift, act, out) -> None``
-    of a kernel with the fused epilogue (stem, depthwise block, pointwise): ``launch`` writes ``out``
-    from validated arguments; its fake writes nothing (``out`` is preallocated and mutated)."""
+    of a kernel with the fused epilogue (stem, depthwise block, pointwise): ``out`` must overlap no
+    input (``_checks.check_apart``, here where real pointers exist, not at trace time under
+    torch.compile; ``x`` is called ``input_name`` in its message), then ``launch`` writes it from
+    validated arguments; its fake writes nothing (``out`` is preallocated and mutated)."""
+    checked_as = name.removeprefix("triton_")
 
     def op(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
            act: str, out: torch.Tensor) -> None:
+        check_apart(checked_as, {"out": out},
+                    {input_name: x, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
         launch(x, weight, bias, scale, shift, act, out)
 
     op.__doc__ = doc

@@ -55,7 +55,7 @@ import triton
 import triton.language as tl
 
 from .._settings import TRITON_COMPILE_OPTIONS
-from ._checks import MAX_KERNEL_SIZE, check_apart, depthwise_block_outputs, epilogue_entry
+from ._checks import MAX_KERNEL_SIZE, depthwise_block_outputs, epilogue_entry
 from ._triton_utils import (
     ACTIVATION_CODES,
     KernelSpec,
@@ -248,8 +248,6 @@ def _grid(B: int, H: int, W: int, C: int):
 
 
 def _launch(x, weight, bias, scale, shift, act, out) -> None:
-    # Checked here, not in the entry: pointers exist only at run time (not under torch.compile).
-    check_apart("depthwise_block", {"out": out}, {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     B, H, W, C = x.shape
     K = weight.shape[0]
     with device_guard(x):
@@ -260,7 +258,7 @@ def _launch(x, weight, bias, scale, shift, act, out) -> None:
 
 
 triton_depthwise_block = epilogue_custom_op(
-    "triton_depthwise_block", _launch, "``out = x + scale * act(dwconv_k(x) + bias) + shift`` for ``x`` ``[B, H, W, C]``."
+    "triton_depthwise_block", _launch, "``out = x + scale * act(dwconv_k(x) + bias) + shift`` for ``x`` ``[B, H, W, C]``.", "x"
 )
 
 

@@ -44,7 +44,7 @@ from convmixer_fast.ops._triton_utils import (
     is_interpreting,
     max_shared_memory,
 )
-from convmixer_fast.ops._checks import check_apart, epilogue_entry, pointwise_outputs
+from convmixer_fast.ops._checks import epilogue_entry, pointwise_outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +510,6 @@ def tma_requirements(y: torch.Tensor, weight: torch.Tensor) -> str:
 def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | None = None, kind: str = "any") -> None:
     """Launch on already validated tensors; ``config`` forces one config (tests), else the
     autotuner of ``kind`` (``CONFIG_KINDS``) chooses."""
-    check_apart("pointwise", {"out": out}, {"y": y, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     N, K = weight.shape
     M = math.prod(y.shape[:-1])
     tma = tma_loads_apply(y, weight)
@@ -522,7 +521,7 @@ def _launch(y, weight, bias, scale, shift, act, out, config: triton.Config | Non
 
 
 triton_pointwise = epilogue_custom_op(
-    "triton_pointwise", _launch, "Writes ``scale * act(y @ weightᵀ + bias) + shift`` into ``out``; see ``pointwise``."
+    "triton_pointwise", _launch, "Writes ``scale * act(y @ weightᵀ + bias) + shift`` into ``out``; see ``pointwise``.", "y"
 )
 
 

@@ -22,7 +22,7 @@ from convmixer_fast.ops._triton_utils import (
     autotune,
     epilogue_custom_op,
 )
-from convmixer_fast.ops._checks import check_apart, epilogue_entry, stem_outputs
+from convmixer_fast.ops._checks import epilogue_entry, stem_outputs
 from convmixer_fast.ops.pointwise import (
     GEMM_AUTOTUNE_KEY,
     epilogue_store,
@@ -103,7 +103,6 @@ _stem_tuned = autotune(CONFIGS, key=GEMM_AUTOTUNE_KEY)(
 
 def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config | None = None) -> None:
     """Launch on already validated tensors; ``config`` forces one config (tests), else autotune."""
-    check_apart("stem", {"out": out}, {"image": image, "weight": weight, "bias": bias, "scale": scale, "shift": shift})
     B, Cin, H, W = image.shape
     N, _, patch, _ = weight.shape
     Hp, Wp = H // patch, W // patch
@@ -113,7 +112,7 @@ def _launch(image, weight, bias, scale, shift, act, out, config: triton.Config |
 
 
 triton_stem = epilogue_custom_op(
-    "triton_stem", _launch, "Writes the stem tokens of ``image`` into ``out`` ``[B, H//p, W//p, C]``; see ``stem``."
+    "triton_stem", _launch, "Writes the stem tokens of ``image`` into ``out`` ``[B, H//p, W//p, C]``; see ``stem``.", "image"
 )
 
 
