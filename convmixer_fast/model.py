@@ -7,7 +7,7 @@ device and dtype and re-prepared when any parameter or buffer changes (``.to()``
 in-place edits: detected through the tensors' version counters; ``stem``, ``blocks`` or ``head``
 replaced on the model: ``__setattr__``; a tensor or layer assigned inside them: torch's
 registration hooks, ``_layer_changed``, which also refuses one that does not fit; blocks deleted or
-inserted: ``_prepared_params``).
+inserted, and a BatchNorm's ``eps`` set: ``_prepared_params``).
 
 Input policy: a 4-D NCHW float image batch (float32 / float16 / bfloat16 / float64, converted to
 the compute dtype as the stem reads it) on the model's device, ``in_chans`` channels, H and W at
@@ -228,6 +228,9 @@ def _remember(cache: OrderedDict, key, value, bound: int = MAX_CACHED_SHAPES) ->
     return dropped
 
 
+_EPS = operator.attrgetter("eps")  # a BatchNorm's, which each preparation reads: the staleness key holds them
+
+
 def _layer_signature(layer: nn.Module) -> str:
     """What a model takes as given of one of its layers, for the check that a layer put in another's
     place is alike: its type and settings (``extra_repr``: a convolution's geometry, the GELU's
@@ -366,8 +369,8 @@ class ConvMixer(nn.Module):
         _install_registration_hooks()
         self._hold_layers(self)
 
-    _RUNTIME_STATE = ("_lock", "_loading", "_prepared", "_weight_tensors", "_versioned_tensors", "_weight_blocks",
-                      "_activation_buffers", "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
+    _RUNTIME_STATE = ("_lock", "_loading", "_prepared", "_weight_tensors", "_versioned_tensors", "_batchnorms",
+                      "_weight_blocks", "_activation_buffers", "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
 
     @property
     def cuda_graphs(self) -> bool:
@@ -389,10 +392,12 @@ class ConvMixer(nn.Module):
         copied or pickled (``__getstate__``), rebuilt empty."""
         self._lock = threading.RLock()  # held while a call uses the shared state below
         self._loading = False  # inside load_state_dict
-        # (sum of weight versions, compute dtype -> params): the model dtype's, and an autocast dtype's
-        self._prepared: tuple[int, dict[torch.dtype, PreparedParams]] | None = None
+        # ((sum of weight versions, BatchNorm eps values), compute dtype -> params): the model dtype's,
+        # and an autocast dtype's
+        self._prepared: tuple[tuple, dict[torch.dtype, PreparedParams]] | None = None
         self._weight_tensors: list[torch.Tensor] | None = None  # every parameter and buffer
         self._versioned_tensors: list[torch.Tensor] | None = None  # those with a version counter
+        self._batchnorms: list[nn.Module] | None = None  # every BatchNorm: the preparation reads its eps
         self._weight_blocks: tuple[nn.Module, ...] = ()  # the blocks they were gathered from
         # (B, Hp, Wp, compute dtype, device, CUDA stream) -> buffers
         self._activation_buffers: OrderedDict[tuple, _Buffers] = OrderedDict()
@@ -513,9 +518,9 @@ class ConvMixer(nn.Module):
         one) and the prepared parameters and graphs are dropped, as for any change. (Blocks
         deleted or inserted, which pass no hook, ``_prepared_params`` sees. Not seen until the
         next preparation: a parameter set to None or a layer deleted inside ``stem`` or a block,
-        which ``_check_layers`` then refuses. Not seen at all: an edit through ``.data``, a
-        BatchNorm's ``eps`` set, tensors swapped in by ``torch.func.functional_call``: copy into
-        the tensors in place, or use ``load_state_dict``.)"""
+        which ``_check_layers`` then refuses. Not seen at all: an edit through ``.data``, tensors
+        swapped in by ``torch.func.functional_call`` once the weights are prepared: copy into the
+        tensors in place, or use ``load_state_dict``.)"""
         if self._loading and kind != "module":  # load_state_dict checked the shapes; it drops the caches once
             return
         path = next((path for path, module in self.named_modules() if module is layer), None)
@@ -755,7 +760,7 @@ class ConvMixer(nn.Module):
     def _invalidate_prepared(self) -> None:
         with self._lock:
             self._prepared = None
-            self._weight_tensors = self._versioned_tensors = None
+            self._weight_tensors = self._versioned_tensors = self._batchnorms = None
             self._drop_shape_caches()  # now, not at the next forward: they hold device memory
 
     def _drop_shape_caches(self) -> None:
@@ -794,7 +799,9 @@ class ConvMixer(nn.Module):
         are not seen (``load_state_dict`` and ``.to()`` still refresh everything). Tensors and
         layers assigned are seen as they are assigned (``_layer_changed``); blocks deleted or
         inserted (``del model.blocks[i]``, ``insert``: no hook sees them) here, by the blocks the
-        tensors were gathered from. Each preparation first checks the layers (``_check_layers``).
+        tensors were gathered from. A BatchNorm's ``eps`` (an attribute: no hook sees it set) is
+        part of the staleness key beside the version sum. Each preparation first checks the layers
+        (``_check_layers``).
         """
         if torch.compiler.is_compiling():
             return prepare_params(self, dtype)  # traced into the graph; no Python-side cache
@@ -814,6 +821,7 @@ class ConvMixer(nn.Module):
                 t for name, t in self.named_buffers() if not name.endswith("num_batches_tracked")
             ]
             self._versioned_tensors = [t for t in self._weight_tensors if not t.is_inference()]
+            self._batchnorms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             self._weight_blocks = blocks
             self._prepared = None
         tensors = self._weight_tensors
@@ -822,7 +830,7 @@ class ConvMixer(nn.Module):
                 "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
-        version = sum(t._version for t in self._versioned_tensors)
+        version = (sum(t._version for t in self._versioned_tensors), tuple(map(_EPS, self._batchnorms)))
         dtype = dtype or self._param_dtype
         stale = self._prepared is None or self._prepared[0] != version
         if stale and not gathered:

@@ -220,10 +220,14 @@ def test_a_stem_or_blocks_assigned_must_have_the_layers_they_replace():
 
 
 def _logits_of_its_layers(model, x):
-    """The logits of a ConvMixer built afresh with ``model``'s depth, classes and state dict."""
+    """The logits of a ConvMixer built afresh with ``model``'s depth, classes, state dict and
+    BatchNorm eps values."""
     rebuilt = cf.ConvMixer(model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes,
                            backend="eager")
     rebuilt.load_state_dict(model.state_dict())
+    batchnorms = [m for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for rebuilt_bn, bn in zip(batchnorms, (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)), strict=True):
+        rebuilt_bn.eps = bn.eps
     return rebuilt(x)
 
 
@@ -240,6 +244,8 @@ def _random_weights_(model):
     pytest.param(lambda m: setattr(m.blocks[1][3], "running_var", torch.rand(8) + 2), id="buffer-assigned"),
     pytest.param(lambda m: m.stem.__setitem__(0, torch.nn.Conv2d(3, 8, 4, stride=4)), id="layer-replaced"),
     pytest.param(lambda m: m.blocks.__setitem__(1, _random_weights_(copy.deepcopy(m.blocks[2]))), id="block-replaced"),
+    pytest.param(lambda m: setattr(m.blocks[1][0].fn[2], "eps", 0.25), id="batchnorm-eps-set"),
+    pytest.param(lambda m: setattr(m.blocks[2][3], "eps", 0.25), id="last-batchnorm-eps-set"),  # (folded into the head)
     pytest.param(lambda m: m.blocks.__delitem__(1), id="block-deleted"),
     pytest.param(lambda m: m.blocks.pop(-1), id="block-popped"),
     pytest.param(lambda m: m.blocks.append(_random_weights_(copy.deepcopy(m.blocks[0]))), id="block-appended"),
