@@ -466,6 +466,8 @@ def inspect_cuda(arch: str, sources: list[str] | None = None) -> list[dict]:
     cache_dir = _settings.cache_dir("inspect")
     try:
         os.makedirs(cache_dir, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK | os.X_OK):  # (one already there, read-only: nvcc's own error else)
+            raise PermissionError("not writable")
     except OSError as error:
         raise InspectError(f"cannot keep the cubins in {cache_dir} ({error}): set {_settings.ENV_CACHE_DIR} to a "
                            "writable folder") from None

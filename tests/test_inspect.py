@@ -6,6 +6,7 @@ Compiled kernels go to Triton's cache, so only the first run is slow (about a mi
 """
 
 import importlib
+import os
 
 import pytest
 
@@ -202,9 +203,16 @@ def test_cubins_are_cached_per_cutlass_version(tmp_path, monkeypatch):
     assert cubins[0] == cubins[1] != cubins[2]
 
 
-def test_an_unusable_cubin_cache_names_the_variable(tmp_path, monkeypatch):
-    (tmp_path / "file").write_text("")
-    monkeypatch.setenv("CONVMIXER_FAST_CACHE_DIR", str(tmp_path / "file"))
+@pytest.mark.parametrize("unusable", ["a file", "a read-only folder"])
+def test_an_unusable_cubin_cache_names_the_variable(tmp_path, monkeypatch, unusable):
+    if unusable == "a file":
+        (tmp_path / "root").write_text("")
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        (tmp_path / "root" / "inspect").mkdir(parents=True)
+        (tmp_path / "root" / "inspect").chmod(0o555)
+    monkeypatch.setenv("CONVMIXER_FAST_CACHE_DIR", str(tmp_path / "root"))
     with pytest.raises(insp.InspectError, match="set CONVMIXER_FAST_CACHE_DIR to a writable folder"):
         insp.inspect_cuda("sm_90a", sources=[f"{insp.CUDA_KERNEL_DIR}/head.cu"])
 
