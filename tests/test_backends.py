@@ -84,3 +84,17 @@ def test_interpreted_triton_rounds_bf16_to_nearest_as_a_gpu():
     store[(1,)](values, out, BLOCK=64)
     assert torch.equal(out, values.to(torch.bfloat16))
     assert not torch.equal(out, (values.view(torch.int32) & ~0xFFFF).view(torch.float32).bfloat16())  # truncated
+
+
+def test_a_rocm_gpu_runs_the_eager_backend(monkeypatch):
+    """A ROCm torch calls an AMD GPU "cuda", with a capability of 9.x (MI300) that passes the
+    tensor-core check: the kernel backends, written for NVIDIA GPUs, say so and ``auto`` runs eager."""
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 4))
+    monkeypatch.setattr(torch.version, "hip", "6.4.43482")
+    assert "written for NVIDIA GPUs" in BACKENDS["triton"].unavailable_reason(gpu)
+    assert BACKENDS["cuda"].unavailable_reason(gpu) is not None  # (or, without _C here, that reason)
+    assert resolve_ops("auto", gpu, torch.bfloat16, 16, measure=False).label == "eager"
+    with pytest.raises(cf.BackendUnavailableError, match=r"through ROCm \(HIP 6.4.43482\)"):
+        resolve_ops("triton", gpu, torch.bfloat16, 16)

@@ -98,9 +98,15 @@ def _load_triton_variants() -> dict[str, dict[str, Callable]]:
 
 
 def _gpu_unavailable_reason(device: torch.device) -> str | None:
-    """Why the CUDA GPU ``device`` cannot run the kernels (both kernel backends need bf16 tensor cores)."""
+    """Why the CUDA GPU ``device`` cannot run the kernels (both kernel backends need an NVIDIA GPU
+    with bf16 tensor cores). A ROCm torch calls AMD GPUs "cuda" too, with capabilities of 9.x for
+    MI200 / MI300: the kernels' configs, TMA paths and tolerances are NVIDIA's, so ``auto`` runs
+    the eager backend there."""
     if not torch.cuda.is_available():
         return "torch sees no CUDA GPU"
+    if torch.version.hip is not None:
+        return (f"the kernels are written for NVIDIA GPUs; this torch runs AMD GPUs through ROCm "
+                f"(HIP {torch.version.hip}): the eager backend runs there")
     major, minor = torch.cuda.get_device_capability(device)
     if major < 8:
         return f"needs compute capability >= 8.0 (bf16 tensor cores), this GPU has {major}.{minor}"
