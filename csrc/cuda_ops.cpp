@@ -171,10 +171,17 @@ cudaStream_t current_stream(const at::Device& device) {
   return c10::cuda::getCurrentCUDAStream(device.index()).stream();
 }
 
+// A launcher's status as a torch error. Anything but an argument rejection (cudaErrorInvalidValue,
+// launching nothing) may be an earlier kernel's fault that CUDA reports only now, at this op's launch
+// (an illegal address, a trap: the context stays broken), so the message says how to find the kernel.
 void check_launch(const char* op, cudaError_t status) {
   if (status != cudaSuccess) {
     (void)cudaGetLastError();  // clear it: torch's next launch check would report it again as its own
-    TORCH_CHECK(false, op, ": CUDA error: ", cudaGetErrorString(status));
+    TORCH_CHECK(false, op, ": CUDA error: ", cudaGetErrorString(status),
+                status == cudaErrorInvalidValue
+                    ? ""
+                    : " (CUDA may report an earlier kernel's fault at this launch: run with CUDA_LAUNCH_BLOCKING=1 "
+                      "to find the kernel that failed)");
   }
 }
 #endif
