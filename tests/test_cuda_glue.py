@@ -96,6 +96,44 @@ def test_cpp_checks_reject_bad_arguments(op, index, replace, error, match):
         fn(*args)
 
 
+ARGUMENT_NAMES = {
+    "stem": ("image", "weight", "bias", "scale", "shift", "act", "out"),
+    "depthwise_block": ("x", "weight", "bias", "scale", "shift", "act", "out", "algorithm"),
+    "pointwise": ("y", "weight", "bias", "scale", "shift", "act", "out"),
+    "head": ("x", "weight", "bias", "pooled", "out"),
+}
+# (op, output, input): every pair the kernels need apart (other programs read the input while one
+# writes the output)
+APART = [(op, "out", tensor) for op in ("stem", "depthwise_block", "pointwise")
+         for tensor in (ARGUMENT_NAMES[op][0], "weight", "bias", "scale", "shift")] + [
+    ("head", "pooled", "x"), ("head", "pooled", "weight"), ("head", "pooled", "bias"),
+    ("head", "out", "x"), ("head", "out", "pooled"), ("head", "out", "weight"), ("head", "out", "bias"),
+]
+
+
+@pytest.mark.parametrize("op, output, tensor", APART, ids=[f"{op}-{output}-{tensor}" for op, output, tensor in APART])
+def test_an_output_over_any_input_is_refused(op, output, tensor):
+    fn, make_args = OPS[op]
+    args = make_args()
+    names = ARGUMENT_NAMES[op]
+    given, taken = args[names.index(tensor)], args[names.index(output)]
+    storage = torch.zeros(max(given.nbytes, taken.nbytes), dtype=torch.uint8)  # both from its first byte
+    args[names.index(tensor)] = storage[:given.nbytes].view(given.dtype).view(given.shape).copy_(given)
+    args[names.index(output)] = storage[:taken.nbytes].view(taken.dtype).view(taken.shape)
+    with pytest.raises(ValueError, match=f"{op}: {output} must not overlap {tensor}"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("op", ["depthwise_block", "head"])
+def test_an_image_of_2_31_elements_is_refused(op):
+    """The kernels index one image with 32-bit ints. (4.3 GB of address space, never touched.)"""
+    fn, make_args = OPS[op]
+    args = make_args()
+    args[0] = torch.empty(1, 46341, 46341, 1, dtype=F16)
+    with pytest.raises(ValueError, match=f"{op}: one image must have fewer than 2\\*\\*31 elements"):
+        fn(*args)
+
+
 def test_stem_out_inside_a_strided_images_span_is_caught():
     """A cropped image spans more bytes than it holds: an ``out`` in its gaps' range still overlaps."""
     storage = torch.zeros(4096, dtype=F16)

@@ -85,6 +85,7 @@ CASES = [
     ("head", dict(pooled=torch.empty(2, 8, dtype=F16)), TypeError, "pooled must have dtype torch.float32"),
     ("head", dict(out=torch.empty(2, 4, dtype=F16)), ValueError, r"out must have shape \[2, 5\]"),
     ("head", dict(out=torch.empty(2, 5)), TypeError, "out must have dtype torch.float16"),
+    ("head", dict(weight=torch.empty(0, 8, dtype=F16), bias=torch.zeros(0)), ValueError, r"N >= 1, got shape \[0, 8\]"),
 ]
 OPS = {
     "stem": (_checks.stem_outputs, STEM),
@@ -101,11 +102,19 @@ def test_bad_argument_raises(op, changes, error, match):
         _call(outputs_fn, base, changes)
 
 
-@pytest.mark.parametrize("op", OPS)
-def test_wrong_device_names_both(op):
+@pytest.mark.parametrize("op, argument", [(op, argument) for op, (_, base) in OPS.items()
+                                          for argument in base if argument not in ("act", "image", "x", "y")])
+def test_wrong_device_names_both(op, argument):
+    """Every tensor argument but the input (whose device is the one expected), outputs included."""
     outputs_fn, base = OPS[op]
-    with pytest.raises(ValueError, match=r"weight must be on cpu \(the device of the input\), got meta"):
-        _call(outputs_fn, base, dict(weight=lambda a: a["weight"].to("meta")))
+    if base[argument] is None:  # an output: one of the right shape and dtype, on the wrong device
+        allocated = outputs_fn(**base)
+        allocated = dict(zip(("pooled", "out"), allocated)) if op == "head" else {"out": allocated}
+        change = torch.empty_like(allocated[argument], device="meta")
+    else:
+        change = base[argument].to("meta")
+    with pytest.raises(ValueError, match=rf"{argument} must be on cpu \(the device of the input\), got meta"):
+        _call(outputs_fn, base, {argument: change})
 
 
 def test_outputs_allocated_with_the_right_shape_and_dtype():
