@@ -11,6 +11,9 @@ interpreter and CONVMIXER_FAST_TRITON_AUTOTUNE=0 run) in every blocked dimension
   two sentinel regions: an op writes its outputs and nothing beside them (a store whose mask was
   dropped writes past the end; a GPU does not fault there as the interpreter may), and reads
   nothing beside its operands (a load whose mask was dropped brings NaN into the result).
+- **Past 2**31 elements** (GPU only: 4 to 9 GB a case). A batch whose largest tensor (the input or
+  a token output) holds more than 2**31 elements: the last image's result is that of the image alone
+  (an offset in 32-bit arithmetic would wrap and read or write another image's place).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from helpers import DEVICE, skip_module_unless_triton_runs  # noqa: E402
+from helpers import DEVICE, ON_GPU_ONLY, skip_module_unless_triton_runs  # noqa: E402
 skip_module_unless_triton_runs()
 
 from convmixer_fast.ops.reference import (  # noqa: E402
@@ -153,3 +156,22 @@ def test_an_op_writes_its_outputs_and_reads_its_operands_only(kernel_backend, op
     out = outputs["out"].float().cpu()
     rounding = 0.5 * _ulp(exact.abs(), dtype) if dtype != torch.float32 else 0.0
     assert ((out - exact).abs() <= fp32_slack(magnitude, terms) + 2 * rounding).all()
+
+
+@ON_GPU_ONLY
+@pytest.mark.parametrize("op", CASES)
+def test_the_last_image_of_a_batch_past_2_31_elements(kernel_backend, op):
+    tensors, act, output_specs, reference, terms = CASES[op](torch.bfloat16, torch.Generator().manual_seed(0))
+    image = tensors[0][-1:]  # [1, ...]: the batch's last image; every other image zero
+    per_image = [image.numel()] + [torch.Size(shape[1:]).numel() for shape, _ in output_specs.values() if len(shape) > 2]
+    batch = 2**31 // max(per_image) + 1
+    batched = torch.zeros((batch, *image.shape[1:]), dtype=image.dtype, device=DEVICE)
+    batched[-1:] = image.to(DEVICE)
+    others = [t.to(DEVICE) for t in tensors[1:]]
+    acts = () if act is None else (act,)
+    last = getattr(kernel_backend.load_ops(), op)(batched, *others, *acts)[-1:].float().cpu()
+    del batched
+    torch.cuda.empty_cache()  # (the other test workers on this GPU need the room)
+    exact = reference(image.float(), *[t.float() for t in tensors[1:]], *acts)
+    magnitude = reference(image.float().abs(), *[t.float().abs() for t in tensors[1:]], *(() if act is None else ("relu",)))
+    assert ((last - exact).abs() <= fp32_slack(magnitude, terms) + _ulp(exact.abs(), torch.bfloat16)).all()
