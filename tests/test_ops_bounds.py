@@ -1,4 +1,4 @@
-"""Two properties each kernel backend's four ops owe beyond matching the reference within the op
+"""Three properties each kernel backend's four ops owe beyond matching the reference within the op
 tests' tolerances, on odd sizes that span several tiles of the first config (the one the
 interpreter and CONVMIXER_FAST_TRITON_AUTOTUNE=0 run) in every blocked dimension:
 
@@ -47,9 +47,12 @@ def _epilogue_vectors(C: int, gen: torch.Generator) -> list[torch.Tensor]:
 
 # op -> (inputs in ``dtype``, the op's epilogue act or None, outputs' (shape, dtype) by keyword,
 # the reference, the number of terms each output sums). Sizes against the first configs:
-# stem 128x128x32 tiles (M = 2*9*11 = 198, N = 136, K = 3*4*4 = 48); depthwise 16x8 pixels x 128
-# channels (17 x 9 x 136, k = 5: ~9 s a call in the interpreter, 4x that at 37 x 10 x 200, k = 9); pointwise 128x128x64 (M = 162, N = 136, K = 200); head pool
-# 64 positions x 32 channels, classifier 16 x 32 x 32 (B = 3, 9 x 11 = 99 positions, C = 53, N = 37).
+# - stem, 128x128x32 tiles: M = 2*9*11 = 198, N = 136, K = 3*4*4 = 48;
+# - depthwise, 16x8 pixels x 128 channels: 17 x 9 x 136 with k = 5 (~9 s a call in the
+#   interpreter; 4x that at 37 x 10 x 200 with k = 9);
+# - pointwise, 128x128x64 tiles: M = 162, N = 136, K = 200;
+# - head: pool 64 positions x 32 channels, classifier 16 x 32 x 32: B = 3, 9 x 11 = 99 positions,
+#   C = 53, N = 37.
 def _stem(dtype, gen):
     image = torch.randn(2, 3, 37, 45, generator=gen).to(dtype)  # (rows / columns past the last patch: ignored)
     weight = (torch.randn(136, 3, 4, 4, generator=gen) / 48**0.5).to(dtype)
