@@ -82,3 +82,28 @@ def test_a_model_runs_with_tf32_set_the_new_way(restored_tf32, monkeypatch):
         monkeypatch.setattr(cf.ConvMixer, "_capture", lambda self, image: None)  # (a failed capture)
         set_per_op(True)
         torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("on", [False, True], ids=["tf32-off", "tf32-on"])
+def test_the_fp32_triton_gemms_launch_with_the_switchs_dot_precision(restored_tf32, monkeypatch, on):
+    """What the stem and pointwise kernels are launched with, not just what ``dot_precision`` says:
+    the interpreter ignores ``input_precision``, so a launch that dropped it would pass every CPU
+    test of the ops."""
+    from helpers import DEVICE
+
+    from convmixer_fast.backends import BACKENDS
+
+    reason = BACKENDS["triton"].unavailable_reason(DEVICE)
+    if reason is not None:
+        pytest.skip(reason)
+    from convmixer_fast.ops import pointwise, stem
+
+    launched = []
+    for tuner in (pointwise._pointwise_tuned["pointer"], stem._stem_tuned):
+        monkeypatch.setattr(tuner, "run", lambda *args, _run=tuner.run, **kwargs: (
+            launched.append(kwargs["DOT_PRECISION"]), _run(*args, **kwargs))[1])
+    set_legacy(on)
+    epilogue = [torch.zeros(8, device=DEVICE), torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)]
+    pointwise.pointwise(torch.randn(3, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE), *epilogue, "relu")
+    stem.stem(torch.randn(1, 3, 4, 4, device=DEVICE), torch.randn(8, 3, 2, 2, device=DEVICE), *epilogue, "relu")
+    assert launched == ["tf32" if on else "ieee"] * 2
