@@ -370,7 +370,8 @@ class ConvMixer(nn.Module):
         self._hold_layers(self)
 
     _RUNTIME_STATE = ("_lock", "_loading", "_prepared", "_weight_tensors", "_versioned_tensors", "_batchnorms",
-                      "_weight_blocks", "_activation_buffers", "_resolved_ops", "_graphs", "_signatures", "_replay_stream")
+                      "_weight_blocks", "_activation_buffers", "_resolved_ops", "_graphs", "_signatures",
+                      "_replay_stream")
 
     @property
     def cuda_graphs(self) -> bool:

@@ -226,7 +226,8 @@ def _logits_of_its_layers(model, x):
                            backend="eager")
     rebuilt.load_state_dict(model.state_dict())
     batchnorms = [m for m in rebuilt.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for rebuilt_bn, bn in zip(batchnorms, (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)), strict=True):
+    originals = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for rebuilt_bn, bn in zip(batchnorms, originals, strict=True):
         rebuilt_bn.eps = bn.eps
     return rebuilt(x)
 

@@ -42,7 +42,8 @@ SENTINEL = 1536.0  # exact in every dtype; no output of these inputs comes near 
 
 
 def _epilogue_vectors(C: int, gen: torch.Generator) -> list[torch.Tensor]:
-    return [torch.randn(C, generator=gen) * 0.5, torch.rand(C, generator=gen) + 0.5, torch.randn(C, generator=gen) * 0.5]
+    return [torch.randn(C, generator=gen) * 0.5, torch.rand(C, generator=gen) + 0.5,
+            torch.randn(C, generator=gen) * 0.5]
 
 
 # op -> (inputs in ``dtype``, the op's epilogue act or None, outputs' (shape, dtype) by keyword,
@@ -109,11 +110,16 @@ def _run(backend, op: str, dtype: torch.dtype):
     acts = () if act is None else (act,)
     result = getattr(backend.load_ops(), op)(*[_in_nan(t) for t in tensors], *acts, **outputs)
     assert result is outputs["out"]
-    # On the CPU in fp32 (no TF32 in a GPU convolution), unrounded; the bound likewise, of the
-    # absolute values with ReLU (the identity there: every term counts positively).
-    exact = reference(*[t.float() for t in tensors], *acts)
+    return outputs, buffers, *_fp32_result(reference, tensors, act), terms
+
+
+def _fp32_result(reference, tensors: list[torch.Tensor], act: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(``reference`` on ``tensors`` on the CPU in fp32 (no TF32 in a GPU convolution), unrounded;
+    the same of the absolute values with ReLU, the identity there: each output's sum of the
+    absolute values of its terms)."""
+    exact = reference(*[t.float() for t in tensors], *(() if act is None else (act,)))
     magnitude = reference(*[t.float().abs() for t in tensors], *(() if act is None else ("relu",)))
-    return outputs, buffers, exact, magnitude, terms
+    return exact, magnitude
 
 
 def fp32_slack(magnitude: torch.Tensor, terms: int) -> torch.Tensor:
@@ -166,15 +172,16 @@ def test_an_op_writes_its_outputs_and_reads_its_operands_only(kernel_backend, op
 def test_the_last_image_of_a_batch_past_2_31_elements(kernel_backend, op):
     tensors, act, output_specs, reference, terms = CASES[op](torch.bfloat16, torch.Generator().manual_seed(0))
     image = tensors[0][-1:]  # [1, ...]: the batch's last image; every other image zero
-    per_image = [image.numel()] + [torch.Size(shape[1:]).numel() for shape, _ in output_specs.values() if len(shape) > 2]
+    token_outputs = [shape for shape, _ in output_specs.values() if len(shape) > 2]
+    per_image = [image.numel()] + [torch.Size(shape[1:]).numel() for shape in token_outputs]
     batch = 2**31 // max(per_image) + 1
     batched = torch.zeros((batch, *image.shape[1:]), dtype=image.dtype, device=DEVICE)
     batched[-1:] = image.to(DEVICE)
     others = [t.to(DEVICE) for t in tensors[1:]]
-    acts = () if act is None else (act,)
-    last = getattr(kernel_backend.load_ops(), op)(batched, *others, *acts)[-1:].float().cpu()
+    result = getattr(kernel_backend.load_ops(), op)(batched, *others, *(() if act is None else (act,)))
+    last = result[-1:].float().cpu()
+    del result
     del batched
     torch.cuda.empty_cache()  # (the other test workers on this GPU need the room)
-    exact = reference(image.float(), *[t.float() for t in tensors[1:]], *acts)
-    magnitude = reference(image.float().abs(), *[t.float().abs() for t in tensors[1:]], *(() if act is None else ("relu",)))
+    exact, magnitude = _fp32_result(reference, [image, *tensors[1:]], act)
     assert ((last - exact).abs() <= fp32_slack(magnitude, terms) + _ulp(exact.abs(), torch.bfloat16)).all()

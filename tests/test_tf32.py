@@ -99,9 +99,15 @@ def test_the_fp32_triton_gemms_launch_with_the_switchs_dot_precision(restored_tf
     from convmixer_fast.ops import pointwise, stem
 
     launched = []
+
+    def recording(run):
+        def recorded(*args, **kwargs):
+            launched.append(kwargs["DOT_PRECISION"])
+            return run(*args, **kwargs)
+        return recorded
+
     for tuner in (pointwise._pointwise_tuned["pointer"], stem._stem_tuned):
-        monkeypatch.setattr(tuner, "run", lambda *args, _run=tuner.run, **kwargs: (
-            launched.append(kwargs["DOT_PRECISION"]), _run(*args, **kwargs))[1])
+        monkeypatch.setattr(tuner, "run", recording(tuner.run))
     set_legacy(on)
     epilogue = [torch.zeros(8, device=DEVICE), torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)]
     pointwise.pointwise(torch.randn(3, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE), *epilogue, "relu")
