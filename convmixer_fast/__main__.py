@@ -277,8 +277,9 @@ def main(argv=None) -> int:
                        "benchmarks/results/<gpu>-<date>.json; none on CPU)")
     bench.add_argument("--plot", metavar="PATH", help="PNG of img/s against batch size (default on a GPU: the "
                        "JSON's path with .png)")
-    bench.add_argument("--merge", action="store_true", help="add to the JSON file if it exists (same GPU): this "
-                       "run's workloads replace the same ones there, the others stay; the plot shows them all")
+    bench.add_argument("--merge", action="store_true", help="add to the JSON file if it exists (same GPU; on a "
+                       "CPU --json names it): this run's workloads replace the same ones there, the others stay; the "
+                       "plot shows them all")
     bench.add_argument("--compare", metavar="PATH", help="print the img/s change against a saved result; exit 1 "
                        "if any entry is slower by more than --max-regression, or if none was measured in both")
     bench.add_argument("--max-regression", type=_fraction, default=0.1, metavar="FRAC",

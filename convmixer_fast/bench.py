@@ -1185,6 +1185,10 @@ def run_cli(args) -> int:
     info = device_info(device)
     json_path = Path(args.json) if args.json else (default_result_path(info["name"], run["date"]) if on_gpu else None)
     plot_path = Path(args.plot) if args.plot else (json_path.with_suffix(".png") if on_gpu and json_path else None)
+    if args.merge and json_path is None:
+        print("bench: --merge adds this run to a result file, and on a CPU none is written unless --json PATH "
+              "names one", file=sys.stderr)
+        return 2
     result = None
     try:
         providers = select_providers(all_providers(), args.providers)

@@ -4,7 +4,9 @@
 (issue 6: ConvMixer at 224x224 in bf16 on an H100 or H200): the figure the result holds, the bound,
 and PASS or MISS; or why the row cannot be judged (its workload or a provider missing from the
 result, or a provider whose logits failed ``bench``'s check: a figure counts only when its outputs
-matched the reference). It measures nothing, and exits 1 unless every target passes.
+matched the reference). It measures nothing, and exits 1 unless every target passes. A workload
+record that its run left ``"partial"`` (stopped before its last provider) gives its figures, but
+none of its rows passes: the targets ask for every provider measured in one run.
 
 The batch-1 targets compare latency: single calls, each waited for, so the host's work per call
 counts (back to back, a GPU-bound provider hides it behind the previous call's kernels). A best-peer
@@ -14,7 +16,7 @@ ran and passed its check: the one that failed may be the fastest.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .bench import status_label
 
@@ -24,6 +26,7 @@ BEST_PEER = "best peer"  # the peer of PEERS with the most img/s in the workload
 # The best peer is judged only when each of these ran and passed its check (an opt-in peer that ran
 # must have passed too): a failed, wrong or unmeasured torch-compile may well be the fastest peer.
 REQUIRED_PEERS = ("eager-amp", "eager-channels-last", "torch-compile")
+PARTIAL = "partial run: stopped before its last provider"  # appended to each status of such a record
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,13 @@ def judge(result: dict, target: Target) -> Verdict:
     record = _find_workload(result, target)
     if record is None:
         return Verdict(target, None, "workload not in the result")
+    verdict = _judge_record(record, target)
+    if record.get("partial"):  # a run cut short: its figures stand, but not as the complete run's
+        return replace(verdict, status=f"{verdict.status}; {PARTIAL}")
+    return verdict
+
+
+def _judge_record(record: dict, target: Target) -> Verdict:
     why = _why_not_measured(record, OURS)
     if why is not None:
         return Verdict(target, None, why)

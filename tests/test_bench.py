@@ -378,6 +378,13 @@ def test_cli_rejects_unreadable_files_before_measuring(tmp_path):
     assert code == 2 and out == ""
 
 
+def test_cli_refuses_merge_without_a_result_file_on_cpu(capsys):
+    """On a CPU no result file is written by default: --merge alone would merge into nothing, silently."""
+    assert main(["bench", *TINY, "--merge"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--merge" in captured.err and "--json PATH" in captured.err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cli_on_a_gpu_runs_every_provider_but_compile(tmp_path):
     # Graph capture, autocast peers, the GEMM floor and the matmul peak on a tiny GPU workload.
@@ -414,3 +421,99 @@ def test_a_partial_workload_does_not_displace_a_complete_one_on_merge():
     assert bench.merge_results(existing, {**new, "workloads": [done]})["workloads"] == [{**done, "run": 1}]
     fresh = {**partial, "label": "v"}
     assert bench.merge_results(existing, {**new, "workloads": [fresh]})["workloads"] == [complete, {**fresh, "run": 1}]
+
+
+def test_workload_record_figures_from_the_timing():
+    """img/s and ms from the median, TFLOP/s from the provider's share of the FLOPs (gemm-floor: its
+    GEMMs), %peak as a fraction of the run's peak, latency from the single calls (not the median)."""
+    workload = bench.make_workloads("cuda", ["convmixer_1536_20"], [256], ["bf16"])[0]
+    providers = {p.name: p for p in bench.all_providers()}
+    ours = bench.Entry(providers["convmixer_fast-auto"], "ok", "bf16",
+                       timing=bench.Timing(0.05, (0.04, 0.05, 0.09), 1, latency_s=0.07))
+    floor = bench.Entry(providers["gemm-floor"], "ok", "bf16",
+                        timing=bench.Timing(0.04, (0.04,) * 3, 1, latency_s=0.045))
+    record = bench.workload_record(workload, [ours, floor], peak_tflops=800.0)
+    flops = bench.flops_per_image(workload.config, 224)
+    mine, theirs = record["providers"]["convmixer_fast-auto"], record["providers"]["gemm-floor"]
+    assert mine["img_per_s"] == pytest.approx(256 / 0.05) and mine["ms_per_batch"] == pytest.approx(50.0)
+    assert mine["latency_ms"] == pytest.approx(70.0) and theirs["latency_ms"] == pytest.approx(45.0)
+    assert mine["tflops"] == pytest.approx(flops["total"] * 256 / 0.05 / 1e12)
+    assert theirs["tflops"] == pytest.approx(flops["pointwise"] * 256 / 0.04 / 1e12)
+    assert mine["fraction_of_peak"] == pytest.approx(mine["tflops"] / 800.0) and 0.5 < mine["fraction_of_peak"] < 1
+    assert mine["ratios"]["gemm-floor"] == pytest.approx(0.04 / 0.05)
+    assert bench.workload_record(workload, [ours], peak_tflops=None)["providers"]["convmixer_fast-auto"][
+        "fraction_of_peak"] is None
+
+
+class FakeClock:
+    """``bench.time`` standing in: each call of ``run`` lasts the next of ``seconds``."""
+
+    def __init__(self, seconds):
+        self.now, self.seconds = 0.0, iter(seconds)
+
+    def perf_counter(self):
+        return self.now
+
+    def run(self):
+        self.now += next(self.seconds)
+
+
+def test_time_calls_takes_the_median_of_its_repeats(monkeypatch):
+    # A warm-up call of 1 s: one call per repeat, MIN_REPEATS repeats; then one single call for latency.
+    clock = FakeClock([1.0, 1.0, 2.0, 9.0, 4.0])
+    monkeypatch.setattr(bench, "time", clock)
+    timing = bench.time_calls(clock.run, "cpu", warmup=1, max_repeats=5, with_latency=True)
+    assert timing.per_call_s == (1.0, 2.0, 9.0) and timing.calls_per_repeat == 1
+    assert timing.median_s == 2.0 and timing.latency_s == 4.0  # not the mean, 4.0, nor the back-to-back time
+
+
+def test_latency_is_the_median_of_single_calls(monkeypatch):
+    clock = FakeClock([0.25, 2.0, 0.5])
+    monkeypatch.setattr(bench, "time", clock)
+    assert bench.latency(clock.run, "cpu", 0.08, max_calls=3) == 0.5  # three calls fit: not the fastest one
+
+
+def test_cli_records_each_providers_fraction_of_the_peak_measured_in_the_run(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench, "_measure_peaks", lambda workloads, device: {"fp32": 1e-6})
+    path = tmp_path / "peak.json"
+    code, _ = run_bench(*TINY, "--providers", "convmixer_fast-eager", "gemm-floor", "--json", str(path))
+    result = json.loads(path.read_text())
+    (record,) = result["workloads"]
+    assert code == 0 and result["runs"][0]["matmul_peak_tflops"] == {"fp32": 1e-6} and record["peak_tflops"] == 1e-6
+    for entry in record["providers"].values():
+        assert entry["fraction_of_peak"] == pytest.approx(entry["tflops"] / 1e-6)
+
+
+def test_matmul_peak_counts_two_flops_per_multiply_add(monkeypatch):
+    monkeypatch.setattr(bench, "PEAK_GEMM_SIZE", 64)
+    monkeypatch.setattr(bench, "time_calls", lambda run, device_type, **kwargs: bench.Timing(0.5, (0.5,), 1))
+    assert bench.matmul_peak_tflops("fp32", "cpu") == pytest.approx(2 * 64**3 / 0.5 / 1e12)
+
+
+def test_a_newer_partial_record_replaces_an_older_partial_one_on_merge():
+    """Two cut-short runs of one workload: the later (it holds what the later run measured) is kept."""
+    older = {"label": "w", "run": 0, "providers": {"a": {}}, "partial": True}
+    newer = {"label": "w", "run": 0, "providers": {"a": {}, "b": {}}, "partial": True}
+    existing = {"device": {"name": "d"}, "runs": [{}], "providers": {}, "workloads": [older]}
+    new = {"device": {"name": "d"}, "runs": [{}], "providers": {}, "workloads": [newer]}
+    assert bench.merge_results(existing, new)["workloads"] == [{**newer, "run": 1}]
+
+
+def test_fixed_precision_peers_are_measured_once_and_each_dtype_gets_its_own_provider_run():
+    """A peer of fixed precision serves every dtype of its (model, batch, image size); a provider in
+    the workload's dtype is measured in each: the bf16 figure must never be the fp16 one's."""
+    built = []
+
+    def provider(name, **kwargs):
+        def build(workload, cache):
+            built.append((name, workload.dtype))
+            return bench.Prepared(lambda: None)
+
+        return bench.Provider(name, name, build, lambda workload: None, has_logits=False, **kwargs)
+
+    workloads = bench.make_workloads("cpu", ["convmixer_cifar10"], [1], ["fp32", "bf16"], 8)
+    records = list(bench.run_workloads(workloads, [provider("peer", fixed_dtype="fp32"), provider("ours")],
+                                       warmup=0, max_repeats=1, peaks={}))
+    assert built == [("peer", "fp32"), ("ours", "fp32"), ("ours", "bf16")]
+    assert [r["providers"]["ours"]["precision"] for r in records] == ["fp32", "bf16"]
+    assert [r["providers"]["peer"]["precision"] for r in records] == ["fp32", "fp32"]

@@ -298,3 +298,33 @@ def test_gpu_op_timing_replays_a_graph_of_calls(monkeypatch):
     assert len(ran) == graph_calls
     assert timing.median_s == pytest.approx(2e-3 / graph_calls) and timing.calls_per_repeat == 3 * graph_calls
     assert timing.per_call_s == pytest.approx((2e-3 / graph_calls, 4e-3 / graph_calls))
+
+
+def test_rates_count_their_flops_and_bytes(monkeypatch):
+    """Each yardstick's figure from a given timing: a GEMM's 2 n**3 FLOPs, a copy's bytes read plus
+    written, the FMA loop's 2 FLOPs per FMA (its kernel and the GPU stood in for)."""
+    def time_calls(run, device_type, **kwargs):
+        run()
+        return bench.Timing(0.25, (0.25,), 1)
+
+    monkeypatch.setattr(bench, "time_calls", time_calls)
+    monkeypatch.setattr(opbench, "CPU_GEMM_SIZE", 64)
+    monkeypatch.setitem(opbench.COPY_BYTES, "cpu", 4096)
+    gemm_tflops, _ = opbench.measure_gemm_tflops("fp32", "cpu", warmup=1, max_repeats=1)
+    assert gemm_tflops == pytest.approx(2 * 64**3 / 0.25 / 1e12)
+    assert opbench.measure_copy_gb_per_s("cpu", warmup=1, max_repeats=1)[0] == pytest.approx(2 * 4096 / 0.25 / 1e9)
+    gpu = type("Properties", (), {"multi_processor_count": 2})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: gpu)
+    monkeypatch.setattr(opbench, "launch_fma_loop", lambda out, iterations: out.copy_(
+        opbench.fma_loop_expected(out.numel(), iterations)))
+    tflops, _ = opbench.measure_fma_tflops("cpu", warmup=1, max_repeats=1)
+    elements = 2 * opbench.FMA_PROGRAMS_PER_SM * opbench.FMA_BLOCK
+    assert tflops == pytest.approx(opbench.fma_loop_flops(elements, opbench.FMA_ITERATIONS) / 0.25 / 1e12)
+
+
+def test_a_nan_output_is_wrong_and_not_timed(monkeypatch):
+    monkeypatch.setattr(opbench, "time_op", lambda *args, **kwargs: pytest.fail("a NaN output was timed"))
+    out = torch.full((4, 4), float("nan"))
+    max_rel, timing = opbench.check_then_time(lambda: None, out, torch.ones(4, 4), tolerance=1.0, device_type="cpu",
+                                              warmup=1, max_repeats=1)
+    assert timing is None and max_rel != max_rel

@@ -145,3 +145,104 @@ def test_cli_prints_the_table_and_exits_1_unless_all_pass(tmp_path, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if "over eager-amp's" in line and "b256" in line)
     assert row.endswith("MISS") and "2.50x" in row
     assert main(["bench", "--targets", str(tmp_path / "missing.json")]) == 2
+
+
+def test_the_targets_are_the_issues():
+    """Issue 6's bounds, providers, batches and units, one row each: a looser constant would pass a MISS."""
+    rows = {(t.model, t.batch, t.kind, t.against, t.latency): (t.bound, t.dtype, t.image_size)
+            for t in targets.TARGETS}
+    assert rows == {
+        ("convmixer_1536_20", 256, "speedup", "eager-amp", False): (4.0, "bf16", 224),
+        ("convmixer_1536_20", 256, "speedup", "torch-compile", False): (4.0, "bf16", 224),
+        ("convmixer_1536_20", 256, "peak", None, False): (0.5, "bf16", 224),
+        ("convmixer_1536_20", 256, "time", "gemm-floor", False): (1.35, "bf16", 224),
+        ("convmixer_1536_20", 1, "time", "gemm-floor", True): (2.0, "bf16", 224),
+        ("convmixer_1536_20", 1, "speedup", "eager-amp", True): (5.0, "bf16", 224),
+        ("convmixer_768_32", 256, "speedup", targets.BEST_PEER, False): (3.0, "bf16", 224),
+        ("convmixer_1024_20_ks9_p14", 256, "speedup", targets.BEST_PEER, False): (3.0, "bf16", 224),
+    } and len(targets.TARGETS) == len(rows)
+    assert targets.OURS == "convmixer_fast-auto"
+
+
+def result_at(scale):
+    """A result whose every figure is ``scale`` times its target's bound: 1 exactly at it, above 1
+    better than required, below 1 worse (each bound applied by hand, in the target's own units)."""
+    result = meeting_result()
+    b256, b1, m768, m1024 = result["workloads"]
+    b256["providers"] = workload("convmixer_1536_20", 256, {
+        "convmixer_fast-auto": (1000 * scale, {"fraction_of_peak": 0.5 * scale}), "eager-amp": (250, {}),
+        "torch-compile": (250, {}), "gemm-floor": (1350, {})})["providers"]
+    b1["providers"]["convmixer_fast-auto"]["latency_ms"] = 1.0 / scale
+    b1["providers"]["eager-amp"]["latency_ms"] = 5.0
+    b1["providers"]["gemm-floor"]["latency_ms"] = 0.5
+    for record in (m768, m1024):
+        record["providers"]["convmixer_fast-auto"]["img_per_s"] = 3 * scale * max(
+            e["img_per_s"] for name, e in record["providers"].items() if name in targets.PEERS)
+        with_ratios(record)
+    return result
+
+
+def test_a_figure_exactly_at_its_bound_passes_and_one_just_short_misses():
+    at = verdicts_by_label(result_at(1.0))
+    assert all(v.status == "PASS" and v.value == pytest.approx(v.target.bound) for v in at.values()), at
+    short = verdicts_by_label(result_at(0.99))
+    assert all(v.status == "MISS" for v in short.values()), short
+    assert all(v.passed for v in verdicts_by_label(result_at(1.01)).values())
+
+
+@pytest.mark.parametrize("status", ["error", "wrong"])
+def test_an_opt_in_peer_that_ran_and_failed_leaves_the_best_peer_unknown(status):
+    """torch-compile-max-autotune is opt-in, but where it ran it may be the fastest peer."""
+    result = meeting_result()
+    record = result["workloads"][2]
+    record["providers"]["torch-compile-max-autotune"] = entry(100000, 256, status=status)
+    with_ratios(record)
+    verdict = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert not verdict.passed and verdict.status.startswith("best peer unknown: torch-compile-max-autotune")
+
+
+def test_a_faster_opt_in_peer_is_the_best_peer():
+    result = meeting_result()
+    record = result["workloads"][2]
+    record["providers"]["torch-compile-max-autotune"] = entry(4500, 256)
+    with_ratios(record)
+    verdict = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert verdict.against == "torch-compile-max-autotune" and verdict.status == "MISS"
+    assert verdict.value == pytest.approx(2.0)
+
+
+def test_targets_read_only_their_dtype_and_image_size():
+    """A merged result holds the same model and batch in fp16 and at other image sizes: a figure from
+    one of those (here listed first, each missing every target) must not stand in for bf16 at 224."""
+    result = meeting_result()
+    others = []
+    for record in result["workloads"]:
+        for change in ({"dtype": "fp16"}, {"image_size": 256}):
+            other = {**copy.deepcopy(record), **change}
+            for name, provider in other["providers"].items():
+                if name == "convmixer_fast-auto":
+                    provider.update(img_per_s=1.0, fraction_of_peak=0.01, latency_ms=1e6)
+            others.append(with_ratios(other))
+    result["workloads"] = others + result["workloads"]
+    verdicts = verdicts_by_label(result)
+    assert all(v.passed for v in verdicts.values()), verdicts
+
+
+def test_a_partial_record_gives_its_figures_but_passes_nothing():
+    """A bench cut short saves its workload as "partial" after each provider: the figures it holds
+    are shown, each row says the run stopped early, and none passes (the targets ask for one
+    complete run), not even one whose providers were all reached."""
+    result = meeting_result()
+    b256 = result["workloads"][0]
+    b256["partial"] = True
+    del b256["providers"]["gemm-floor"]
+    with_ratios(b256)
+    verdicts = verdicts_by_label(result)
+    amp = verdicts["convmixer_1536_20 b256 bf16: img/s over eager-amp's"]
+    assert amp.value == pytest.approx(5.0) and amp.status == f"PASS; {targets.PARTIAL}" and not amp.passed
+    floor = verdicts["convmixer_1536_20 b256 bf16: time over gemm-floor's"]
+    assert floor.value is None and floor.status == f"gemm-floor not in the result; {targets.PARTIAL}"
+    partial = [v for v in verdicts.values() if v.target.batch == 256 and v.target.model == "convmixer_1536_20"]
+    assert len(partial) == 4 and not any(v.passed for v in partial)
+    assert all(v.passed for v in verdicts.values() if v not in partial)
+    assert "4 of 8 targets pass" in targets.format_verdicts(list(verdicts.values()))
