@@ -229,6 +229,7 @@ def _remember(cache: OrderedDict, key, value, bound: int = MAX_CACHED_SHAPES) ->
 
 
 _EPS = operator.attrgetter("eps")  # a BatchNorm's, which each preparation reads: the staleness key holds them
+_TRAINING = operator.attrgetter("training")
 
 
 def _layer_signature(layer: nn.Module) -> str:
@@ -801,8 +802,9 @@ class ConvMixer(nn.Module):
         layers assigned are seen as they are assigned (``_layer_changed``); blocks deleted or
         inserted (``del model.blocks[i]``, ``insert``: no hook sees them) here, by the blocks the
         tensors were gathered from. A BatchNorm's ``eps`` (an attribute: no hook sees it set) is
-        part of the staleness key beside the version sum. Each preparation first checks the layers
-        (``_check_layers``).
+        part of the staleness key beside the version sum, and a BatchNorm put in training mode on its
+        own (``model.training`` stays False) is refused at each call. Each preparation first checks
+        the layers (``_check_layers``).
         """
         if torch.compiler.is_compiling():
             return prepare_params(self, dtype)  # traced into the graph; no Python-side cache
@@ -831,6 +833,10 @@ class ConvMixer(nn.Module):
                 "convmixer_fast.ConvMixer is inference-only but some parameters require grad; "
                 "call model.requires_grad_(False) (gradients would not flow through the fused kernels)"
             )
+        if any(map(_TRAINING, self._batchnorms)):  # (set on the layer itself: model.training stays False)
+            name = next(name for name, m in self.named_modules() if m.training and m in self._batchnorms)
+            raise InferenceOnlyError(f"convmixer_fast.ConvMixer is inference-only but its layer {name} is in training "
+                                     f"mode (its batch statistics would be used); call model.eval()")
         version = (sum(t._version for t in self._versioned_tensors), tuple(map(_EPS, self._batchnorms)))
         dtype = dtype or self._param_dtype
         stale = self._prepared is None or self._prepared[0] != version
@@ -908,9 +914,13 @@ class ConvMixer(nn.Module):
             else:
                 how = f"move one (model.to({str(x.device)!r}) or x.to({str(self._param_device)!r}))"
             raise InputError(f"input is on {x.device} but the model is on {self._param_device}; {how}")
+        self._refuse_grad(x, "input")
+
+    @staticmethod
+    def _refuse_grad(x: torch.Tensor, what: str) -> None:
         if torch.is_grad_enabled() and x.requires_grad:
             raise InferenceOnlyError(
-                "convmixer_fast.ConvMixer is inference-only and the input requires grad; "
+                f"convmixer_fast.ConvMixer is inference-only and the {what} requires grad; "
                 "run it under torch.no_grad() / torch.inference_mode() or pass x.detach()"
             )
 
@@ -1112,6 +1122,8 @@ class ConvMixer(nn.Module):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[1] != self.dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise InputError(f"expected a [B, {self.dim}, H, W] feature map, got {shape}")
+        self._require_eval()
+        self._refuse_grad(x, "feature map")
         dtype = self._compute_dtype(self._param_device)
         if x.device != self._param_device or x.dtype not in (self._param_dtype, dtype):
             raise InputError(

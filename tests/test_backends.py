@@ -98,3 +98,19 @@ def test_a_rocm_gpu_runs_the_eager_backend(monkeypatch):
     assert resolve_ops("auto", gpu, torch.bfloat16, 16, measure=False).label == "eager"
     with pytest.raises(cf.BackendUnavailableError, match=r"through ROCm \(HIP 6.4.43482\)"):
         resolve_ops("triton", gpu, torch.bfloat16, 16)
+
+
+def test_a_gpu_without_bf16_tensor_cores_runs_the_eager_backend(monkeypatch):
+    """A Turing GPU (sm_75, a T4 say) has no bf16 tensor cores: the kernel backends say so, and
+    ``auto`` runs the eager ops there."""
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert BACKENDS["triton"].unavailable_reason(gpu) == (
+        "needs compute capability >= 8.0 (bf16 tensor cores), this GPU has 7.5")
+    assert resolve_ops("auto", gpu, torch.float16, 16, measure=False).label == "eager"
+    with pytest.raises(cf.BackendUnavailableError, match=r"needs compute capability >= 8.0"):
+        resolve_ops("triton", gpu, torch.float16, 16)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert BACKENDS["triton"].unavailable_reason(gpu) is None

@@ -260,3 +260,17 @@ def test_graphs_replay_the_features_on_a_gpu(reference, global_pool):
         for output, x in zip(outputs, images):
             torch.testing.assert_close(output, model(x), rtol=0, atol=0)
     assert model._graphs
+
+
+def test_forward_head_refuses_a_feature_map_of_another_dtype_or_device(reference, image):
+    """A feature map in a dtype that is neither the model's nor the compute dtype, or on another
+    device, is an InputError, whichever of the two is wrong (not converted or run elsewhere)."""
+    model = cf.ConvMixer.from_eager(reference, backend="eager")
+    with torch.no_grad():
+        features = model.forward_features(image)
+        for wrong in (features.double(), features.half(), features.to("meta")):
+            with pytest.raises(cf.InputError, match=r"feature map is torch\.float\d+ on (cpu|meta), the model is "
+                                                    r"torch.float32 on cpu"):
+                model.forward_head(wrong)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # the compute dtype is taken too
+            assert model.forward_head(features.bfloat16()).dtype == torch.bfloat16

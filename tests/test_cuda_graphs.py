@@ -402,3 +402,46 @@ def test_calls_on_two_streams(cuda_graphs):
                 torch.testing.assert_close(output, reference_logits, rtol=0, atol=0)
     if not cuda_graphs:  # the default stream's, and one per new stream
         assert len(model._activation_buffers) == 1 + len(streams)
+
+
+def test_an_fp32_graph_under_one_16_bit_autocast_is_not_replayed_under_the_other(stand_in_capture):
+    """The compute dtype is part of the signature: an fp32 model's graph captured under bf16
+    autocast must not answer a call under fp16 autocast (same input, same TF32 switches: none
+    count for 16-bit math), which computes and returns float16."""
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x), model(x)  # warm-up, capture
+        with torch.autocast("cpu", dtype=torch.float16):
+            logits = [model(x), model(x), model(x)]
+    assert [out.dtype for out in logits] == [torch.float16] * 3
+    assert len(stand_in_capture) == 2
+
+
+def test_a_captured_shape_releases_its_activation_buffers(stand_in_capture):
+    """A preallocating backend's buffers for a shape serve its uncaptured calls; once the shape has
+    a graph (which owns its own allocations) they are released, the other shapes' kept."""
+    pytest.importorskip("triton")
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="triton")
+    x, other = torch.randn(2, 3, 8, 8), torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        model(other), model(x)  # warm-ups: buffers for both shapes
+        assert len(model._activation_buffers) == 2
+        model(x)  # captured
+    assert len(stand_in_capture) == 1
+    assert [key[0] for key in model._activation_buffers] == [3]
+
+
+def test_a_warm_signature_is_remembered_past_more_signatures_than_graphs_kept(stand_in_capture):
+    """Signatures seen once are remembered up to MAX_SEEN_SIGNATURES, not MAX_CACHED_SHAPES: a
+    shape that returns after more other shapes than graphs kept is still captured at its second
+    call (forgotten, each return would be a warm-up again and a rotation of shapes never captured)."""
+    model = small_model()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # warm-up
+        for batch in range(3, 3 + 2 * model_module.MAX_CACHED_SHAPES):
+            model(torch.randn(batch, 3, 8, 8))  # warm-ups of others
+        model(x)  # captured
+    assert len(stand_in_capture) == 1 and stand_in_capture[0].output.shape == (2, 5)

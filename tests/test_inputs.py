@@ -75,6 +75,42 @@ def test_training_and_grad_are_refused(model):
         model.head.weight.requires_grad_(False)
 
 
+@pytest.mark.parametrize("after_a_forward", [False, True])
+def test_a_batchnorm_in_training_mode_is_refused(after_a_forward):
+    """``model.blocks[0][3].train()`` leaves ``model.training`` False, but the eager model would
+    normalise with that layer's batch statistics: an error naming the layer, not eval-mode logits."""
+    model = cf.ConvMixer(8, 2, 3, 4, 5, backend="eager")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x) if after_a_forward else None
+        model.blocks[1][3].train()
+        with pytest.raises(cf.InferenceOnlyError, match=r"its layer blocks\.1\.3 is in training mode .*call model.eval"):
+            model(x)
+        with pytest.raises(cf.InferenceOnlyError, match=r"blocks\.1\.3"):
+            model.forward_features(x)
+        model.eval()
+        if expected is not None:
+            torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        else:
+            model(x)
+
+
+def test_forward_head_is_inference_only_too(model):
+    """forward_head's classifier is a fused kernel too: a feature map that wants gradients, or
+    training mode, raise as forward does (the triton backend would return logits without grad_fn)."""
+    features = torch.randn(2, 8, 4, 4)
+    with pytest.raises(cf.InferenceOnlyError, match="feature map requires grad"):
+        model.forward_head(features.requires_grad_())
+    model.train()
+    try:
+        with pytest.raises(cf.InferenceOnlyError, match="call model.eval"):
+            model.forward_head(features.detach())
+    finally:
+        model.eval()
+    with torch.no_grad():
+        assert model.forward_head(features).shape == (2, 5)
+
+
 def test_nan_propagates(model):
     x = torch.randn(1, 3, 16, 16)
     x[0, 0, 0, 0] = float("nan")

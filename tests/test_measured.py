@@ -155,15 +155,14 @@ def test_another_process_reuses_the_file_without_measuring(tmp_path):
     assert op(torch.zeros(3)) == "eager" and recorder.timed == 0
 
 
-def test_other_versions_or_a_missing_candidate_measure_anew(tmp_path):
+def test_other_versions_measure_anew(tmp_path):
+    """(A stored choice of no candidate here: test_a_stored_choice_of_no_candidate_here_is_measured_anew_and_replaced.)"""
     path = str(tmp_path / "choices.json")
     measured_op(Recorder("eager"), measured.ChoiceStore(path, IDENTITY))(torch.zeros(3))
     recorder = Recorder("triton")
     other = measured.ChoiceStore(path, {**IDENTITY, "torch": "1"})
     assert other.choices == {}
     assert measured_op(recorder, other)(torch.zeros(3)) == "triton" and recorder.timed == 3
-    recorder = Recorder("cuda")  # eager stored, but not a candidate here
-    assert measured_op(recorder, measured.ChoiceStore(path, IDENTITY), names=("triton", "cuda"))(torch.zeros(3)) == "cuda"
 
 
 def test_an_unreadable_file_warns_and_is_replaced(tmp_path):
@@ -329,6 +328,20 @@ def test_when_no_candidate_agrees_the_reference_runs(tmp_path):
         torch.testing.assert_close(op(x), 2 * x)  # remembered: no second judging
 
 
+def test_one_candidate_refusing_and_the_other_disagreeing_runs_the_reference(tmp_path):
+    """The reference ran on these arguments: a kernel's refusal (an argument check) beside a wrong
+    kernel is no reason to fail the call, nor to run the wrong one."""
+    def refuses(*args, **kwargs):
+        raise ValueError("cuda_depthwise: x must be 16-byte aligned")
+
+    op = judged_op(tmp_path, {"triton": doubling(last_image_offset=1.0), "cuda": refuses}, fastest="cuda")
+    x = torch.ones(2, 3, 3, 8)
+    with pytest.warns(UserWarning, match="no candidate's depthwise_block agrees"):
+        out = op(x)
+    torch.testing.assert_close(out, 2 * x)
+    assert op.label == "eager (measured)"
+
+
 def test_non_finite_reference_outputs_judge_nothing(tmp_path):
     op = judged_op(tmp_path, {"triton": doubling(), "cuda": doubling(last_image_offset=0.5)}, fastest="cuda")
     x = torch.ones(2, 3, 3, 8)
@@ -464,3 +477,87 @@ def test_stored_choices_belong_to_the_kernels_they_measured(monkeypatch, tmp_pat
     measured_op(Recorder("eager"), measured.ChoiceStore(path, identity))(torch.zeros(3))
     assert measured.ChoiceStore(path, identity).choices
     assert not measured.ChoiceStore(path, {**identity, "kernels": "0" * 16}).choices
+
+
+def test_another_layout_of_the_same_shape_is_measured_anew(tmp_path):
+    """The strides are part of the in-memory key as of the stored signature: a channels-last or
+    transposed input of a shape already measured may run (or refuse) otherwise, so it is measured
+    on its own and stored under its own signature."""
+    store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
+
+    def contiguous_only(*args, **kwargs):
+        if not args[0].is_contiguous():
+            raise ValueError("cuda_pointwise: y must be contiguous")
+        return recorder.entry("cuda")(*args, **kwargs)
+
+    recorder = Recorder(fastest="cuda")
+    op = measured.MeasuredOp("pointwise", {"triton": recorder.entry("triton"), "cuda": contiguous_only}, CPU,
+                             store=store, timer=recorder.timer)
+    x = torch.zeros(4, 4)
+    assert op(x, "gelu") == "cuda" and recorder.timed == 2
+    transposed = x.t().contiguous().t()  # the same shape and dtype, other strides
+    assert op(transposed, "gelu") == "triton"  # measured: the cuda candidate refuses it
+    assert len(store.choices) == 2
+    assert "must be contiguous" in store.choices[measured.signature("pointwise", (transposed, "gelu"))]["failed"]["cuda"]
+    assert op(x, "gelu") == "cuda" and op(transposed, "gelu") == "triton"
+
+
+def test_a_stored_choice_of_no_candidate_here_is_measured_anew_and_replaced(tmp_path):
+    """A choice stored for a backend that is not a candidate of this op (another build, fewer
+    backends available) is measured anew among the candidates, and the new choice replaces it in
+    the file (the file's entry does not win the merge over the fresh measurement)."""
+    path = str(tmp_path / "choices.json")
+    measured_op(Recorder("eager"), measured.ChoiceStore(path, IDENTITY))(torch.zeros(3))
+    recorder = Recorder("cuda")
+    op = measured_op(recorder, measured.ChoiceStore(path, IDENTITY), names=("triton", "cuda"))
+    assert op(torch.zeros(3)) == "cuda" and recorder.timed == 2
+    (entry,) = json.loads((tmp_path / "choices.json").read_text())["choices"].values()
+    assert entry["backend"] == "cuda"
+    recorder = Recorder("triton")  # a later process finds the new choice
+    assert measured_op(recorder, measured.ChoiceStore(path, IDENTITY), names=("triton", "cuda"))(
+        torch.zeros(3)) == "cuda" and recorder.timed == 0
+
+
+@pytest.mark.parametrize("entry", ["cuda", ["cuda"], 3, None])
+def test_a_choice_that_is_no_object_is_ignored_and_replaced(tmp_path, entry):
+    """A hand-edited or foreign file whose entry is a bare string, a list, a number or null: no
+    crash, the signature is measured and its entry in the file replaced by a proper one."""
+    path = tmp_path / "choices.json"
+    key = measured.signature("pointwise", (torch.zeros(3),))
+    path.write_text(json.dumps({"schema": measured.STORE_SCHEMA, "identity": IDENTITY, "choices": {key: entry}}))
+    store = measured.ChoiceStore(str(path), IDENTITY)
+    assert store.get(key) is None
+    recorder = Recorder("cuda")
+    assert measured_op(recorder, store)(torch.zeros(3)) == "cuda" and recorder.timed == 3
+    assert json.loads(path.read_text())["choices"][key]["backend"] == "cuda"
+
+
+def test_a_candidate_whose_output_is_nan_where_the_reference_is_finite_is_left_out(tmp_path):
+    """NaN compares false with any tolerance: a kernel that writes NaN must be judged wrong, not
+    slip through a ``>`` check."""
+    def nan_on_last_image(x, out=None):
+        result = 2 * x
+        result[-1] = float("nan")
+        return result if out is None else out.copy_(result)
+
+    op = judged_op(tmp_path, {"triton": doubling(), "cuda": nan_on_last_image}, fastest="cuda")
+    x = torch.ones(2, 3, 3, 8)
+    with pytest.warns(UserWarning, match=r"the cuda backend's depthwise_block disagrees with the reference"):
+        out = op(x)
+    assert set(op.chosen.values()) == {"triton"}
+    torch.testing.assert_close(out, 2 * x)
+
+
+def test_a_per_op_mix_with_a_preallocating_backend_gets_the_models_buffers(twin_backend, monkeypatch):
+    """Where any candidate of any op preallocates (the twin does, eager does not), the model hands
+    the ops its reusable activation buffers, and the logits stay those of the eager model."""
+    monkeypatch.setattr(measured, "time_op", twin_is_faster_timer(twin_backend))
+    reference = reference_model(16, 2, 3, 2, 5)
+    model = cf.ConvMixer.from_eager(reference, cuda_graphs=False)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = cf.ConvMixer.from_eager(reference, backend="eager")(x)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # through the buffers again
+    (key,) = model._activation_buffers
+    assert key[:3] == (2, 4, 4)

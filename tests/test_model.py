@@ -523,3 +523,80 @@ def test_model_built_under_inference_mode_runs():
         model = cf.ConvMixer.from_eager(reference, backend="eager")
         x = torch.randn(2, 3, 8, 8)
         torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-4)
+
+
+def test_an_image_of_exactly_one_patch_is_taken():
+    """The smallest image the model takes is one patch (a 1x1 token map), as the strided conv does;
+    one row or column more than a whole number of patches is ignored."""
+    reference = reference_model(16, 2, 3, 4, 5)
+    model = cf.ConvMixer.from_eager(reference, backend="eager")
+    with torch.no_grad():
+        for x in (torch.randn(2, 3, 4, 4), torch.randn(1, 3, 4, 9), torch.randn(1, 3, 7, 4)):
+            torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=2e-5)
+        assert model.forward_features(torch.randn(1, 3, 4, 7)).shape == (1, 16, 1, 1)
+
+
+def test_a_parameter_set_to_none_after_a_forward_is_refused_at_the_next_preparation():
+    """After a forward the layers are gathered already: ``conv.bias = None`` is still refused with
+    the layer found (not prepare_params' AttributeError) once a change makes the weights stale."""
+    model = cf.ConvMixer(8, 1, 3, 4, 5, backend="eager")
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        model(x)
+        model.stem[0].bias = None
+        model.stem[0].weight.mul_(2)  # an in-place edit: the next forward prepares anew
+        with pytest.raises(ValueError, match=r"model.stem must have the layers it replaces, .*; 0: expected "
+                                             r"Conv2d\(3, 8, kernel_size=\(4, 4\), stride=\(4, 4\)\), got .*bias=False\)"):
+            model(x)
+
+
+def test_a_dtype_round_trip_after_a_forward_prepares_the_rounded_weights():
+    """``.half().float()`` replaces each tensor's data (``_apply``, no version bump) and comes back
+    to the dtype whose prepared set exists: the model must prepare the rounded weights anew."""
+    model = cf.ConvMixer.from_eager(reference_model(16, 2, 3, 2, 5), backend="eager")
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+        model.half().float()  # every weight rounded to fp16
+        rounded = cf.ConvMixer(16, 2, 3, 2, 5, backend="eager")
+        rounded.load_state_dict(model.state_dict())
+        after = model(x)
+        torch.testing.assert_close(after, rounded(x), rtol=0, atol=0)
+    assert not torch.equal(after, before)
+
+
+def test_activation_buffers_are_kept_for_the_most_recent_shapes_only():
+    """A preallocating backend's activation buffers are kept per input shape for MAX_CACHED_SHAPES
+    shapes, the least recently used dropped: a server seeing many batch sizes does not hold memory
+    for each of them."""
+    pytest.importorskip("triton")
+    from convmixer_fast import model as model_module
+
+    bound = model_module.MAX_CACHED_SHAPES
+    model = cf.ConvMixer.from_eager(reference_model(8, 1, 1, 2, 3), backend="triton")
+    with torch.no_grad():
+        model(torch.randn(1, 3, 2, 2))
+        for batch in range(2, bound + 3):
+            model(torch.randn(batch, 3, 2, 2))
+        model(torch.randn(1, 3, 2, 2))  # the least recent, used again: kept, the next least recent dropped
+    assert [key[0] for key in model._activation_buffers] == [*range(4, bound + 3), 1]
+
+
+def test_features_of_a_16_bit_model_come_in_its_dtype():
+    """Pooled in fp32 and rounded once: the features of a model without a classifier (and
+    ``pre_logits``) come in the compute dtype, as the logits do, close to the fp32 reference's."""
+    from convmixer_fast.weights import without_classifier
+
+    reference = reference_model(16, 2, 3, 2, 5)
+    model = cf.ConvMixer(16, 2, 3, 2, num_classes=0, backend="eager")
+    model.load_state_dict(without_classifier(reference.state_dict()))
+    model.bfloat16()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        features = model(x)
+        assert features.dtype == torch.bfloat16
+        torch.testing.assert_close(features.float(), reference[:-1](x), rtol=5e-2, atol=5e-2)
+        assert model.forward_head(model.forward_features(x), pre_logits=True).dtype == torch.bfloat16
+        with_head = cf.ConvMixer.from_eager(reference, backend="eager")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert with_head.forward_head(with_head.forward_features(x), pre_logits=True).dtype == torch.bfloat16
