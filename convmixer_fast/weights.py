@@ -111,10 +111,16 @@ def to_canonical(state_dict) -> CanonicalStateDict:
     stripped = {}
     for key, value in state_dict.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            nested = (f" (a training checkpoint with its weights under {key!r}? pass checkpoint[{key!r}]; "
+                      f"load_checkpoint unwraps {', '.join(map(repr, EMA_WRAPPERS + CHECKPOINT_WRAPPERS))})"
+                      if isinstance(key, str) and hasattr(value, "items") else "")
             raise CheckpointError(
-                f"expected a state dict of str -> Tensor, got entry {key!r} -> {type(value).__name__}"
+                f"expected a state dict of str -> Tensor, got entry {key!r} -> {type(value).__name__}{nested}"
             )
-        stripped[_strip_prefixes(key)] = (key, value)
+        name = _strip_prefixes(key)
+        if name in stripped:  # ("module.0.weight" beside "0.weight": not one silently dropped)
+            raise CheckpointError(f"checkpoint keys {stripped[name][0]!r} and {key!r} both name {name!r}")
+        stripped[name] = (key, value)
     layout = detect_layout(stripped)
     rules = _rules(layout)
     tensors, source_keys, unmatched = {}, {}, []
@@ -162,6 +168,7 @@ def without_classifier(state_dict) -> dict[str, torch.Tensor]:
 
 CHECKPOINT_WRAPPERS = ("state_dict", "model")  # where training checkpoints keep the weights
 EMA_WRAPPERS = ("state_dict_ema", "model_ema")  # ... and their exponential moving average (timm: the former)
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pth.tar", ".pt", ".bin", ".ckpt")  # named to a folder's caller
 
 
 def _looks_like_safetensors(path: str, size: int) -> bool:
@@ -192,6 +199,11 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
     path = os.fspath(path)
     if not isinstance(path, str):
         raise CheckpointError(f"checkpoint path must be a str or os.PathLike of str, got {path!r}")
+    if os.path.isdir(path):  # (a Hugging Face snapshot folder, say)
+        files = sorted(name for name in os.listdir(path) if name.endswith(CHECKPOINT_SUFFIXES))
+        raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it"
+                              + (f": {', '.join(files[:5])}" if files else " (it holds none of "
+                                 f"{', '.join(CHECKPOINT_SUFFIXES)})"))
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:

@@ -91,6 +91,9 @@ def test_create_model_without_a_classifier_leaves_the_checkpoints_out(reference,
         cf.create_model("tiny", n_classes=3, num_classes=3)
     with pytest.raises(cf.CheckpointError, match="shape mismatch"):
         cf.create_model("tiny", checkpoint_path=path, num_classes=N + 1)
+    torch.save({**reference.state_dict(), "99.extra": torch.zeros(1)}, tmp_path / "extra.pth")
+    with pytest.raises(cf.CheckpointError, match=r"unexpected keys \(1\): 99.extra"):  # (still reported)
+        cf.create_model("tiny", checkpoint_path=tmp_path / "extra.pth", num_classes=0)
     with torch.no_grad():
         torch.testing.assert_close(model(image), pooled_features(reference, image), **TOLERANCE)
 

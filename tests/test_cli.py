@@ -115,6 +115,56 @@ def test_plain_pytorch_gives_no_cap_in_fp32_or_where_it_cannot_run():
         assert math.isnan(verify.plain_torch_error(Refusing(), image, torch.bfloat16, logits))
 
 
+def test_tolerances_of_tf32_apply_to_fp32_on_a_gpu_allowing_it():
+    """TF32's 10 mantissa bits: a looser kernel tolerance, the model's compounding it; only where
+    fp32 math may run in TF32 (a GPU with torch's flag), not on the CPU or in 16-bit dtypes."""
+    from convmixer_fast import verify
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert verify.tolerances(torch.float32, cuda, tf32=True) == (verify.TF32_TOLERANCE, 10 * verify.TF32_TOLERANCE)
+    fp32 = (verify.KERNEL_TOLERANCE[torch.float32], verify.MODEL_TOLERANCE[torch.float32])
+    assert verify.tolerances(torch.float32, cuda, tf32=False) == verify.tolerances(torch.float32, cpu, tf32=True) == fp32
+    assert fp32[0] < fp32[1] < verify.TF32_TOLERANCE
+    bf16 = verify.tolerances(torch.bfloat16, cuda, tf32=True)
+    assert bf16 == (verify.KERNEL_TOLERANCE[torch.bfloat16], verify.MODEL_TOLERANCE[torch.bfloat16])
+
+
+def test_a_row_passes_up_to_its_tolerance_and_fails_on_nan():
+    """Relative errors: scaled by the reference's largest magnitude; an exact result passes a zero
+    tolerance; NaN anywhere fails."""
+    from convmixer_fast import verify
+
+    assert verify.errors(torch.tensor([110.0, -3.0]), torch.tensor([100.0, -3.0])) == (10.0, 0.1)
+    assert verify.errors(torch.tensor([0.5]), torch.tensor([0.0])) == (0.5, 0.5)  # (an all-zero reference)
+    assert verify.Row("head", 0.0, 0.0, 0.0).ok and verify.Row("head", 1.0, 0.1, 0.1).ok
+    assert not verify.Row("head", 1.0, 0.11, 0.1).ok
+    nan_row = verify._row("head", torch.tensor([1.0, math.nan]), torch.tensor([1.0, 2.0]), 1.0)
+    assert math.isnan(nan_row.max_rel) and not nan_row.ok
+
+
+@pytest.mark.parametrize("factor", [1 + 5e-4, math.nan])
+def test_a_wrong_kernel_fails_its_own_row_alone(monkeypatch, factor):
+    """A stem kernel 5e-4 off (relative) in fp32, far past fp32's rounding though within the
+    model's tolerance of 1e-3, or giving NaN: its row fails, every other row passes (each kernel is
+    fed the reference's output of the step before, so a row shows that kernel's own error)."""
+    from convmixer_fast import verify
+
+    resolve = verify.resolve_ops
+
+    def stem_off(*args, **kwargs):
+        resolved = resolve(*args, **kwargs)
+        stem = resolved.ops.stem
+        return resolved._replace(ops=resolved.ops._replace(stem=lambda *a, **k: stem(*a, **k) * factor))
+
+    monkeypatch.setattr(verify, "resolve_ops", stem_off)
+    config = dict(dim=16, depth=2, kernel_size=3, patch_size=2, n_classes=5)
+    model, reference = verify.build_pair(config, torch.float32, torch.device("cpu"), image_size=9)
+    rows = verify.verify_model(model, reference, torch.randn(2, 3, 9, 9), "eager")
+    assert [row.step for row in rows if not row.ok] == ["stem"]
+    if not math.isnan(factor):
+        assert rows[0].max_rel == pytest.approx(factor - 1, rel=1e-2)
+
+
 def test_a_bug_the_eager_backend_shares_with_the_kernels_is_caught(monkeypatch):
     """Every depthwise BatchNorm scale 10% too large in bf16 only (the eager backend and the kernels
     share ``prepare_params``): the eager backend's error grows with the bug, the yardstick must not."""

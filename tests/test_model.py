@@ -443,6 +443,38 @@ def test_create_model_pretrained_without_timm_says_why(monkeypatch):
         cf.create_model("convmixer_1536_20", pretrained=True)
 
 
+def test_create_model_pretrained_goes_through_timm(monkeypatch):
+    """pretrained=True asks timm for the named model (num_classes / global_pool in timm's spelling)
+    and converts it with the backend options; other overrides, a checkpoint_path too, and timm's
+    failures (network, hub) are refused saying what to do. A stand-in for timm: no network here."""
+    import types
+
+    from helpers import TimmLikeConvMixer
+
+    calls = []
+
+    def create_model(name, pretrained=False, **kwargs):
+        calls.append((name, pretrained, kwargs))
+        if kwargs.get("num_classes") == 404:
+            raise OSError("could not reach huggingface.co")
+        return TimmLikeConvMixer(16, 2, 3, 2, **kwargs).eval()
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    model = cf.create_model("convmixer_768_32", pretrained=True, num_classes=5, backend="eager", cuda_graphs=False)
+    assert calls == [("convmixer_768_32", True, {"num_classes": 5})]
+    assert (model.dim, model.n_classes, model.backend, model.cuda_graphs) == (16, 5, "eager", False)
+    assert cf.create_model("convmixer_768_32", pretrained=True, n_classes=0, global_pool="").n_classes == 0
+    assert calls[-1] == ("convmixer_768_32", True, {"num_classes": 0, "global_pool": ""})
+    with pytest.raises(ValueError, match=r"pretrained=True takes only backend=, .* got \['depth', 'dim'\]"):
+        cf.create_model("convmixer_768_32", pretrained=True, dim=8, depth=1)
+    with pytest.raises(RuntimeError, match=r"timm could not load pretrained weights for 'convmixer_768_32': could not "
+                                           r"reach huggingface.co; .*pass checkpoint_path="):
+        cf.create_model("convmixer_768_32", pretrained=True, num_classes=404)
+    with pytest.raises(ValueError, match="pass pretrained=True or checkpoint_path, not both"):
+        cf.create_model("convmixer_768_32", pretrained=True, checkpoint_path="weights.pth")
+    assert len(calls) == 3  # (the overrides and checkpoint_path refused before timm is asked)
+
+
 @pytest.mark.parametrize("backend", ["eager", "triton"])
 def test_a_callers_autocast_runs_an_fp32_model_in_its_dtype(backend):
     """Under autocast to bfloat16 an fp32 model computes (kernels, logits, features) in bfloat16, as

@@ -36,11 +36,13 @@ def layouts(reference):
         "one-liner": one_liner,
         "dataparallel": {f"module.{k}": v for k, v in sequential.items()},
         "compiled-dataparallel": {f"module._orig_mod.{k}": v for k, v in timm.items()},
+        "dataparallel-compiled": {f"_orig_mod.module.{k}": v for k, v in sequential.items()},  # compile(DDP(model))
         "ours": cf.ConvMixer.from_eager(reference).state_dict(),
     }
 
 
-@pytest.mark.parametrize("layout", ["original", "timm", "one-liner", "dataparallel", "compiled-dataparallel", "ours"])
+@pytest.mark.parametrize("layout", ["original", "timm", "one-liner", "dataparallel", "compiled-dataparallel",
+                                    "dataparallel-compiled", "ours"])
 def test_every_layout_gives_identical_logits(reference, image, layout):
     model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
     result = model.load_state_dict(layouts(reference)[layout])
@@ -117,6 +119,13 @@ class _WithoutResidual(TimmLikeConvMixer):
         return self.head(x.mean((2, 3)))
 
 
+class _LogitsScaled(TimmLikeConvMixer):
+    """Logits 1% off (a temperature in the forward, say): what the layers cannot show."""
+
+    def forward(self, x):
+        return 1.01 * super().forward(x)
+
+
 class _Features(TimmLikeConvMixer):
     def forward(self, x):
         return {"logits": super().forward(x)}
@@ -127,6 +136,7 @@ def test_from_eager_holds_the_logits_to_the_modules(reference, image):
     logits 1.4 off on a small model); a training-mode module converts and stays in training mode;
     the check leaves torch's random state alone."""
     for variant, message in ((_WithoutResidual, r"logits differ from the converted model's by .* \(a residual left"),
+                             (_LogitsScaled, r"logits differ from the converted model's by 9.9\de-03"),
                              (_Features, r"forward returned a dict for a \[2, 3, 19, 19\] image batch")):
         eager = _copy_weights(reference.state_dict(), variant(DIM, DEPTH, K, P, num_classes=N))
         with pytest.raises(cf.UnsupportedModelError, match=message):
@@ -212,12 +222,16 @@ def test_checkpoint_files(reference, image, tmp_path, suffix, wrapper):
 @pytest.fixture
 def ema_checkpoints(tmp_path):
     """(plain weights, EMA weights, files): timm's train.py saves "state_dict" and "state_dict_ema"
-    ("both"); "ema_only" holds "model_ema" alone; "plain" a bare state dict."""
+    ("both"); "ema_only" holds "model_ema" alone; "plain" a bare state dict; "two_emas" both EMA
+    entries (timm takes "state_dict_ema"'s); "no_ema" a "model_ema" of None (a script that saves
+    the entry whether or not it kept an EMA) next to "model"."""
     plain, ema = reference_model(DIM, DEPTH, K, P, N, seed=1), reference_model(DIM, DEPTH, K, P, N, seed=2)
-    files = {name: tmp_path / f"{name}.pth.tar" for name in ("both", "ema_only", "plain")}
+    files = {name: tmp_path / f"{name}.pth.tar" for name in ("both", "ema_only", "plain", "two_emas", "no_ema")}
     torch.save({"state_dict": plain.state_dict(), "state_dict_ema": ema.state_dict(), "epoch": 3}, files["both"])
     torch.save({"model_ema": ema.state_dict()}, files["ema_only"])
     torch.save(plain.state_dict(), files["plain"])
+    torch.save({"model_ema": plain.state_dict(), "state_dict_ema": ema.state_dict()}, files["two_emas"])
+    torch.save({"model_ema": None, "model": plain.state_dict()}, files["no_ema"])
     return plain.state_dict(), ema.state_dict(), files
 
 
@@ -231,7 +245,8 @@ def test_training_checkpoints_with_ema_weights(ema_checkpoints, tmp_path):
     plain, ema, files = ema_checkpoints
     for name, use_ema, expected in (("both", None, ema), ("both", True, ema), ("both", False, plain),
                                     ("ema_only", None, ema), ("ema_only", True, ema),
-                                    ("plain", None, plain), ("plain", False, plain)):
+                                    ("plain", None, plain), ("plain", False, plain),
+                                    ("two_emas", None, ema), ("two_emas", True, ema), ("no_ema", None, plain)):
         assert _same_weights(cf.load_checkpoint(files[name], use_ema=use_ema), expected), (name, use_ema)
     model = cf.create_model("convmixer_cifar10", checkpoint_path=files["both"], dim=DIM, depth=DEPTH,
                             kernel_size=K, patch_size=P, n_classes=N)
@@ -266,6 +281,15 @@ def test_checkpoint_weights_are_the_ones_timm_loads(ema_checkpoints):
 def test_checkpoint_file_errors(reference, tmp_path):
     with pytest.raises(cf.CheckpointError, match="checkpoint file not found"):
         cf.load_checkpoint(tmp_path / "missing.pth")
+    snapshot = tmp_path / "snapshot"  # a Hugging Face snapshot folder, say
+    snapshot.mkdir()
+    with pytest.raises(cf.CheckpointError, match=r"snapshot is a folder; pass the checkpoint file in it \(it holds "
+                                                 r"none of \.safetensors, \.pth"):
+        cf.load_checkpoint(snapshot)
+    (snapshot / "config.json").write_text("{}")
+    (snapshot / "model.safetensors").write_bytes(b"")
+    with pytest.raises(cf.CheckpointError, match=r"snapshot is a folder; pass the checkpoint file in it: model.safetensors$"):
+        cf.load_checkpoint(snapshot)
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a pickle")
     with pytest.raises(cf.CheckpointError, match=r"could not read checkpoint .*bad.pth \(12 bytes; truncated or not a "
@@ -276,7 +300,7 @@ def test_checkpoint_file_errors(reference, tmp_path):
     with pytest.raises(cf.CheckpointError, match=r"empty.pth is empty \(0 bytes\)"):
         cf.load_checkpoint(tmp_path / "empty.pth")
     torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
-    with pytest.raises(cf.CheckpointError, match="Unsupported global(.|\n)*weights_only=False\) unpickles"):
+    with pytest.raises(cf.CheckpointError, match=r"Unsupported global(.|\n)*weights_only=False\) unpickles"):
         cf.load_checkpoint(tmp_path / "module.pth")
     save_file = pytest.importorskip("safetensors.torch").save_file
     whole = tmp_path / "whole.safetensors"
@@ -291,12 +315,101 @@ def test_checkpoint_file_errors(reference, tmp_path):
     assert _same_weights(cf.load_checkpoint(blob), reference.state_dict())
 
 
+def test_checkpoint_files_holding_other_objects(reference, tmp_path):
+    """A pickled module is unwrapped to its weights (weights_only=False only); a file holding
+    something else, or a path of bytes, is refused naming what it holds."""
+    torch.save(reference, tmp_path / "whole_model.pth")
+    assert _same_weights(cf.load_checkpoint(tmp_path / "whole_model.pth", weights_only=False), reference.state_dict())
+    torch.save(list(reference.state_dict().values()), tmp_path / "tensors.pth")
+    with pytest.raises(cf.CheckpointError, match=r"tensors.pth holds a list, not a state dict"):
+        cf.load_checkpoint(tmp_path / "tensors.pth")
+    with pytest.raises(cf.CheckpointError, match=r"checkpoint path must be a str or os.PathLike of str, got b'"):
+        cf.load_checkpoint(bytes(tmp_path / "tensors.pth"))
+
+
+def test_checkpoint_read_errors_say_what_is_missing(reference, tmp_path, monkeypatch):
+    import builtins
+    import os
+
+    path = tmp_path / "weights.pth"
+    torch.save(reference.state_dict(), path)
+
+    def unreadable(name):
+        raise PermissionError(13, "Permission denied", name)
+
+    with monkeypatch.context() as patch:  # (chmod 0 does not stop root)
+        patch.setattr(os.path, "getsize", unreadable)
+        with pytest.raises(cf.CheckpointError, match=r"could not read checkpoint .*weights.pth: .*Permission denied"):
+            cf.load_checkpoint(path)
+    pytest.importorskip("safetensors.torch").save_file(
+        {key: value.contiguous() for key, value in reference.state_dict().items()}, tmp_path / "w.safetensors")
+    real_import = builtins.__import__
+
+    def no_safetensors(name, *args, **kwargs):
+        if name.startswith("safetensors"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_safetensors)
+    with pytest.raises(cf.CheckpointError, match=r"reading .*w.safetensors needs the safetensors package: pip install"):
+        cf.load_checkpoint(tmp_path / "w.safetensors")
+
+
+def test_state_dicts_that_are_not_names_to_tensors(reference):
+    """What load_checkpoint returns for a checkpoint whose weights sit under an unknown entry, a
+    list, a non-str key: refused naming the entry and what it holds."""
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    with pytest.raises(cf.CheckpointError, match=r"expected a state dict \(a mapping of names to tensors\), got list"):
+        model.load_state_dict(list(reference.state_dict().items()))
+    with pytest.raises(cf.CheckpointError, match=r"expected a state dict of str -> Tensor, got entry 'weights' -> dict "
+                                                 r"\(a training checkpoint with its weights under 'weights'\? pass "
+                                                 r"checkpoint\['weights'\]; load_checkpoint unwraps 'state_dict_ema'"):
+        model.load_state_dict({"weights": dict(reference.state_dict()), "epoch": 3})
+    with pytest.raises(cf.CheckpointError, match=r"got entry 0 -> Tensor"):
+        model.load_state_dict({**reference.state_dict(), 0: torch.zeros(1)})
+
+
+def test_two_checkpoint_keys_for_one_weight_are_refused(reference):
+    """Two keys that would load into the same weight (the original layout reads any ``N.weight`` as
+    the classifier's): refused naming both, not loaded from whichever came last."""
+    state = reference.state_dict()
+    head = f"{5 + DEPTH}.weight"
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    with pytest.raises(cf.CheckpointError, match=rf"checkpoint keys '{head}' and '99.weight' both map to 'head.weight'"):
+        model.load_state_dict({**state, "99.weight": torch.zeros_like(state[head])})
+
+
+def test_two_checkpoint_keys_for_one_weight_under_prefixes_are_refused(reference):
+    """"module.0.weight" (a DataParallel save) beside "0.weight": both name the stem's weight once
+    the prefix is stripped; refused naming both, not one silently dropped."""
+    state = reference.state_dict()
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    merged = {**{f"module.{key}": value for key, value in state.items()}, "0.weight": torch.zeros_like(state["0.weight"])}
+    with pytest.raises(cf.CheckpointError, match=r"checkpoint keys 'module.0.weight' and '0.weight' both name '0.weight'"):
+        model.load_state_dict(merged)
+
+
+def test_checkpoints_without_num_batches_tracked_load_strictly(reference, image):
+    """BatchNorm's num_batches_tracked (not used in eval mode) is absent from some checkpoints."""
+    model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
+    state = {key: value for key, value in reference.state_dict().items() if not key.endswith("num_batches_tracked")}
+    result = model.load_state_dict(state)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
+
+
 def test_weights_must_be_real_floating_point(reference):
     model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
     quantized = {key: (value * 10).to(torch.int8) for key, value in reference.state_dict().items()}
     with pytest.raises(cf.CheckpointError, match=r"weights must be floating point .*\n  stem.0.weight \(checkpoint "
                                                  r"key '0.weight'\): torch.int8(.|\n)*dequantizing"):
         model.load_state_dict(quantized)
+    complex_weights = {key: value.to(torch.complex64) if value.is_floating_point() else value
+                       for key, value in reference.state_dict().items()}
+    with pytest.raises(cf.CheckpointError, match=r"weights must be floating point .*\n  stem.0.weight \(checkpoint "
+                                                 r"key '0.weight'\): torch.complex64"):
+        model.load_state_dict(complex_weights)
     model.load_state_dict({key: value.double() for key, value in reference.state_dict().items()})  # (a cast)
 
 
@@ -306,7 +419,7 @@ def test_shape_mismatch_names_key_and_both_shapes(reference):
         model.load_state_dict(reference.state_dict(), strict=False)  # shapes raise even when not strict
     message = str(error.value)
     assert "stem.0.weight (checkpoint key '0.weight'): checkpoint (12, 3, 3, 3), model (16, 3, 3, 3)" in message
-    assert "dim=12 (model: 16)" in message
+    assert message.endswith("\nthe checkpoint looks like a different architecture: dim=12 (model: 16)")
 
 
 def test_strict_and_non_strict_missing_unexpected(reference, image):
