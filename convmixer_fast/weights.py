@@ -200,7 +200,10 @@ def load_checkpoint(path: str | os.PathLike, *, weights_only: bool = True,
     if not isinstance(path, str):
         raise CheckpointError(f"checkpoint path must be a str or os.PathLike of str, got {path!r}")
     if os.path.isdir(path):  # (a Hugging Face snapshot folder, say)
-        files = sorted(name for name in os.listdir(path) if name.endswith(CHECKPOINT_SUFFIXES))
+        try:
+            files = sorted(name for name in os.listdir(path) if name.endswith(CHECKPOINT_SUFFIXES))
+        except OSError:  # (not listable: the message names none)
+            files = []
         raise CheckpointError(f"{path} is a folder; pass the checkpoint file in it"
                               + (f": {', '.join(files[:5])}" if files else " (it holds none of "
                                  f"{', '.join(CHECKPOINT_SUFFIXES)})"))

@@ -9,15 +9,16 @@ time, as a CUDA graph replays them, not the host's launch overhead), and from th
 fastest: the first candidate, in ``AUTO_ORDER``'s order, within ``TIE_MARGIN`` of the best time, so
 near-ties do not flip between runs. A candidate that raises on those arguments (one backend's
 argument checks, say) is left out of that choice, its error kept beside the times; if every
-candidate raises (none disagreeing with the reference, below), the first error does. The outputs of the measured calls land in the op's ``out``
-and are overwritten by the chosen backend's call.
+candidate raises (none disagreeing with the reference, below), the first error does. The outputs
+of the measured calls land in the op's ``out`` and are overwritten by the chosen backend's call.
 
 Before it is timed, each candidate's output is held to the reference op's (``reference``: the eager
 backend's, on the first and last image of the batch, within ``verify``'s per-kernel tolerance of
 the dtype): a candidate that disagrees is left out with a warning that names the error, so a kernel
 that computes wrongly on this GPU and shape is never chosen. If none agrees (one disagreeing at
-least, the others disagreeing or raising), the reference op runs (slow, right, warned about). Where the reference's own output is not finite (NaN / Inf inputs) or
-it cannot run, the candidates are not judged.
+least, the others disagreeing or raising), the reference op runs (slow, right, warned about).
+Where the reference's own output is not finite (NaN / Inf inputs) or it cannot run, the
+candidates are not judged.
 
 Choices live per process and in a JSON file per GPU model and identity under
 ``CONVMIXER_FAST_CACHE_DIR``'s ``auto/`` (``_settings``): a later process on the same kind of GPU,
