@@ -104,14 +104,15 @@ def _switch(name: str, default: bool) -> bool:
 def cache_dir(*parts: str) -> str:
     """A folder under CONVMIXER_FAST_CACHE_DIR (default ~/.cache/convmixer_fast); not created here.
     A leading ``~`` in the variable is expanded (set in a Dockerfile or a .env file, no shell did).
-    Without a home (no HOME and no passwd entry, as a container's arbitrary uid has) the default is
-    convmixer_fast-<uid> in the temporary folder, not a folder named ``~`` in the working one."""
+    Without a home (no HOME and no passwd entry, as a container's arbitrary uid has, or HOME set
+    empty) the default is convmixer_fast-<uid> in the temporary folder, not a folder named ``~`` in
+    the working one nor ``/.cache``."""
     root = os.environ.get(ENV_CACHE_DIR, "").strip()
     if root:
         root = os.path.expanduser(root)
     else:
         home = os.path.expanduser("~")
-        if home == "~":
+        if home == "~" or os.environ.get("HOME") == "":  # (expanduser gives "/" for an empty HOME)
             import tempfile
 
             root = os.path.join(tempfile.gettempdir(), f"convmixer_fast-{os.getuid() if hasattr(os, 'getuid') else 0}")

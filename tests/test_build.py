@@ -98,6 +98,11 @@ def test_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no HOME, no passwd entry (docker run -u)
     monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
     assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "tmp", f"convmixer_fast-{os.getuid()}", "auto")
+    monkeypatch.undo()
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.delenv(_settings.ENV_CACHE_DIR, raising=False)
+    monkeypatch.setenv("HOME", "")  # (an env file's HOME=): not /.cache, which a user cannot write
+    assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "tmp", f"convmixer_fast-{os.getuid()}", "auto")
 
 
 @pytest.mark.parametrize("arch, runs_on, not_on", [
@@ -213,3 +218,38 @@ def test_built_package_loads_its_extension():
 
     if torch.version.cuda is None:
         assert not status.with_cuda and status.detail == "off: torch is a CPU build" and status.cuda_archs == ()
+
+
+def test_three_digit_architectures(monkeypatch):
+    """Blackwell's archs have three digits: "100a" is compute capability 10.0 (and only it), "120"
+    runs on 12.x; none of them is 1.0 or 1.2."""
+    monkeypatch.setenv(_settings.ENV_CUDA_ARCHS, "80;100a;120")
+    assert _settings.cuda_archs() == ["80", "100a", "120"]
+    assert _settings.arch_runs_on("100a", 10, 0) and not _settings.arch_runs_on("100a", 10, 3)
+    assert not any(_settings.arch_runs_on("100a", *capability) for capability in [(1, 0), (9, 0), (12, 0)])
+    assert _settings.arch_runs_on("120", 12, 0) and _settings.arch_runs_on("120", 12, 1)
+    assert not any(_settings.arch_runs_on("120", *capability) for capability in [(1, 2), (10, 0)])
+
+
+def test_a_blank_cache_dir_is_the_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for value in ("", "  "):
+        monkeypatch.setenv(_settings.ENV_CACHE_DIR, value)
+        assert _settings.cache_dir("auto") == os.path.join(str(tmp_path), "home", ".cache", "convmixer_fast", "auto")
+
+
+def test_cuda_home_comes_before_cuda_path(monkeypatch, tmp_path):
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CUDA_PATH", str(tmp_path / "path"))
+    assert _settings.cuda_toolkit_home() == str(tmp_path / "home")
+    monkeypatch.delenv("CUDA_HOME")
+    assert _settings.cuda_toolkit_home() == str(tmp_path / "path")
+
+
+def test_a_blank_source_commit_is_none(monkeypatch):
+    """(As ``CONVMIXER_FAST_SOURCE_COMMIT=$(git rev-parse HEAD 2>/dev/null)`` sets it outside git.)"""
+    for value, commit in [("", None), (" ", None), (" 06f855f0\n", "06f855f0")]:
+        monkeypatch.setenv(_settings.ENV_SOURCE_COMMIT, value)
+        assert _settings.source_commit() == commit
+    monkeypatch.delenv(_settings.ENV_SOURCE_COMMIT)
+    assert _settings.source_commit() is None

@@ -204,6 +204,8 @@ def test_a_bug_the_eager_backend_shares_with_the_kernels_is_caught(monkeypatch):
     (["bench", "--targets", __file__], "bench: " + __file__ + ": not a JSON file"),
     (["bench-ops", "--batch", "0"], "argument --batch: expected an integer >= 1, got 0"),
     (["bench-ops", "--device", "cpu", "--image-size", "1"], "bench-ops: image size 1 is smaller than"),
+    (["inspect", "--arch", "sm_75"], "argument --arch: invalid choice: 'sm_75'"),
+    (["tune-gemm", "--device", "meta"], "argument --device: meta tensors hold no values"),
 ])
 def test_bad_arguments_exit_2_saying_what_was_expected(capsys, argv, message):
     """A usage error, no traceback, and nothing run (each of these would have crashed or measured
@@ -250,7 +252,7 @@ def test_out_of_memory_exits_2_naming_the_allocation(capsys, monkeypatch, error)
         main(["verify", "--config", "16,1,3,2", "--device", "cpu"])
 
 
-@pytest.mark.parametrize("command", ["verify", "bench", "bench-ops"])
+@pytest.mark.parametrize("command", ["verify", "bench", "bench-ops", "tune-gemm"])
 def test_a_missing_gpu_is_a_usage_error(capsys, command):
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     assert main([command, "--device", f"cuda:{count}"]) == 2
