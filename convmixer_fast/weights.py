@@ -108,8 +108,8 @@ def to_canonical(state_dict) -> CanonicalStateDict:
     """Rename any recognised layout to the canonical (timm) one."""
     if not hasattr(state_dict, "items"):
         raise CheckpointError(f"expected a state dict (a mapping of names to tensors), got {type(state_dict).__name__}")
-    stripped = {}
-    for key, value in state_dict.items():
+    stripped = []  # (key without prefixes, key, tensor): a list, so keys alike once stripped both reach
+    for key, value in state_dict.items():  # the check below ("module.0.weight" beside "0.weight")
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
             nested = (f" (a training checkpoint with its weights under {key!r}? pass checkpoint[{key!r}]; "
                       f"load_checkpoint unwraps {', '.join(map(repr, EMA_WRAPPERS + CHECKPOINT_WRAPPERS))})"
@@ -117,14 +117,11 @@ def to_canonical(state_dict) -> CanonicalStateDict:
             raise CheckpointError(
                 f"expected a state dict of str -> Tensor, got entry {key!r} -> {type(value).__name__}{nested}"
             )
-        name = _strip_prefixes(key)
-        if name in stripped:  # ("module.0.weight" beside "0.weight": not one silently dropped)
-            raise CheckpointError(f"checkpoint keys {stripped[name][0]!r} and {key!r} both name {name!r}")
-        stripped[name] = (key, value)
-    layout = detect_layout(stripped)
+        stripped.append((_strip_prefixes(key), key, value))
+    layout = detect_layout(name for name, _, _ in stripped)
     rules = _rules(layout)
     tensors, source_keys, unmatched = {}, {}, []
-    for key, (source, value) in stripped.items():
+    for key, source, value in stripped:
         for rule in rules:
             match = rule.pattern.match(key)
             if match:

@@ -39,6 +39,12 @@ def run_script(tmp_path, *args, budget=300):
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=240)
 
 
+def archive_names(path: Path) -> set[str]:
+    """The paths in the archive ``path``, relative to its root."""
+    with tarfile.open(path) as archive:
+        return {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+
+
 def test_unknown_plan_prints_usage():
     result = subprocess.run(["bash", str(SCRIPT), "nonsense"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "usage: bash .ci/gpu" in result.stdout
@@ -52,8 +58,7 @@ def test_chained_stages_each_get_a_summary_line_and_one_archive_comes_back(tmp_p
     assert summary[1].startswith("nonsense") and "FAILED (exit 2)" in summary[1]
     assert result.stdout.rstrip().endswith(summary[-1])  # the summary is printed last
     assert sorted(os.listdir(tmp_path / "out")) == ["gpu-out.tar.gz", "summary.txt"]
-    with tarfile.open(tmp_path / "out" / "gpu-out.tar.gz") as archive:
-        names = {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+    names = archive_names(tmp_path / "out" / "gpu-out.tar.gz")
     assert {"pytest.log", "summary.txt", "results"} <= names
 
 
@@ -101,8 +106,7 @@ def test_judge_reads_the_bench_result_of_the_call(tmp_path):
     assert "FAILED (exit 1)" in summary[2]  # a CPU result holds none of the GPU workloads
     assert f"0 of {len(TARGETS)} targets pass" in (tree / "logs" / "targets.txt").read_text()
     assert "no bench result written in this call" in result.stdout
-    with tarfile.open(tmp_path / "gpu-out.tar.gz") as archive:
-        names = {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+    names = archive_names(tmp_path / "gpu-out.tar.gz")
     assert "results/cpu.json" in names and "results/earlier.json" not in names
 
 
@@ -238,8 +242,7 @@ def test_logs_of_an_earlier_call_are_cleared(tmp_path):
     subprocess.run(["bash", ".ci/gpu", "verify"], cwd=tree, capture_output=True, text=True, timeout=120,
                    env=stand_in_python(tmp_path))
     assert summary_stages(tmp_path / "out" / "summary.txt") == [("verify", "ok")]
-    with tarfile.open(tmp_path / "out" / "gpu-out.tar.gz") as archive:
-        names = {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+    names = archive_names(tmp_path / "out" / "gpu-out.tar.gz")
     assert "old.txt" not in names and "verify.txt" in names
 
 
@@ -324,8 +327,7 @@ def test_a_command_the_device_tool_stops_keeps_the_archive_of_the_stages_before(
         os.killpg(process.pid, signal.SIGKILL)  # no trap runs
         process.wait()
     assert summary_stages(tmp_path / "out" / "summary.txt") == [("verify", "ok")]
-    with tarfile.open(tmp_path / "out" / "gpu-out.tar.gz") as archive:
-        names = {Path(name).as_posix().lstrip("./") for name in archive.getnames()}
+    names = archive_names(tmp_path / "out" / "gpu-out.tar.gz")
     assert "verify.txt" in names and "tune-gemm.txt" not in names
 
 

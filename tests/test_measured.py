@@ -251,12 +251,14 @@ def test_each_identity_keeps_a_file_of_its_own(monkeypatch):
     assert len(measured.ChoiceStore(first.path, first.identity).choices) == 1
 
 
+def refuses(*args, **kwargs):
+    """A candidate whose argument checks reject the call."""
+    raise ValueError("cuda_pointwise: y must be 16-byte aligned")
+
+
 def test_a_candidate_that_raises_is_left_out_and_all_failing_raise(tmp_path):
     store = measured.ChoiceStore(str(tmp_path / "choices.json"), IDENTITY)
     recorder = Recorder(fastest="triton")
-
-    def refuses(*args, **kwargs):
-        raise ValueError("cuda_pointwise: y must be 16-byte aligned")
 
     op = measured.MeasuredOp("pointwise", {"triton": refuses, "cuda": recorder.entry("cuda")}, CPU, store=store,
                              timer=recorder.timer)
@@ -331,9 +333,6 @@ def test_when_no_candidate_agrees_the_reference_runs(tmp_path):
 def test_one_candidate_refusing_and_the_other_disagreeing_runs_the_reference(tmp_path):
     """The reference ran on these arguments: a kernel's refusal (an argument check) beside a wrong
     kernel is no reason to fail the call, nor to run the wrong one."""
-    def refuses(*args, **kwargs):
-        raise ValueError("cuda_depthwise: x must be 16-byte aligned")
-
     op = judged_op(tmp_path, {"triton": doubling(last_image_offset=1.0), "cuda": refuses}, fastest="cuda")
     x = torch.ones(2, 3, 3, 8)
     with pytest.warns(UserWarning, match="no candidate's depthwise_block agrees"):

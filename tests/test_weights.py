@@ -385,7 +385,8 @@ def test_two_checkpoint_keys_for_one_weight_under_prefixes_are_refused(reference
     state = reference.state_dict()
     model = cf.ConvMixer(DIM, DEPTH, K, P, N, backend="eager")
     merged = {**{f"module.{key}": value for key, value in state.items()}, "0.weight": torch.zeros_like(state["0.weight"])}
-    with pytest.raises(cf.CheckpointError, match=r"checkpoint keys 'module.0.weight' and '0.weight' both name '0.weight'"):
+    with pytest.raises(cf.CheckpointError,
+                       match=r"checkpoint keys 'module.0.weight' and '0.weight' both map to 'stem.0.weight'"):
         model.load_state_dict(merged)
 
 
