@@ -36,7 +36,7 @@ def extension_status() -> ExtensionStatus:
     try:
         from . import _C  # noqa: F401  (registers the convmixer_fast::* C++ ops)
         from . import _cuda_fakes  # noqa: F401  (their fake implementations)
-    except ImportError as error:
+    except (ImportError, RuntimeError) as error:  # (RuntimeError: a _C without an op _cuda_fakes names)
         return ExtensionStatus(
             False, False,
             f"convmixer_fast._C is not built or failed to load ({error}); "

@@ -48,13 +48,10 @@ def _calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
     eager = model if not isinstance(model, ConvMixer) else nn.Sequential(model.stem, model.blocks)
     bns = [m for m in eager.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [bn.momentum for bn in bns]
-    modes = [m.training for m in eager.modules()]
     for bn in bns:
         bn.momentum = None  # cumulative average over the calibration pass
         bn.train()
     eager(images)
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
-    for module, mode in zip(eager.modules(), modes):
-        module.training = mode
     model.eval()

@@ -20,6 +20,8 @@ torch.backends.cudnn.allow_tf32 = False
 
 import pytest  # noqa: E402
 
+from convmixer_fast.ops._interpreter import is_interpreting  # noqa: E402
+
 
 @pytest.hookimpl(optionalhook=True)  # (a hook of pytest-xdist, the test extra's; absent, unused)
 def pytest_xdist_auto_num_workers(config):
@@ -54,7 +56,7 @@ def _interpreter_rounds_bf16_to_nearest() -> None:
     interpreter.InterpreterBuilder.cast_impl = cast_impl
 
 
-if os.environ.get("TRITON_INTERPRET") == "1" and importlib.util.find_spec("triton") is not None:
+if is_interpreting() and importlib.util.find_spec("triton") is not None:
     _interpreter_rounds_bf16_to_nearest()  # (without triton, the triton tests skip)
 
 

@@ -196,6 +196,22 @@ def test_autotune_benchmark_gives_the_quantiles_asked_for():
     assert len(calls) == 1 + max(_triton_utils.AUTOTUNE_REPEATS, measured.TIMED_CALLS)
 
 
+def test_autotune_benchmark_gives_quantiles_of_its_repeats_in_milliseconds(monkeypatch):
+    seconds = [3e-3, 1e-3, 4e-3, 1.5e-3, 9e-3, 2.6e-3, 5e-3, 3.5e-3, 8e-3]  # (sorted: 1, 1.5, 2.6, 3, 3.5, ...)
+    monkeypatch.setattr(measured, "repeat_times", lambda kernel_call, device, repeats: seconds)
+    quantiles = _triton_utils.autotune_benchmark(lambda: None, quantiles=(0.0, 0.25, 0.5, 1.0))
+    assert quantiles == pytest.approx([1.0, 2.6, 3.5, 9.0])
+
+
+def test_under_the_interpreter_every_op_autotuner_has_its_first_config_only():
+    """Nothing to time or fit in the interpreter: each op autotuner holds its first config only."""
+    if not _triton_utils.is_interpreting():
+        pytest.skip("Triton's interpreter is not in use")
+    import convmixer_fast.backends.triton  # noqa: F401  (imports every Triton op module)
+
+    assert [len(tuner.configs) for tuner in _triton_utils.AUTOTUNERS] == [1] * len(_triton_utils.AUTOTUNERS)
+
+
 def test_autotuners_time_their_configs_with_autotune_benchmark(add_one_autotuner):
     x = torch.zeros(37, device=DEVICE)
     launch = add_one_autotuner()
@@ -249,11 +265,15 @@ def test_a_launch_that_would_tune_during_a_graph_capture_runs_untuned(add_one_au
     the capture (a synchronize) and record the benchmark's launches into it, so the launch runs the
     first config that applies, once, and the key stays untuned until a launch outside a capture."""
     launch = add_one_autotuner(prune=lambda configs, named_args, **kwargs: configs[1:])
+    kernel, blocks = _triton_utils.AUTOTUNERS[-1].fn, []
+    run = kernel.run
+    monkeypatch.setattr(kernel, "run", lambda *args, **kwargs: blocks.append(kwargs["BLOCK"]) or run(*args, **kwargs))
     x = torch.zeros(37, device=DEVICE)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
     tuner = launch(x)
     assert torch.all(x == 1.0) and not tuner.cache and tuner.nargs is None
+    assert blocks == [16]  # the first config the prune keeps
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the capture over, on CPU
     launch(x)
     assert list(tuner.cache) == [(37, "torch.float32")]

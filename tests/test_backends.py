@@ -5,6 +5,7 @@ ops, without a pointwise kernel for the model) exercises the per-op choice on an
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import pytest
 import torch
@@ -84,6 +85,25 @@ def test_interpreted_triton_rounds_bf16_to_nearest_as_a_gpu():
     store[(1,)](values, out, BLOCK=64)
     assert torch.equal(out, values.to(torch.bfloat16))
     assert not torch.equal(out, (values.view(torch.int32) & ~0xFFFF).view(torch.float32).bfloat16())  # truncated
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "1", "true", "True", "ON", "yes", "y", "false", "off", "2", " 1"])
+def test_the_interpreter_is_on_where_triton_takes_triton_interpret_as_on(monkeypatch, value):
+    """``TRITON_INTERPRET=true`` runs Triton's interpreter as "1" does: read as off, the triton backend
+    was refused on CPU and the interpreted bf16 GEMM took its broken bf16 dot (logits ~1e10 off)."""
+    from convmixer_fast.ops._interpreter import is_interpreting
+
+    if value is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+    on = value is not None and value.lower() in ("1", "true", "on", "yes", "y")
+    assert is_interpreting() is on
+    assert (backends._triton_unavailable_reason(CPU) is None) is (on and importlib.util.find_spec("triton") is not None)
+    knobs = getattr(pytest.importorskip("triton"), "knobs", None)
+    if knobs is None:
+        pytest.skip("this Triton has no knobs to compare with")
+    assert knobs.runtime.interpret is on
 
 
 def test_a_rocm_gpu_runs_the_eager_backend(monkeypatch):

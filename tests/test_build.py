@@ -185,6 +185,25 @@ def test_a_stale_extension_warns_how_to_rebuild(tmp_path, monkeypatch):
     assert status.loaded and not status.current
 
 
+@pytest.mark.parametrize("stand_in", ["None", "types.ModuleType('convmixer_fast._C')"],
+                         ids=["absent", "without-the-ops"])
+def test_an_extension_that_cannot_load_is_reported_with_the_reinstall_command(stand_in):
+    """No ``_C`` (not built; built for another Python: ImportError), or one built from older sources
+    without an op ``_cuda_fakes`` registers a fake for (RuntimeError): unloaded, saying why and how to
+    reinstall, not raised (in a fresh process: this one has loaded its ``_C``)."""
+    script = (f"import sys, types; sys.modules['convmixer_fast._C'] = {stand_in}\n"
+              "from convmixer_fast._extension import extension_status\n"
+              "status = extension_status(); print(status.loaded, status.with_cuda); print(status.detail)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(convmixer_fast.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded, detail = done.stdout.splitlines()
+    assert loaded == "False False"
+    assert detail.startswith("convmixer_fast._C is not built or failed to load (")
+    assert detail.endswith("); reinstall with: pip install --no-build-isolation .")
+
+
 def test_the_sdist_carries_every_source_of_the_extension(tmp_path):
     """A wheel built from the sdist (``python -m build``) compiles ``_C`` from what the sdist
     carries: every file ``sources_digest`` reads (MANIFEST.in; setuptools itself adds the listed

@@ -6,6 +6,8 @@ set it; a model, the fp32 GEMMs' dot precision and the tools read the switch thr
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -56,15 +58,44 @@ def test_the_cudnn_switch_reads_back_however_it_was_set(restored_tf32):
     assert _tf32.cudnn_conv_allows_tf32()
 
 
+@pytest.mark.parametrize("matmul, conv", [(True, True), (True, False), (False, True)])
 @pytest.mark.parametrize("way", WAYS, ids=lambda way: way.__name__)
-def test_tf32_off_turns_both_off_and_sets_them_back(restored_tf32, way):
-    way(True)
-    torch.backends.cudnn.allow_tf32 = True
+def test_tf32_off_turns_both_off_and_sets_them_back(restored_tf32, way, matmul, conv):
+    """Whatever way the matmul switch was set, and cuDNN's either way. (Not asked: the legacy cuDNN
+    flag, which raises where cuDNN's RNN switch, unset under the default of all, differs.)"""
+    way(matmul)
+    torch.backends.cudnn.allow_tf32 = conv
+    if NEW_API:  # (the legacy setter writes "none" for off, which the default of all makes "tf32")
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if conv else "ieee"
     with _tf32.tf32_off():
-        assert not _tf32.matmul_allows_tf32() and not _tf32.cudnn_conv_allows_tf32()
-        assert not torch.backends.cuda.matmul.allow_tf32  # the legacy flags read back too
-    assert _tf32.matmul_allows_tf32() and _tf32.cudnn_conv_allows_tf32()
-    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert _tf32.switches() == (False, False)
+        assert not torch.backends.cuda.matmul.allow_tf32  # the legacy flag reads back too
+    assert _tf32.switches() == (matmul, conv)
+    assert torch.backends.cuda.matmul.allow_tf32 is matmul
+
+
+@pytest.mark.skipif(not NEW_API, reason="torch < 2.9 has no fp32_precision")
+def test_an_unset_matmul_switch_is_torchs_default_off(restored_tf32):
+    torch.backends.fp32_precision = "none"
+    torch.backends.cuda.matmul.fp32_precision = "none"
+    assert not _tf32.matmul_allows_tf32()
+
+
+@dataclasses.dataclass(slots=True)
+class LegacyBackend:
+    """A torch < 2.9 cuBLAS or cuDNN switch: ``allow_tf32`` only (``fp32_precision``, ``conv``: AttributeError)."""
+
+    allow_tf32: bool
+
+
+def test_a_torch_without_fp32_precision_reads_and_sets_the_legacy_flags(monkeypatch):
+    matmul, cudnn = LegacyBackend(True), LegacyBackend(False)
+    monkeypatch.setattr(torch.backends.cuda, "matmul", matmul)
+    monkeypatch.setattr(torch.backends, "cudnn", cudnn)
+    assert _tf32.switches() == (True, False)
+    with _tf32.tf32_off():
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (False, False) == _tf32.switches()
+    assert (matmul.allow_tf32, cudnn.allow_tf32) == (True, False) == _tf32.switches()
 
 
 @pytest.mark.skipif(not NEW_API, reason="torch < 2.9 has no fp32_precision")
@@ -113,3 +144,14 @@ def test_the_fp32_triton_gemms_launch_with_the_switchs_dot_precision(restored_tf
     pointwise.pointwise(torch.randn(3, 16, device=DEVICE), torch.randn(8, 16, device=DEVICE), *epilogue, "relu")
     stem.stem(torch.randn(1, 3, 4, 4, device=DEVICE), torch.randn(8, 3, 2, 2, device=DEVICE), *epilogue, "relu")
     assert launched == ["tf32" if on else "ieee"] * 2
+
+
+@pytest.mark.parametrize("matmul, conv", [(False, False), (True, False), (False, True)])
+def test_a_gpus_fp32_model_tolerance_is_tf32s_where_either_switch_allows_it(restored_tf32, matmul, conv):
+    """The eager peers' convolutions run in cuDNN's TF32 even where matmuls may not (and the
+    reverse): ``bench`` holds fp32 logits on a GPU to TF32's tolerance where either switch is on."""
+    from convmixer_fast import bench, verify
+
+    _tf32._set(matmul, conv)
+    expected = 10 * verify.TF32_TOLERANCE if matmul or conv else verify.MODEL_TOLERANCE[torch.float32]
+    assert bench.model_tolerance("fp32", "cuda", 0.0, 0.0) == expected
