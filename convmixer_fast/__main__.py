@@ -174,9 +174,13 @@ def _verify(args) -> int:
 
 
 def _inspect(args) -> int:
-    from .inspect import BACKENDS, format_table, inspect_kernels
+    from .inspect import BACKENDS, InspectError, format_table, inspect_kernels
 
-    rows = inspect_kernels(args.arch, backends=tuple(args.backend or BACKENDS))
+    try:
+        rows = inspect_kernels(args.arch, backends=tuple(args.backend or BACKENDS))
+    except InspectError as error:  # no nvcc or CUTLASS, a failed compile: what, not a traceback
+        print(f"inspect: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 

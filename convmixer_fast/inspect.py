@@ -45,6 +45,8 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+from .ops._interpreter import is_interpreting
+
 ROW_KEYS = (
     "backend",
     "kernel",
@@ -171,15 +173,19 @@ def cubin_resource_usage(cubin: bytes | str, require_functions: bool = True) -> 
             with open(path, "wb") as f:
                 f.write(cubin)
             return cubin_resource_usage(path, require_functions)
-    result = subprocess.run(
-        [tool, "--dump-resource-usage", cubin], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        raise InspectError(f"cuobjdump failed on {cubin}: {result.stderr.strip()}")
-    usage = parse_resource_usage(result.stdout)
+    listing = _cuobjdump(tool, "--dump-resource-usage", cubin)
+    usage = parse_resource_usage(listing)
     if not usage and require_functions:
-        raise InspectError(f"no function in the resource usage of {cubin}:\n{result.stdout}")
+        raise InspectError(f"no function in the resource usage of {cubin}:\n{listing}")
     return usage
+
+
+def _cuobjdump(tool: str, option: str, cubin: str) -> str:
+    """``cuobjdump option cubin``'s output; ``InspectError`` with its message if it fails."""
+    result = subprocess.run([tool, option, cubin], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InspectError(f"cuobjdump {option} failed on {cubin}: {result.stderr.strip()}")
+    return result.stdout
 
 
 def spill_bytes(resources: dict[str, int]) -> int:
@@ -317,8 +323,13 @@ def _inspect_triton_subprocess(arch: str, modules) -> list[dict]:
 def inspect_triton(arch: str, modules=TRITON_OP_MODULES) -> list[dict]:
     """Compile every ``kernel_specs()`` entry of the Triton op ``modules`` for ``arch``; rows."""
     capability = arch_capability(arch)
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise InspectError("triton not found (pip install triton, on Linux): the triton kernels need it to "
+                           "compile") from None
     modules = tuple(modules)
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if is_interpreting():
         return _inspect_triton_subprocess(arch, modules)
     specs = _triton_specs(modules)
     if not all(_is_compilable(spec.fn) for spec in specs):
@@ -416,15 +427,20 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
     nvcc = _cuda_tool("nvcc")
     flags = [*_settings.NVCC_FLAGS, f"-gencode=arch=compute_{arch[3:]},code={arch}", "-cubin",
              f"-I{CUDA_KERNEL_DIR}"]
-    for include in _settings.cutlass_include_dirs():
+    try:
+        cutlass_include_dirs = _settings.cutlass_include_dirs()
+    except RuntimeError as error:  # CUTLASS not found: what to install or set, not a traceback
+        raise InspectError(str(error)) from None
+    for include in cutlass_include_dirs:
         flags += ["-isystem", include]
     digest = hashlib.sha256()
-    for path in sorted(glob.glob(os.path.join(CUDA_KERNEL_DIR, "*"))):  # headers change every TU
+    # The source (one outside csrc/kernels too) and every file of csrc/kernels (headers change every TU).
+    for path in [source, *sorted(glob.glob(os.path.join(CUDA_KERNEL_DIR, "*")))]:
         with open(path, "rb") as f:
             digest.update(os.path.basename(path).encode() + f.read())
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
     digest.update(" ".join(flags).encode() + version.encode())
-    for include in _settings.cutlass_include_dirs():
+    for include in cutlass_include_dirs:
         if os.path.isfile(os.path.join(include, "cutlass", "version.h")):
             with open(os.path.join(include, "cutlass", "version.h"), "rb") as f:
                 digest.update(f.read())
@@ -441,8 +457,7 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
 
 def _cuda_rows(cubin: str, arch: str) -> list[dict]:
     usage = cubin_resource_usage(cubin, require_functions=False)  # launchers hold no kernel
-    sass = subprocess.run([find_cuobjdump(), "-sass", cubin], capture_output=True, text=True, check=False).stdout
-    tensor_cores = _sass_tensor_cores(sass)
+    tensor_cores = _sass_tensor_cores(_cuobjdump(find_cuobjdump(), "-sass", cubin))
     names = _demangle(sorted(usage))
     rows = []
     for mangled in sorted(usage):
