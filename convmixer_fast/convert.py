@@ -14,6 +14,8 @@ import contextlib
 import torch
 from torch import nn
 
+from .ops._checks import SUPPORTED_DTYPES
+
 
 class UnsupportedModelError(ValueError):
     """An eager module that is not a ConvMixer this engine can reproduce exactly."""
@@ -39,15 +41,15 @@ def _activation(module: nn.Module) -> str:
 
 def _global_pool(module: nn.Module, n_classes: int) -> str:
     """The module's pooling as ``ConvMixer``'s ``global_pool`` (``model.check_global_pool``
-    judges it): timm's ConvMixer names it in ``global_pool.pool_type`` (``pooling`` in older timm),
-    where "avgmax", "max", ... would give other numbers; a max pool anywhere is refused too.
-    Otherwise a classifier sees the mean (the logits check holds it to that), and a module without
-    one pools if it holds an average pool."""
+    judges it): timm's ConvMixer (the module, or the one a wrapper holds) names it in
+    ``global_pool.pool_type`` (``pooling`` in older timm), where "avgmax", "max", ... would give
+    other numbers; a max pool anywhere is refused too. Otherwise a classifier sees the mean (the
+    logits check holds it to that), and a module without one pools if it holds an average pool."""
     from .model import check_global_pool
 
-    pool = None
+    pool, convmixer = None, _convmixer(module)[1]
     for attribute in ("global_pool", "pooling"):
-        pool_type = getattr(getattr(module, attribute, None), "pool_type", None)
+        pool_type = getattr(getattr(convmixer, attribute, None), "pool_type", None)
         if isinstance(pool_type, str):
             try:
                 pool = check_global_pool(pool_type, n_classes)
@@ -73,12 +75,15 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     _check(len(convs) >= 3 and len(convs) % 2 == 1,
            f"expected a stem conv and (depthwise, pointwise) conv pairs, found {len(convs)} Conv2d layers")
+    dtype = next(module.parameters()).dtype  # (the converted model's)
+    _check(dtype in SUPPORTED_DTYPES, f"the module is {dtype}; the model runs float32, float16 or bfloat16: convert "
+           "the module first (module.float(), say)")
     depth = (len(convs) - 1) // 2
     stem, pairs = convs[0], [(convs[1 + 2 * j], convs[2 + 2 * j]) for j in range(depth)]
     dim, in_chans = stem.out_channels, stem.in_channels
     p = stem.kernel_size[0]
-    _check(stem.kernel_size == (p, p) and stem.stride == (p, p) and stem.padding == (0, 0) and stem.groups == 1
-           and stem.dilation == (1, 1) and stem.bias is not None,
+    _check(stem.kernel_size == (p, p) and stem.stride == (p, p) and stem.padding in ((0, 0), "valid")
+           and stem.groups == 1 and stem.dilation == (1, 1) and stem.bias is not None,
            f"the stem must be Conv2d(in, dim, p, stride=p, bias=True) without padding, got {stem}")
     k = pairs[0][0].kernel_size[0]
     for j, (dw, pw) in enumerate(pairs):
@@ -116,11 +121,7 @@ def convmixer_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     ConvMixer's where a wrapper holds it (``self.model``; a ``Sequential`` after a preprocessing
     step, which ``check_same_logits`` then finds). A wrapper whose outputs cannot be checked (16-bit,
     meta) is refused: what its forward adds would go unseen."""
-    layers = {id(m) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
-    root_name, root = "", module
-    for name, submodule in module.named_modules():  # outer before inner: the last to hold them all
-        if layers <= {id(m) for m in submodule.modules()}:
-            root_name, root = name, submodule
+    root_name, root = _convmixer(module)
     if root is not module and not _outputs_checkable(module):
         first = next(module.parameters())
         why = ("a meta module has no outputs to compare" if first.device.type == "meta" else
@@ -129,6 +130,17 @@ def convmixer_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
             f"the ConvMixer is {type(module).__name__}'s submodule {root_name!r}, and {why}: what the wrapper's "
             f"forward does besides would go unseen; pass the ConvMixer itself (from_eager(module.{root_name}))")
     return root.state_dict()
+
+
+def _convmixer(module: nn.Module) -> tuple[str, nn.Module]:
+    """``(name, submodule)`` of the innermost submodule of ``module`` that holds all its
+    convolutions, BatchNorms and linears (``("", module)`` for a ConvMixer)."""
+    layers = {id(m) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
+    root_name, root = "", module
+    for name, submodule in module.named_modules():  # outer before inner: the last to hold them all
+        if layers <= {id(m) for m in submodule.modules()}:
+            root_name, root = name, submodule
+    return root_name, root
 
 
 def _outputs_checkable(module: nn.Module) -> bool:

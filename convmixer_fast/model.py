@@ -690,7 +690,7 @@ class ConvMixer(nn.Module):
         pooling than the mean, such as timm's ``global_pool="avgmax"``; other layer shapes; a
         forward that uses the layers otherwise, e.g. without the residual) raises
         ``UnsupportedModelError``."""
-        from .convert import check_same_logits, convmixer_state_dict, describe_eager
+        from .convert import UnsupportedModelError, check_same_logits, convmixer_state_dict, describe_eager
 
         config, eps = describe_eager(module)
         with torch.device("meta"):  # no random initialisation (the module's weights replace it; torch's RNG stays)
@@ -699,7 +699,12 @@ class ConvMixer(nn.Module):
         model.to(dtype=first.dtype).to_empty(device=first.device)
         for bn, value in zip((m for m in model.modules() if isinstance(m, nn.BatchNorm2d)), eps):
             bn.eps = value
-        model.load_state_dict(convmixer_state_dict(module))
+        try:
+            model.load_state_dict(convmixer_state_dict(module))
+        except CheckpointError as error:  # (layers of a ConvMixer, named otherwise or in another order)
+            raise UnsupportedModelError(
+                "the module's layers are a ConvMixer's, but from_eager copies their weights by name and its names "
+                f"fit none of timm's, the original nn.Sequential's or the README one-liner's: {error}") from None
         data_config = getattr(module, "pretrained_cfg", None)
         model.pretrained_cfg = dict(data_config) if isinstance(data_config, dict) else {}
         check_same_logits(module, model)

@@ -25,10 +25,10 @@ def plot_result(result: dict, path: str | os.PathLike) -> None:
                                    "written all the same") from error
 
     panels: dict[tuple[str, int], dict[tuple[str, str], dict[int, float]]] = {}
-    for workload in result["workloads"]:
-        series = panels.setdefault((workload["model"], workload["image_size"]), {})
+    for workload in result["workloads"]:  # (a panel only where something was measured)
         for name, entry in workload["providers"].items():
             if entry["status"] == "ok":
+                series = panels.setdefault((workload["model"], workload["image_size"]), {})
                 series.setdefault((name, entry["precision"]), {})[workload["batch"]] = entry["img_per_s"]
     if not panels:
         raise PlotUnavailableError("no provider was measured: nothing to plot")

@@ -6,6 +6,7 @@ import contextlib
 import copy
 import io
 import json
+import sys
 import time
 import warnings
 
@@ -371,6 +372,98 @@ def test_plot_is_written_or_explained(tiny_run, tmp_path, providers):
         assert "pip install matplotlib" in str(error)
     else:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _plotted_result(workloads: list[tuple[str, int, int, dict]]) -> dict:
+    """A bench result document of ``(model, image_size, batch, {provider: (status, precision)})``
+    workloads, random img/s, from two runs (the last without a commit)."""
+    return {
+        "device": {"name": "Some GPU"},
+        "runs": [{"date": "2025-01-01", "commit": "0123456789abcdef", "versions": {"torch": "2.7.0"}},
+                 {"date": "2025-02-03", "commit": None, "versions": {"torch": "2.9.1"}}],
+        "providers": {"eager-fp32": "eager", "convmixer_fast-auto": "ours", "eager-amp": "autocast"},
+        "workloads": [{"model": model, "image_size": image_size, "batch": batch,
+                       "providers": {name: {"status": status, "precision": precision,
+                                            "img_per_s": 1.0 + 1000.0 * torch.rand(()).item()}
+                                     for name, (status, precision) in entries.items()}}
+                      for model, image_size, batch, entries in workloads],
+    }
+
+
+def test_plot_draws_img_per_s_against_batch_per_panel_provider_and_precision(tmp_path, monkeypatch):
+    """One panel per model and image size measured, log-log, a line per provider and precision in
+    the result's provider order with its measured points by batch size (unmeasured entries left out),
+    a colour per provider and a line style per precision in every panel, one legend of them all,
+    and the last run in the title; the PNG's folder is made."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from convmixer_fast.plot import LINE_STYLES, plot_result
+
+    measured = {"convmixer_fast-auto": ("ok", "fp16"), "eager-amp": ("ok", "fp16 autocast"),
+                "eager-fp32": ("ok", "fp32")}
+    result = _plotted_result(
+        [("convmixer_a", 224, batch, measured) for batch in (4, 1, 2)]
+        + [("convmixer_a", 224, 2, {"convmixer_fast-auto": ("ok", "bf16"), "eager-fp32": ("wrong", "bf16")}),
+           ("convmixer_b", 32, 8, {"eager-fp32": ("ok", "fp32"), "convmixer_fast-auto": ("skipped", "fp32")}),
+           ("convmixer_c", 64, 1, {"eager-fp32": ("error", "fp32")})])
+    figures, savefig = [], Figure.savefig
+
+    def saving(figure, *args, **kwargs):  # (the figure drawn, kept to be looked at)
+        figures.append(figure)
+        savefig(figure, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", saving)
+    path = tmp_path / "plots" / "bench.png"
+    plot_result(result, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    (figure,) = figures
+    *panels, legend = figure.axes
+    assert [panel.get_title() for panel in panels] == ["convmixer_a, 224x224", "convmixer_b, 32x32"]
+    expected = [{"eager-fp32 (fp32)": ("eager-fp32", "fp32", [1, 2, 4]),
+                 "convmixer_fast-auto (fp16)": ("convmixer_fast-auto", "fp16", [1, 2, 4]),
+                 "convmixer_fast-auto (bf16)": ("convmixer_fast-auto", "bf16", [2]),
+                 "eager-amp (fp16 autocast)": ("eager-amp", "fp16 autocast", [1, 2, 4])},
+                {"eager-fp32 (fp32)": ("eager-fp32", "fp32", [8])}]
+    img_per_s = {(w["model"], w["batch"], name, entry["precision"]): entry["img_per_s"]
+                 for w in result["workloads"] for name, entry in w["providers"].items()}
+    colours = {}
+    for panel, model, lines in zip(panels, ("convmixer_a", "convmixer_b"), expected, strict=True):
+        assert (panel.get_xscale(), panel.get_yscale()) == ("log", "log")
+        assert (panel.get_xlabel(), panel.get_ylabel()) == ("batch size", "images / s")
+        assert [line.get_label() for line in panel.get_lines()] == list(lines)
+        assert list(panel.get_xticks()) == sorted({batch for *_, batches in lines.values() for batch in batches})
+        for line, (name, precision, batches) in zip(panel.get_lines(), lines.values()):
+            assert list(line.get_xdata()) == batches
+            assert list(line.get_ydata()) == [img_per_s[model, batch, name, precision] for batch in batches]
+            assert line.get_linestyle() == LINE_STYLES[precision]
+            assert colours.setdefault(name, line.get_color()) == line.get_color()
+    assert len(set(colours.values())) == len(colours)
+    assert [text.get_text() for text in legend.get_legend().get_texts()] == list(expected[0])
+    assert figure.get_suptitle() == "Some GPU: torch 2.9.1, 2025-02-03, commit unknown"
+
+
+@pytest.mark.parametrize("statuses", [[], ["skipped", "error", "wrong"]])
+def test_plot_of_nothing_measured_is_explained(tmp_path, statuses):
+    """No workload, or none with a measured provider (a run whose providers all failed): no plot,
+    saying why, where bench prints it (not a matplotlib error from an empty legend)."""
+    pytest.importorskip("matplotlib")
+    from convmixer_fast.plot import PlotUnavailableError, plot_result
+
+    result = _plotted_result([("convmixer_a", 224, 1, {f"provider-{status}": (status, "fp32")})
+                              for status in statuses])
+    with pytest.raises(PlotUnavailableError, match="no provider was measured: nothing to plot"):
+        plot_result(result, tmp_path / "bench.png")
+    assert not (tmp_path / "bench.png").exists()
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(tmp_path, monkeypatch):
+    from convmixer_fast.plot import PlotUnavailableError, plot_result
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (import matplotlib raises ImportError)
+    with pytest.raises(PlotUnavailableError, match=r"matplotlib is not installed \(pip install matplotlib\)"):
+        plot_result(_plotted_result([("convmixer_a", 224, 1, {"eager-fp32": ("ok", "fp32")})]), tmp_path / "x.png")
 
 
 def test_cli_rejects_unreadable_files_before_measuring(tmp_path):

@@ -5,6 +5,7 @@ import torch
 
 import convmixer_fast as cf
 from convmixer_fast.convert import check_same_logits
+from convmixer_fast.weights import to_canonical
 from helpers import TimmLikeConvMixer, one_liner_model, reference_model
 
 DIM, DEPTH, K, P, N = 12, 2, 5, 3, 6
@@ -76,11 +77,13 @@ def test_from_eager_real_timm(image):
 
 
 def test_from_eager_copies_batchnorm_eps(image):
+    """Each BatchNorm's own eps, to the BatchNorm in its place."""
     eager = reference_model(DIM, DEPTH, K, P, N)
-    for module in eager.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.eps = 1e-3
+    batchnorms = [module for module in eager.modules() if isinstance(module, torch.nn.BatchNorm2d)]
+    for index, module in enumerate(batchnorms):
+        module.eps = 10.0 ** -index
     model = cf.ConvMixer.from_eager(eager, backend="eager")
+    assert [m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [m.eps for m in batchnorms]
     with torch.no_grad():
         torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
 
@@ -97,6 +100,54 @@ def test_from_eager_refuses_pooling_other_than_the_mean(reference, image):
     eager[3 + DEPTH] = torch.nn.AdaptiveMaxPool2d(1)
     with pytest.raises(cf.UnsupportedModelError, match="found AdaptiveMaxPool2d"):
         cf.ConvMixer.from_eager(eager)
+
+
+class _OlderTimmLikeConvMixer(TimmLikeConvMixer):
+    """timm's ConvMixer as older timm versions wrote it: its pooling as ``pooling``."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pooling = self.global_pool
+        del self.global_pool
+
+    def forward(self, x):
+        return self.head(self.pooling(self.blocks(self.stem(x))))
+
+
+def test_from_eager_reads_older_timms_pooling():
+    """The pool type of older timm's ``pooling`` is read too: its "avgmax" is refused in 16 bits,
+    where the outputs are not compared, and its mean converts."""
+    eager = _OlderTimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N, global_pool="avgmax").half()
+    with pytest.raises(cf.UnsupportedModelError, match="got pooling with pool_type='avgmax'"):
+        cf.ConvMixer.from_eager(eager)
+    eager.pooling.pool_type = "avg"
+    assert cf.ConvMixer.from_eager(eager).global_pool == "avg"
+
+
+class _Mean(torch.nn.Module):
+    """Global average pooling written in a forward (no pooling module to see)."""
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
+def _pooled_in_forward(eager):
+    eager[3 + DEPTH], eager[4 + DEPTH] = _Mean(), torch.nn.Identity()
+    return eager
+
+
+@pytest.mark.parametrize("make_eager, n_classes", [
+    pytest.param(lambda ref: ref[:-1], 0, id="pooling-module-without-a-classifier"),
+    pytest.param(_pooled_in_forward, N, id="classifier-after-a-mean-in-a-forward"),
+])
+def test_from_eager_pools_with_a_pooling_module_or_before_a_classifier(image, make_eager, n_classes):
+    """A module without a classifier pools where it holds an average pool; one with a classifier
+    pools (its classifier takes [B, dim]) whether or not a module shows it."""
+    eager = make_eager(reference_model(DIM, DEPTH, K, P, N))
+    model = cf.ConvMixer.from_eager(eager, backend="eager")
+    assert (model.n_classes, model.global_pool) == (n_classes, "avg")
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("global_pool", ["avgmax", "max", "catavgmax", ""])
@@ -131,13 +182,20 @@ class _Features(TimmLikeConvMixer):
         return {"logits": super().forward(x)}
 
 
+class _Flattened(TimmLikeConvMixer):
+    def forward(self, x):
+        return super().forward(x).flatten()
+
+
 def test_from_eager_holds_the_logits_to_the_modules(reference, image):
     """The layers of a ConvMixer used otherwise are refused (converted, a missing residual gave
     logits 1.4 off on a small model); a training-mode module converts and stays in training mode;
-    the check leaves torch's random state alone."""
+    the check leaves torch's random state alone and a caller's autocast out."""
     for variant, message in ((_WithoutResidual, r"logits differ from the converted model's by .* \(a residual left"),
                              (_LogitsScaled, r"logits differ from the converted model's by 9.9\de-03"),
-                             (_Features, r"forward returned a dict for a \[2, 3, 19, 19\] image batch")):
+                             (_Features, r"forward returned a dict for a \[2, 3, 19, 19\] image batch"),
+                             (_Flattened, r"forward returned a tensor of shape \[12\] for a \[2, 3, 19, 19\] image "
+                                          r"batch, not \[2, 6\] logits")):
         eager = _copy_weights(reference.state_dict(), variant(DIM, DEPTH, K, P, num_classes=N))
         with pytest.raises(cf.UnsupportedModelError, match=message):
             cf.ConvMixer.from_eager(eager)
@@ -147,6 +205,8 @@ def test_from_eager_holds_the_logits_to_the_modules(reference, image):
     state = torch.get_rng_state()
     check_same_logits(eager, model)
     assert torch.equal(torch.get_rng_state(), state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model = cf.ConvMixer.from_eager(eager)
     with torch.no_grad():
         torch.testing.assert_close(model(image), reference(image), rtol=1e-5, atol=2e-5)
 
@@ -168,6 +228,104 @@ def test_from_eager_rejects_other_models():
             lambda m: setattr(m, "approximate", "tanh") if isinstance(m, torch.nn.GELU) else None))
     with pytest.raises(cf.UnsupportedModelError, match="kernel_size must be an integer in \\[1, 31\\], got 33"):
         cf.ConvMixer.from_eager(reference_model(DIM, 1, 33, P, N))
+    with pytest.raises(cf.UnsupportedModelError, match=r"the module is torch.float64; the model runs float32, float16 "
+                                                       r"or bfloat16: convert the module first \(module.float\(\), say\)"):
+        cf.ConvMixer.from_eager(reference_model(DIM, DEPTH, K, P, N).double())
+
+
+def _set(module, **attributes):
+    for name, value in attributes.items():
+        setattr(module, name, value)
+
+
+def _replace(sequential, index, module):
+    sequential[index] = module
+
+
+def _keep_the_stem(sequential):
+    del sequential[3:]
+
+
+@pytest.mark.parametrize("change, message", [
+    pytest.param(_keep_the_stem, r"found 1 Conv2d layers", id="only-a-stem"),
+    pytest.param(lambda m: _replace(m, 4 + DEPTH, torch.nn.Sequential(torch.nn.Conv2d(DIM, DIM, 1), torch.nn.Flatten())),
+                 r"found 6 Conv2d layers", id="a-conv-after-the-pooling"),
+    pytest.param(lambda m: _set(m[0], stride=(1, 1)), r"the stem must be .* stride=\(1, 1\)\)$", id="stem-stride"),
+    pytest.param(lambda m: _set(m[0], padding=(1, 1)), r"the stem must be .* padding=\(1, 1\)\)$", id="stem-padding"),
+    pytest.param(lambda m: _set(m[0], bias=None), r"the stem must be .* bias=False\)$", id="stem-without-bias"),
+    pytest.param(lambda m: _replace(m[4][0].fn, 0, torch.nn.Conv2d(DIM, DIM, 3, groups=DIM, padding="same")),
+                 r"block 1: expected a depthwise Conv2d\(12, 12, 5, .* kernel_size=\(3, 3\)", id="depthwise-kernel"),
+    pytest.param(lambda m: _set(m[3][0].fn[0], padding_mode="reflect"), r"block 0: expected a depthwise .*reflect",
+                 id="depthwise-reflect-padding"),
+    pytest.param(lambda m: _set(m[3][0].fn[0], dilation=(2, 2)), r"block 0: expected a depthwise .*dilation=\(2, 2\)",
+                 id="depthwise-dilation"),
+    pytest.param(lambda m: _replace(m[3], 1, torch.nn.Conv2d(DIM, DIM, 3, padding="same")),
+                 r"block 0: expected a pointwise .*kernel_size=\(3, 3\)", id="pointwise-kernel"),
+    pytest.param(lambda m: _replace(m[3], 1, torch.nn.Conv2d(DIM, DIM, 1, groups=2)),
+                 r"block 0: expected a pointwise .*groups=2", id="pointwise-groups"),
+    pytest.param(lambda m: _replace(m, 1, torch.nn.Sequential(torch.nn.GELU(), torch.nn.BatchNorm2d(DIM))),
+                 r"expected 5 BatchNorm2d layers, found 6", id="extra-batchnorm"),
+    pytest.param(lambda m: _replace(m, 2, torch.nn.BatchNorm2d(DIM, track_running_stats=False)),
+                 r"must have affine=True and track_running_stats=True, got .*track_running_stats=False",
+                 id="batchnorm-without-running-stats"),
+    pytest.param(lambda m: _replace(m, 1, torch.nn.ReLU()), r"mixed activations \['gelu', 'relu'\]",
+                 id="mixed-activations"),
+    pytest.param(lambda m: _replace(m, 5 + DEPTH, torch.nn.Sequential(torch.nn.Linear(DIM, DIM), torch.nn.Linear(DIM, N))),
+                 r"expected one nn.Linear classifier \(or none\), found 2", id="two-linears"),
+    pytest.param(lambda m: _replace(m, 5 + DEPTH, torch.nn.Linear(DIM, N, bias=False)),
+                 r"expected Linear\(12, n_classes, bias=True\), got .*bias=False", id="classifier-without-bias"),
+])
+def test_from_eager_refuses_other_layers_in_16_bits(change, message):
+    """A 16-bit module's outputs are not compared: its layers alone must refuse what the model
+    would not compute alike."""
+    eager = reference_model(DIM, DEPTH, K, P, N)
+    change(eager)
+    with pytest.raises(cf.UnsupportedModelError, match=message):
+        cf.ConvMixer.from_eager(eager.half())
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param(lambda m: _set(m[0], padding="valid"), id="stem-valid"),
+    pytest.param(lambda m: _set(m[3][1], padding="valid"), id="pointwise-valid"),
+    pytest.param(lambda m: _set(m[3][1], padding="same"), id="pointwise-same"),
+    pytest.param(lambda m: _set(m[3][0].fn[0], padding=(K // 2, K // 2)), id="depthwise-half-the-kernel"),
+])
+def test_from_eager_takes_each_spelling_of_no_or_same_padding(image, change):
+    eager = reference_model(DIM, DEPTH, K, P, N)
+    change(eager)
+    model = cf.ConvMixer.from_eager(eager, backend="eager")
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
+
+
+class _OwnNames(torch.nn.Module):
+    """A ConvMixer written with names of its own."""
+
+    def __init__(self):
+        super().__init__()
+        timm_like = TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=N)
+        self.embed, self.mixer, self.classifier = timm_like.stem, timm_like.blocks, timm_like.head
+
+    def forward(self, x):
+        return self.classifier(self.mixer(self.embed(x)).mean((2, 3)))
+
+
+def _batchnorm_before_activation(sequential):
+    sequential[1], sequential[2] = sequential[2], sequential[1]
+    return sequential
+
+
+@pytest.mark.parametrize("make_eager, why", [
+    pytest.param(_OwnNames, "unrecognised ConvMixer state-dict layout", id="own-names"),
+    pytest.param(lambda: _batchnorm_before_activation(reference_model(DIM, DEPTH, K, P, N)),
+                 "checkpoint keys '1.weight' and '7.weight' both map to 'head.weight'", id="batchnorm-first"),
+])
+def test_from_eager_refuses_layers_named_as_no_layout(make_eager, why):
+    """from_eager copies the weights by their names: a module whose names fit no layout (its own,
+    or the original's with layers in another order) is an UnsupportedModelError saying so."""
+    with pytest.raises(cf.UnsupportedModelError, match=rf"copies their weights by name and its names fit none of timm's, "
+                                                       rf"the original nn.Sequential's or the README one-liner's: {why}"):
+        cf.ConvMixer.from_eager(make_eager())
 
 
 class _Wrapper(torch.nn.Module):
@@ -194,10 +352,29 @@ def test_from_eager_finds_the_convmixer_in_a_wrapper(reference, image):
         torch.testing.assert_close(fast(image), reference(image), rtol=1e-4, atol=1e-5)
     with pytest.raises(cf.UnsupportedModelError, match="its logits differ from the converted model's"):
         cf.ConvMixer.from_eager(_Wrapper(reference, before=_Double()))
-    wrapped_16_bit = _Wrapper(reference_model(DIM, DEPTH, K, P, N).half(), before=_Double())
-    with pytest.raises(cf.UnsupportedModelError, match=r"_Wrapper's submodule 'model', and a torch.float16 module's "
-                                                       r"outputs are not compared .*from_eager\(module.model\)"):
-        cf.ConvMixer.from_eager(wrapped_16_bit)
+    headless = _Wrapper(TimmLikeConvMixer(DIM, DEPTH, K, P, num_classes=0))  # (its pool type read off the ConvMixer)
+    assert cf.ConvMixer.from_eager(headless).global_pool == "avg"
+
+
+@pytest.mark.parametrize("to, why", [(dict(dtype=torch.float16), "a torch.float16 module's outputs are not compared"),
+                                     (dict(device="meta"), "a meta module has no outputs to compare")])
+def test_from_eager_refuses_a_wrapper_whose_outputs_are_not_compared(to, why):
+    wrapper = _Wrapper(reference_model(DIM, DEPTH, K, P, N), before=_Double()).to(**to)
+    with pytest.raises(cf.UnsupportedModelError,
+                       match=rf"_Wrapper's submodule 'model', and {why}.*from_eager\(module.model\)"):
+        cf.ConvMixer.from_eager(wrapper)
+
+
+@pytest.mark.parametrize("to", [dict(dtype=torch.float16), dict(dtype=torch.bfloat16), dict(device="meta")])
+def test_from_eager_of_a_module_whose_outputs_are_not_compared(to):
+    """16-bit and meta modules convert from their layers alone, to a model of their dtype and device
+    holding their weights."""
+    eager = reference_model(DIM, DEPTH, K, P, N).to(**to)
+    model = cf.ConvMixer.from_eager(eager)
+    assert (model.dim, model.depth, model.kernel_size, model.patch_size, model.n_classes) == (DIM, DEPTH, K, P, N)
+    assert (model.head.weight.dtype, model.head.weight.device) == (eager[-1].weight.dtype, eager[-1].weight.device)
+    if eager[-1].weight.device.type != "meta":
+        assert _same_weights(model.state_dict(), to_canonical(eager.state_dict()).tensors)
 
 
 @pytest.mark.parametrize("suffix, wrapper", [(".pth", None), (".pth.tar", "state_dict"), (".pt", "model"), (".safetensors", None)])
