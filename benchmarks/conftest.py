@@ -50,19 +50,24 @@ def pytest_generate_tests(metafunc):
         config.getoption("bench_dtype") or dtypes,
         config.getoption("bench_image_size"),
     )
+    provider_names(config)  # (a --bench-provider that matches none: a usage error before anything runs)
     providers = bench.all_providers()
     pairs = [(workload, provider) for workload in workloads for provider in providers]
     metafunc.parametrize(("workload", "provider"), pairs,
                          ids=[f"{workload.slug}-{provider.name}" for workload, provider in pairs])
 
 
-@pytest.fixture(scope="session")
-def selected_providers(pytestconfig) -> set[str]:
+def provider_names(config) -> set[str]:
     """Names of the providers to run (``--bench-provider``; default: all but the opt-in ones)."""
     try:
-        return {p.name for p in bench.select_providers(bench.all_providers(), pytestconfig.getoption("bench_provider"))}
+        return {p.name for p in bench.select_providers(bench.all_providers(), config.getoption("bench_provider"))}
     except ValueError as error:
         raise pytest.UsageError(str(error)) from error
+
+
+@pytest.fixture(scope="session")
+def selected_providers(pytestconfig) -> set[str]:
+    return provider_names(pytestconfig)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@ the workloads and providers it runs, what it skips and why, a wrong provider fai
 timed, and what a right one hands pytest-benchmark."""
 
 import importlib.util
-import inspect
 import types
 from pathlib import Path
 
@@ -72,11 +71,11 @@ def test_only_tests_of_a_workload_are_parametrized(conftest):
     assert metafunc.parametrized is None
 
 
-def test_a_provider_pattern_that_matches_none_is_a_usage_error(conftest):
-    selected_providers = inspect.unwrap(conftest.selected_providers)
-    config = types.SimpleNamespace(getoption={"bench_provider": ["eager-fp32", "no-such-*"]}.get)
+def test_a_provider_pattern_that_matches_none_is_a_usage_error_at_collection(conftest):
+    metafunc = Metafunc({"bench_device": "cpu", "bench_provider": ["eager-fp32", "no-such-*"]})
     with pytest.raises(pytest.UsageError, match="no provider matches no-such-"):
-        selected_providers(config)
+        conftest.pytest_generate_tests(metafunc)
+    assert metafunc.parametrized is None
 
 
 def provider(name: str, run, reason=None, opt_in=False) -> bench.Provider:
