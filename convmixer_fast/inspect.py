@@ -166,23 +166,22 @@ def parse_resource_usage(text: str) -> dict[str, dict[str, int]]:
 def cubin_resource_usage(cubin: bytes | str, require_functions: bool = True) -> dict[str, dict[str, int]]:
     """Resource usage per function of a cubin (its bytes, or a path to a cubin / object file);
     ``InspectError`` if it has none, unless ``require_functions`` is False (a host-only file)."""
-    tool = find_cuobjdump()
     if isinstance(cubin, (bytes, bytearray)):
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "kernel.cubin")
             with open(path, "wb") as f:
                 f.write(cubin)
             return cubin_resource_usage(path, require_functions)
-    listing = _cuobjdump(tool, "--dump-resource-usage", cubin)
+    listing = _cuobjdump("--dump-resource-usage", cubin)
     usage = parse_resource_usage(listing)
     if not usage and require_functions:
         raise InspectError(f"no function in the resource usage of {cubin}:\n{listing}")
     return usage
 
 
-def _cuobjdump(tool: str, option: str, cubin: str) -> str:
+def _cuobjdump(option: str, cubin: str) -> str:
     """``cuobjdump option cubin``'s output; ``InspectError`` with its message if it fails."""
-    result = subprocess.run([tool, option, cubin], capture_output=True, text=True, check=False)
+    result = subprocess.run([find_cuobjdump(), option, cubin], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise InspectError(f"cuobjdump {option} failed on {cubin}: {result.stderr.strip()}")
     return result.stdout
@@ -457,7 +456,7 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
 
 def _cuda_rows(cubin: str, arch: str) -> list[dict]:
     usage = cubin_resource_usage(cubin, require_functions=False)  # launchers hold no kernel
-    tensor_cores = _sass_tensor_cores(_cuobjdump(find_cuobjdump(), "-sass", cubin))
+    tensor_cores = _sass_tensor_cores(_cuobjdump("-sass", cubin))
     names = _demangle(sorted(usage))
     rows = []
     for mangled in sorted(usage):

@@ -215,7 +215,7 @@ def test_an_unreadable_cubin_is_an_error(tmp_path):
     corrupt = tmp_path / "corrupt.cubin"
     corrupt.write_bytes(b"not a cubin")
     with pytest.raises(insp.InspectError, match="cuobjdump -sass failed on .*corrupt.cubin"):
-        insp._cuobjdump(insp.find_cuobjdump(), "-sass", str(corrupt))
+        insp._cuobjdump("-sass", str(corrupt))
 
 
 # Kernel names as the demangler gives them (the CUTLASS ones abridged, from the cubins of
