@@ -21,6 +21,11 @@ class UnsupportedModelError(ValueError):
     """An eager module that is not a ConvMixer this engine can reproduce exactly."""
 
 
+# A ConvMixer's BatchNorms as a module may hold them: a model trained with synchronised BatchNorm
+# (nn.SyncBatchNorm.convert_sync_batchnorm) computes, in eval mode, what BatchNorm2d computes.
+BATCHNORMS = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise UnsupportedModelError(message)
@@ -71,7 +76,7 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
 
     _check(isinstance(module, nn.Module), f"expected an nn.Module, got {type(module).__name__}")
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
-    bns = [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)]
+    bns = [m for m in module.modules() if isinstance(m, BATCHNORMS)]
     linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
     _check(len(convs) >= 3 and len(convs) % 2 == 1,
            f"expected a stem conv and (depthwise, pointwise) conv pairs, found {len(convs)} Conv2d layers")
@@ -95,10 +100,10 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
         _check(pw.in_channels == pw.out_channels == dim and pw.kernel_size == (1, 1) and pw.groups == 1
                and pw.stride == (1, 1) and pw.padding in ((0, 0), "valid", "same") and pw.bias is not None,
                f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
-    _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d layers, found {len(bns)}")
+    _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d (or SyncBatchNorm) layers, found {len(bns)}")
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
-               f"BatchNorm2d must have affine=True and track_running_stats=True, got {bn}")
+               f"a BatchNorm must have affine=True and track_running_stats=True, got {bn}")
     _check(len(linears) <= 1, f"expected one nn.Linear classifier (or none), found {len(linears)}")
     n_classes = linears[0].out_features if linears else 0  # 0: the features, as timm's num_classes=0 gives
     # (The pooling before the classifier's width: timm's "catavgmax" doubles it.)
@@ -135,7 +140,7 @@ def convmixer_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
 def _convmixer(module: nn.Module) -> tuple[str, nn.Module]:
     """``(name, submodule)`` of the innermost submodule of ``module`` that holds all its
     convolutions, BatchNorms and linears (``("", module)`` for a ConvMixer)."""
-    layers = {id(m) for m in module.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
+    layers = {id(m) for m in module.modules() if isinstance(m, (nn.Conv2d, *BATCHNORMS, nn.Linear))}
     root_name, root = "", module
     for name, submodule in module.named_modules():  # outer before inner: the last to hold them all
         if layers <= {id(m) for m in submodule.modules()}:

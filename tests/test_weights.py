@@ -88,6 +88,23 @@ def test_from_eager_copies_batchnorm_eps(image):
         torch.testing.assert_close(model(image), eager(image), rtol=1e-5, atol=2e-5)
 
 
+@pytest.mark.parametrize("to", [pytest.param(lambda m: m, id="fp32"), pytest.param(lambda m: m.half(), id="fp16")])
+def test_from_eager_takes_synchronised_batchnorm(reference, image, to):
+    """A model trained with SyncBatchNorm (convert_sync_batchnorm) computes in eval mode what
+    BatchNorm2d computes: converted from its layers alike, each one's eps kept (fp16: from its
+    layers alone, its outputs not compared)."""
+    eager = torch.nn.SyncBatchNorm.convert_sync_batchnorm(reference_model(DIM, DEPTH, K, P, N)).eval()
+    batchnorms = [m for m in eager.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert len(batchnorms) == 1 + 2 * DEPTH
+    for index, module in enumerate(batchnorms):
+        module.eps = 10.0 ** -(index + 1)
+    eager = to(eager)
+    model = cf.ConvMixer.from_eager(eager, backend="eager").float()
+    assert [m.eps for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)] == [m.eps for m in batchnorms]
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), eager.float()(image), rtol=1e-5, atol=2e-5)
+
+
 def test_from_eager_refuses_pooling_other_than_the_mean(reference, image):
     """timm's global_pool="avgmax" keeps every shape and changes the logits (by 0.035 on a small
     timm model, before this was checked): it and every other non-average pooling are refused."""
@@ -264,7 +281,7 @@ def _keep_the_stem(sequential):
     pytest.param(lambda m: _replace(m[3], 1, torch.nn.Conv2d(DIM, DIM, 1, groups=2)),
                  r"block 0: expected a pointwise .*groups=2", id="pointwise-groups"),
     pytest.param(lambda m: _replace(m, 1, torch.nn.Sequential(torch.nn.GELU(), torch.nn.BatchNorm2d(DIM))),
-                 r"expected 5 BatchNorm2d layers, found 6", id="extra-batchnorm"),
+                 r"expected 5 BatchNorm2d \(or SyncBatchNorm\) layers, found 6", id="extra-batchnorm"),
     pytest.param(lambda m: _replace(m, 2, torch.nn.BatchNorm2d(DIM, track_running_stats=False)),
                  r"must have affine=True and track_running_stats=True, got .*track_running_stats=False",
                  id="batchnorm-without-running-stats"),
