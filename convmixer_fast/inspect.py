@@ -23,13 +23,15 @@ so ``inspect_triton`` then runs itself in a subprocess with the variable removed
 CUDA kernels are compiled from the source tree (``csrc/kernels/*.cu`` of a checkout; an installed
 package carries no sources) with nvcc, the flags of ``_settings`` and ``-cubin``, one file per
 process in parallel; cubins are cached under ``inspect/`` of ``CONVMIXER_FAST_CACHE_DIR``
-(``_settings.cache_dir``) by a hash of the sources, flags and nvcc version. One row per kernel
+(``_settings.cache_dir``) by a hash of the sources, flags and nvcc version, the most recently used
+``CUBINS_KEPT_PER_SOURCE`` per source and arch kept. One row per kernel
 function, named by its demangled template (``kernel``: the function, ``config``: its template
 arguments, shortened).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import importlib
@@ -445,13 +447,33 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
                 digest.update(f.read())
     name = os.path.splitext(os.path.basename(source))[0]
     cubin = os.path.join(cache_dir, f"{name}-{arch}-{digest.hexdigest()[:16]}.cubin")
-    if not os.path.exists(cubin):
-        partial = f"{cubin}.{os.getpid()}.tmp"
-        result = subprocess.run([nvcc, *flags, source, "-o", partial], capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise InspectError(f"nvcc failed on {source} for {arch}:\n{result.stderr[-4000:]}")
-        os.replace(partial, cubin)
+    if os.path.exists(cubin):
+        os.utime(cubin)  # (used now: the last to be dropped)
+        return cubin
+    partial = f"{cubin}.{os.getpid()}.tmp"
+    result = subprocess.run([nvcc, *flags, source, "-o", partial], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise InspectError(f"nvcc failed on {source} for {arch}:\n{result.stderr[-4000:]}")
+    os.replace(partial, cubin)
+    _drop_older_cubins(cache_dir, name, arch)
     return cubin
+
+
+CUBINS_KEPT_PER_SOURCE = 4  # per source and arch: a few checkouts or branches sharing the cache
+
+
+def _drop_older_cubins(cache_dir: str, name: str, arch: str) -> None:
+    """Delete all but the ``CUBINS_KEPT_PER_SOURCE`` most recently used cubins of source ``name``
+    for ``arch``: each edit of a source or header compiles every cubin anew under a new key."""
+    pattern = re.compile(rf"{re.escape(name)}-{re.escape(arch)}-[0-9a-f]{{16}}\.cubin")
+    last_used = {}
+    for entry in os.scandir(cache_dir):
+        if pattern.fullmatch(entry.name):
+            with contextlib.suppress(FileNotFoundError):  # (another process dropped it first)
+                last_used[entry.path] = entry.stat().st_mtime_ns
+    for path in sorted(last_used, key=last_used.get, reverse=True)[CUBINS_KEPT_PER_SOURCE:]:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _cuda_rows(cubin: str, arch: str) -> list[dict]:

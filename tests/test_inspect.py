@@ -324,6 +324,37 @@ def test_a_cubin_is_rebuilt_when_an_input_changes(tmp_path, monkeypatch, cutlass
     assert os.path.isfile(cubins[2])
 
 
+def test_the_cache_keeps_the_most_recently_used_cubins_of_each_source(tmp_path, monkeypatch, cutlass_headers):
+    """Each edit compiles a cubin under a new key; per source and arch the CUBINS_KEPT_PER_SOURCE
+    most recently used stay (a cache hit counts as a use), other sources' and arches' untouched."""
+    kernels = tmp_path / "kernels"
+    kernels.mkdir()
+    monkeypatch.setattr(insp, "CUDA_KERNEL_DIR", str(kernels))
+    monkeypatch.setattr(insp, "CUBINS_KEPT_PER_SOURCE", 2)
+    use_fake_nvcc(tmp_path, monkeypatch)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    toy, toy_bf16 = tmp_path / "toy.cu", tmp_path / "toy_bf16.cu"  # (one name the other's prefix)
+    toy_bf16.write_text("")
+    others = [insp._compile_cubin(str(toy_bf16), "sm_90a", str(cache))]
+    others.append(str(cache / f"toy-sm_90a-{'0' * 16}.cubin.1234.tmp"))  # (another process's, being written)
+    with open(others[-1], "w"):
+        os.utime(others[-1], ns=(0, 0))
+    toy.write_text("")
+    others.append(insp._compile_cubin(str(toy), "sm_80", str(cache)))
+    cubins = []
+    for version in range(4):
+        toy.write_text(f"version {version}\n")
+        cubins.append(insp._compile_cubin(str(toy), "sm_90a", str(cache)))
+        os.utime(cubins[-1], ns=(version, version))  # (the file system's clock may not tell them apart)
+        if version == 1:  # version 0 used again: now more recent than 1
+            toy.write_text("version 0\n")
+            assert insp._compile_cubin(str(toy), "sm_90a", str(cache)) == cubins[0]
+            assert os.stat(cubins[0]).st_mtime_ns > version  # (touched by the hit)
+            os.utime(cubins[0], ns=(10, 10))
+    assert sorted(os.listdir(cache)) == sorted(os.path.basename(path) for path in [*others, cubins[0], cubins[3]])
+
+
 def test_a_failed_compile_names_the_source_and_the_compilers_message(tmp_path, monkeypatch, cutlass_headers):
     """And caches nothing: what nvcc wrote before it failed is not taken for a cubin by the next run."""
     message = 'toy.cu(1): error: expected a ";"'
