@@ -22,6 +22,8 @@ Build switches (read by ``pip install --no-build-isolation .``):
                                    used). Default: the headers of the PyPI package nvidia-cutlass
                                    (pip install --no-deps nvidia-cutlass==4.2.0.0), found without
                                    importing it. Needed only when CUDA sources are compiled.
+  NVCC_PREPEND_FLAGS, NVCC_APPEND_FLAGS  (nvcc's) flags nvcc adds to each of its calls, the build's
+                                   and ``inspect``'s alike; part of ``inspect``'s cubin cache key.
 CUDA sources are compiled only when torch itself was built with CUDA (``torch.version.cuda``),
 a CUDA toolkit is found, and CONVMIXER_FAST_NO_CUDA is not set.
 
@@ -73,6 +75,7 @@ ENV_CACHE_DIR = "CONVMIXER_FAST_CACHE_DIR"
 ENV_AUTO_MEASURE = "CONVMIXER_FAST_AUTO_MEASURE"
 ENV_TRITON_AUTOTUNE = "CONVMIXER_FAST_TRITON_AUTOTUNE"
 ENV_SOURCE_COMMIT = "CONVMIXER_FAST_SOURCE_COMMIT"
+ENV_NVCC_FLAGS = ("NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS")  # nvcc's own
 CUTLASS_PACKAGE = "nvidia-cutlass==4.2.0.0"
 DEFAULT_CUDA_ARCHS = "80;90a"
 SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h")  # what ``sources_digest`` reads of csrc/ (and setup.py)

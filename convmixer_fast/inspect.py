@@ -421,8 +421,9 @@ def _kernel_and_config(demangled: str) -> tuple[str, str]:
 
 
 def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
-    """nvcc ``source`` to a cubin for ``arch`` (cached by sources, flags, nvcc and the CUTLASS
-    version: an upgraded nvidia-cutlass keeps its include path); its path."""
+    """nvcc ``source`` to a cubin for ``arch`` (cached by sources, flags, including those nvcc
+    reads from the environment, nvcc and the CUTLASS version: an upgraded nvidia-cutlass keeps its
+    include path); its path."""
     from . import _settings
 
     nvcc = _cuda_tool("nvcc")
@@ -441,6 +442,8 @@ def _compile_cubin(source: str, arch: str, cache_dir: str) -> str:
             digest.update(os.path.basename(path).encode() + f.read())
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=False).stdout
     digest.update(" ".join(flags).encode() + version.encode())
+    for variable in _settings.ENV_NVCC_FLAGS:  # (flags nvcc adds itself: the key must see them too)
+        digest.update(f"{variable}={os.environ.get(variable, '')}".encode())
     for include in cutlass_include_dirs:
         if os.path.isfile(os.path.join(include, "cutlass", "version.h")):
             with open(os.path.join(include, "cutlass", "version.h"), "rb") as f:

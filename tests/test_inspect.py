@@ -295,12 +295,12 @@ def use_fake_nvcc(folder, monkeypatch, error: str = ""):
     return version
 
 
-@pytest.mark.parametrize("changed", ["the source", "a header", "the nvcc flags", "the nvcc version",
-                                     "the CUTLASS version"])
+@pytest.mark.parametrize("changed", ["the source", "a header", "the nvcc flags", "NVCC_PREPEND_FLAGS",
+                                     "NVCC_APPEND_FLAGS", "the nvcc version", "the CUTLASS version"])
 def test_a_cubin_is_rebuilt_when_an_input_changes(tmp_path, monkeypatch, cutlass_headers, changed):
     """The cache key covers all a cubin is compiled from: its source, even outside csrc/kernels, the
-    headers beside the sources, the flags, nvcc, and CUTLASS, whose upgrade keeps its include path and
-    so the flags."""
+    headers beside the sources, the flags (nvcc's own from the environment too), nvcc, and CUTLASS,
+    whose upgrade keeps its include path and so the flags."""
     from convmixer_fast import _settings
 
     kernels = tmp_path / "kernels"
@@ -317,6 +317,8 @@ def test_a_cubin_is_rebuilt_when_an_input_changes(tmp_path, monkeypatch, cutlass
     for version in (1, 1, 2):
         if changed == "the nvcc flags":
             monkeypatch.setattr(_settings, "NVCC_FLAGS", [*flags, f"-DTOY_VERSION={version}"])
+        elif changed.startswith("NVCC_"):
+            monkeypatch.setenv(changed, f"-DTOY_VERSION={version}")
         else:
             inputs[changed].write_text(f"version {version}\n")
         cubins.append(insp._compile_cubin(str(source), "sm_90a", str(tmp_path / "cache")))
