@@ -476,6 +476,20 @@ def test_cuda_rows_of_small_kernels(tmp_path, monkeypatch, cutlass_headers, arch
         assert row["tensor_core"] == ("mma" if kernel == "wmma_kernel" else "none"), row
 
 
+@pytest.mark.parametrize("arch, compiled", [("sm_80", ["head.cu", "pointwise_sm80_f16_relu.cu"]),
+                                             ("sm_90a", ["head.cu", "pointwise_sm80_f16_relu.cu",
+                                                         "pointwise_sm90_bf16_gelu.cu"])])
+def test_the_default_sources_leave_out_those_named_for_a_later_arch(tmp_path, monkeypatch, arch, compiled):
+    """Compiled for sm_80, pointwise_sm90_*.cu holds only CUTLASS's stub, never launched there: no rows."""
+    for name in ("head.cu", "pointwise_sm80_f16_relu.cu", "pointwise_sm90_bf16_gelu.cu", "common.cuh"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setattr(insp, "CUDA_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVMIXER_FAST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(insp, "_compile_cubin", lambda source, arch, cache_dir: os.path.basename(source))
+    monkeypatch.setattr(insp, "_cuda_rows", lambda cubin, arch: [cubin])
+    assert insp.inspect_cuda(arch) == compiled
+
+
 @pytest.mark.parametrize("unusable", ["a file", "a read-only folder"])
 def test_an_unusable_cubin_cache_names_the_variable(tmp_path, monkeypatch, unusable):
     if unusable == "a file":
