@@ -100,7 +100,8 @@ def describe_eager(module: nn.Module) -> tuple[dict, list[float]]:
         _check(pw.in_channels == pw.out_channels == dim and pw.kernel_size == (1, 1) and pw.groups == 1
                and pw.stride == (1, 1) and pw.padding in ((0, 0), "valid", "same") and pw.bias is not None,
                f"block {j}: expected a pointwise Conv2d({dim}, {dim}, 1, bias=True), got {pw}")
-    _check(len(bns) == 1 + 2 * depth, f"expected {1 + 2 * depth} BatchNorm2d (or SyncBatchNorm) layers, found {len(bns)}")
+    _check(len(bns) == 1 + 2 * depth,
+           f"expected {1 + 2 * depth} BatchNorm2d (or SyncBatchNorm) layers, found {len(bns)}")
     for bn in bns:
         _check(bn.affine and bn.track_running_stats,
                f"a BatchNorm must have affine=True and track_running_stats=True, got {bn}")
