@@ -498,16 +498,16 @@ _SOURCE_ARCH = re.compile(r"_sm(\d+)")
 
 
 def inspect_cuda(arch: str, sources: list[str] | None = None) -> list[dict]:
-    """Compile the cuda backend's ``sources`` for ``arch``; rows. Default: every ``csrc/kernels/*.cu``
-    but those named for a later architecture."""
+    """Compile the cuda backend's ``sources`` (default: every ``csrc/kernels/*.cu``) for ``arch``,
+    but those named for a later architecture; rows."""
     capability = arch_capability(arch)
     if sources is None:
         sources = sorted(glob.glob(os.path.join(CUDA_KERNEL_DIR, "*.cu")))
         if not sources:
             raise InspectError(f"no CUDA kernel sources under {CUDA_KERNEL_DIR}: inspect the cuda backend from a "
                                "source checkout of convmixer_fast")
-        sources = [source for source in sources
-                   if all(int(named) <= capability for named in _SOURCE_ARCH.findall(os.path.basename(source)))]
+    sources = [source for source in sources
+               if all(int(named) <= capability for named in _SOURCE_ARCH.findall(os.path.basename(source)))]
     from . import _settings
 
     cache_dir = _settings.cache_dir("inspect")

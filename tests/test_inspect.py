@@ -479,8 +479,9 @@ def test_cuda_rows_of_small_kernels(tmp_path, monkeypatch, cutlass_headers, arch
 @pytest.mark.parametrize("arch, compiled", [("sm_80", ["head.cu", "pointwise_sm80_f16_relu.cu"]),
                                              ("sm_90a", ["head.cu", "pointwise_sm80_f16_relu.cu",
                                                          "pointwise_sm90_bf16_gelu.cu"])])
-def test_the_default_sources_leave_out_those_named_for_a_later_arch(tmp_path, monkeypatch, arch, compiled):
-    """Compiled for sm_80, pointwise_sm90_*.cu holds only CUTLASS's stub, never launched there: no rows."""
+def test_the_sources_named_for_a_later_arch_are_left_out(tmp_path, monkeypatch, arch, compiled):
+    """Compiled for sm_80, pointwise_sm90_*.cu holds only CUTLASS's stub, never launched there: no rows,
+    from the default sources and from a list alike."""
     for name in ("head.cu", "pointwise_sm80_f16_relu.cu", "pointwise_sm90_bf16_gelu.cu", "common.cuh"):
         (tmp_path / name).write_text("")
     monkeypatch.setattr(insp, "CUDA_KERNEL_DIR", str(tmp_path))
@@ -488,6 +489,8 @@ def test_the_default_sources_leave_out_those_named_for_a_later_arch(tmp_path, mo
     monkeypatch.setattr(insp, "_compile_cubin", lambda source, arch, cache_dir: os.path.basename(source))
     monkeypatch.setattr(insp, "_cuda_rows", lambda cubin, arch: [cubin])
     assert insp.inspect_cuda(arch) == compiled
+    assert insp.inspect_cuda(arch, sources=[str(tmp_path / "pointwise_sm90_bf16_gelu.cu")]) == [
+        name for name in compiled if "sm90" in name]
 
 
 @pytest.mark.parametrize("unusable", ["a file", "a read-only folder"])
