@@ -330,6 +330,52 @@ def test_when_no_candidate_agrees_the_reference_runs(tmp_path):
         torch.testing.assert_close(op(x), 2 * x)  # remembered: no second judging
 
 
+def test_a_later_process_runs_the_stored_reference_choice_warned_without_judging_again(tmp_path):
+    """Where no candidate agreed, the reference's choice is kept in the file like any other: a later
+    process (a fresh op on the same file) runs the reference at once, warned, judging and timing
+    nothing."""
+    wrong = doubling(last_image_offset=1.0)
+    x = torch.ones(2, 3, 3, 8)
+    with pytest.warns(UserWarning, match="no candidate's depthwise_block agrees"):
+        judged_op(tmp_path, {"triton": wrong, "cuda": wrong}, fastest="cuda")(x)
+    calls = []
+
+    def counted(x, out=None):
+        calls.append(1)
+        return wrong(x, out)
+
+    later = judged_op(tmp_path, {"triton": counted, "cuda": counted}, fastest="cuda")
+    with pytest.warns(UserWarning) as warned:
+        out = later(x)
+    assert len(warned) == 1 and "no candidate's depthwise_block agreed with the reference" in str(warned[0].message)
+    assert str(tmp_path / "choices.json") in str(warned[0].message)
+    torch.testing.assert_close(out, 2 * x)
+    assert calls == [] and later.label == "eager (measured)"
+
+
+@pytest.mark.parametrize("conv_tf32", [False, True])
+def test_fp32_candidates_are_held_to_tf32s_tolerance_where_the_references_convolutions_may_use_it(
+        tmp_path, monkeypatch, restored_tf32, conv_tf32):
+    """On a GPU the reference's cuDNN convolutions follow the conv switch (on by default), the
+    kernels the matmul switch: with the matmul switch off and the conv switch on, an exact fp32
+    kernel differs from the reference by TF32's rounding, which must not count as a wrong kernel.
+    (The device is a GPU for the tolerance only: the tensors stay on the CPU.)"""
+    from convmixer_fast import _tf32, verify
+
+    cpu_tolerances = verify.tolerances
+    monkeypatch.setattr(verify, "tolerances", lambda dtype, device, tf32=None: cpu_tolerances(
+        dtype, torch.device("cuda"), tf32))
+    _tf32._set(False, conv_tf32)
+    off_by_tf32 = doubling(last_image_offset=1e-3)  # 1e-3 relative: within 5e-3, past fp32's 1e-4
+    op = judged_op(tmp_path, {"triton": off_by_tf32, "cuda": off_by_tf32}, fastest="cuda")
+    x = torch.ones(2, 3, 3, 8)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        op(x)
+    assert op.label == ("cuda (measured)" if conv_tf32 else "eager (measured)")
+    assert bool(warned) != conv_tf32
+
+
 def test_one_candidate_refusing_and_the_other_disagreeing_runs_the_reference(tmp_path):
     """The reference ran on these arguments: a kernel's refusal (an argument check) beside a wrong
     kernel is no reason to fail the call, nor to run the wrong one."""

@@ -16,7 +16,10 @@ Before it is timed, each candidate's output is held to the reference op's (``ref
 backend's, on the first and last image of the batch, within ``verify``'s per-kernel tolerance of
 the dtype): a candidate that disagrees is left out with a warning that names the error, so a kernel
 that computes wrongly on this GPU and shape is never chosen. If none agrees (one disagreeing at
-least, the others disagreeing or raising), the reference op runs (slow, right, warned about).
+least, the others disagreeing or raising), the reference op runs (slow, right, warned about), and
+that choice is stored as any other: a later process runs the reference at once, warned again. In
+fp32 the tolerance is TF32's where either TF32 switch is on (the kernels follow the matmul one,
+the reference's cuDNN convolutions the conv one, on by default).
 Where the reference's own output is not finite (NaN / Inf inputs) or it cannot run, the
 candidates are not judged.
 
@@ -315,7 +318,8 @@ class MeasuredOp:
         kernel tolerance of ``expected`` (max |difference| / max |expected|)."""
         from ..verify import errors, tolerances  # (verify imports this package)
 
-        tolerance = tolerances(result.dtype, result.device)[0]
+        # (fp32: TF32's where either switch is on, the reference's convolutions following cuDNN's)
+        tolerance = tolerances(result.dtype, result.device, tf32=_tf32.any_allowed())[0]
         max_abs, max_rel = errors(edge_images(result), expected)
         if not max_rel <= tolerance:  # (NaN fails)
             raise WrongResultError(f"max |out - reference| = {max_abs:.3g}, {max_rel:.3g} of max |reference| "
@@ -327,7 +331,11 @@ class MeasuredOp:
         name = signature(self.op, args)
         with _MEASURING:  # (a thread that waited finds the choice the other stored)
             backend = self.store.get(name)
-            if backend in self.candidates:  # (a choice of a backend that is no candidate here is measured anew)
+            if backend in self._entries:  # (a choice of a backend that is no candidate here is measured anew)
+                if backend not in self.candidates:
+                    warnings.warn(f"auto: no candidate's {self.op} agreed with the reference on {name} when it was "
+                                  f"measured (stored in {self.store.path}, with why); the reference ({REFERENCE}) "
+                                  "runs it", stacklevel=4)
                 return backend
             if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 return None
