@@ -155,3 +155,31 @@ def test_a_gpus_fp32_model_tolerance_is_tf32s_where_either_switch_allows_it(rest
     _tf32._set(matmul, conv)
     expected = 10 * verify.TF32_TOLERANCE if matmul or conv else verify.MODEL_TOLERANCE[torch.float32]
     assert bench.model_tolerance("fp32", "cuda", 0.0, 0.0) == expected
+
+
+@pytest.mark.parametrize("matmul, conv", [(False, False), (False, True), (True, False)])
+def test_a_gpus_fp32_logits_under_tf32_are_held_to_fp16s_tolerance_where_that_is_wider(restored_tf32, matmul, conv):
+    """TF32 keeps fp16's significand: eager-fp32, whose cuDNN convolutions use it by default, may
+    lose on the network what fp16 does, which can be more than TF32's fixed floor; with TF32 off, fp32's
+    own tolerance holds. (A stand-in cache: the yardsticks of each dtype given, no GPU needed.)"""
+    from convmixer_fast import bench, verify
+
+    class Yardsticks:
+        logits = torch.linspace(-1.0, 1.0, 10).reshape(2, 5)
+        errors = {"fp32": (1e-7, float("nan")), "fp16": (0.03, 0.03)}
+
+        def get(self, workload):
+            return self
+
+        def dtype_errors(self, workload, dtype):
+            return self.errors[dtype]
+
+    _tf32._set(matmul, conv)
+    workload = bench.Workload("convmixer_cifar10", 2, 32, "bf16", "cuda")
+    provider = next(p for p in bench.all_providers() if p.name == "eager-fp32")
+    check = bench.check_logits(provider, bench.Prepared(lambda: Yardsticks.logits * 1.07), workload, Yardsticks())
+    assert check.max_rel_err == pytest.approx(0.07)
+    if matmul or conv:  # fp16's: 3x the eager backend's 0.03, past TF32's floor of 0.05
+        assert check.ok and check.tolerance == pytest.approx(verify.EAGER_ERROR_FACTOR * 0.03)
+    else:
+        assert not check.ok and check.tolerance == verify.MODEL_TOLERANCE[torch.float32]
