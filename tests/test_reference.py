@@ -93,3 +93,13 @@ def test_op_references_leave_their_operands_untouched(dtype, act):
                 assert torch.equal(arg, kept), name
                 assert out.data_ptr() != arg.data_ptr(), name
         assert out.dtype == dtype and out.is_contiguous(), name
+
+
+@pytest.mark.parametrize("lead", [(2, 3), (4,), ()], ids=["tokens-2x3", "tokens-4", "one-token"])
+def test_pointwise_reference_without_input_channels_is_its_epilogue_of_the_bias(lead):
+    """K = 0 (which the ops' checks accept, and the Triton kernel computes): an empty sum, so every
+    token's output is ``scale * act(bias) + shift``; also for a 1-D ``y`` (one token)."""
+    N = 5
+    bias, scale, shift = torch.randn(N), torch.rand(N) + 0.5, torch.randn(N)
+    out = op_reference.pointwise_reference(torch.empty(*lead, 0), torch.empty(N, 0), bias, scale, shift, "gelu")
+    torch.testing.assert_close(out, (scale * F.gelu(bias) + shift).expand(*lead, N))

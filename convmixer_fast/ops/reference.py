@@ -11,6 +11,8 @@ against, and what ``python -m convmixer_fast verify`` compares with. They need n
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -93,7 +95,8 @@ def pointwise_reference(
 
     The output ``[..., N]`` has the dtype of ``y``.
     """
-    acc = torch.addmm(bias.float(), y.reshape(-1, y.shape[-1]).float(), weight.float().T)  # [tokens, N]
+    tokens = y.reshape(math.prod(y.shape[:-1]), y.shape[-1])  # (not -1: K may be 0)
+    acc = torch.addmm(bias.float(), tokens.float(), weight.float().T)  # [tokens, N]
     return epilogue_(acc, scale, shift, act).to(y.dtype).reshape(*y.shape[:-1], weight.shape[0])
 
 
