@@ -555,9 +555,9 @@ def check_logits(provider: Provider, prepared: Prepared, workload: Workload, cac
     max_rel_err = max(relative, key=lambda error: math.inf if math.isnan(error) else error)
     tolerance = model_tolerance(dtype, workload.device_type, *cache.dtype_errors(workload, dtype))
     if dtype == "fp32" and workload.device_type == "cuda" and _tf32.any_allowed():
-        # TF32 rounds a tensor-core op's inputs to fp16's 10-bit significand (and, unlike fp16, no
-        # activation): what fp16 loses on this network is what fp32 may lose here, e.g. eager-fp32's
-        # with cuDNN's default TF32 convolutions.
+        # TF32 rounds a tensor-core op's inputs to fp16's 10-bit significand (fp16 rounds every
+        # activation too): what fp16 loses on this network bounds what fp32 may lose here, e.g.
+        # eager-fp32 with cuDNN's default TF32 convolutions.
         tolerance = max(tolerance, model_tolerance("fp16", "cuda", *cache.dtype_errors(workload, "fp16")))
     return Check(max_rel_err, tolerance)
 

@@ -335,7 +335,7 @@ class MeasuredOp:
                 if backend not in self.candidates:
                     warnings.warn(f"auto: no candidate's {self.op} agreed with the reference on {name} when it was "
                                   f"measured (stored in {self.store.path}, with why); the reference ({REFERENCE}) "
-                                  "runs it", stacklevel=4)
+                                  "runs it", stacklevel=3)
                 return backend
             if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 return None
