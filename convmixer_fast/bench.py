@@ -1171,7 +1171,7 @@ def run_cli(args) -> int:
         from .targets import evaluate, format_verdicts
 
         verdicts = evaluate(saved)
-        print(format_verdicts(verdicts))
+        print(format_verdicts(verdicts, saved["runs"]))
         return 0 if all(verdict.passed for verdict in verdicts) else 1
     device = cli_device(args.device, "bench")
     if device is None:

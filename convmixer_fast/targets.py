@@ -6,7 +6,8 @@ and PASS or MISS; or why the row cannot be judged (its workload or a provider mi
 result, or a provider whose logits failed ``bench``'s check: a figure counts only when its outputs
 matched the reference). It measures nothing, and exits 1 unless every target passes. A workload
 record that its run left ``"partial"`` (stopped before its last provider) gives its figures, but
-none of its rows passes: the targets ask for every provider measured in one run.
+none of its rows passes: the targets ask for every provider measured in one run. Where the file
+holds several runs (``bench --merge``), each row names the run that measured its workload.
 
 The batch-1 targets compare latency: single calls, each waited for, so the host's work per call
 counts (back to back, a GPU-bound provider hides it behind the previous call's kernels). A best-peer
@@ -78,6 +79,7 @@ class Verdict:
     value: float | None  # the ratio or fraction; None where it cannot be judged
     status: str  # "PASS", "MISS", or why it cannot be judged
     against: str | None = None  # the provider compared with (the best peer resolved)
+    run: int | None = None  # the judged record's run: an index into the result's "runs"
 
     @property
     def passed(self) -> bool:
@@ -104,7 +106,7 @@ def judge(result: dict, target: Target) -> Verdict:
     record = _find_workload(result, target)
     if record is None:
         return Verdict(target, None, "workload not in the result")
-    verdict = _judge_record(record, target)
+    verdict = replace(_judge_record(record, target), run=record.get("run"))
     if record.get("partial"):  # a run cut short: its figures stand, but not as the complete run's
         return replace(verdict, status=f"{verdict.status}; {PARTIAL}")
     return verdict
@@ -148,7 +150,11 @@ def evaluate(result: dict, targets: tuple[Target, ...] = TARGETS) -> list[Verdic
     return [judge(result, target) for target in targets]
 
 
-def format_verdicts(verdicts: list[Verdict]) -> str:
+def format_verdicts(verdicts: list[Verdict], runs: list[dict] | None = None) -> str:
+    """The table of ``verdicts``; where their records come from more than one of ``runs`` (the
+    result's, a file that ``bench --merge`` added to), each row names its run's date and commit."""
+    judged_runs = {verdict.run for verdict in verdicts if verdict.run is not None}
+    name_runs = runs is not None and len(judged_runs) > 1
     lines = [f"{'target':<66} {'measured':>9} {'required':>9}  verdict"]
     for verdict in verdicts:
         target = verdict.target
@@ -159,7 +165,11 @@ def format_verdicts(verdicts: list[Verdict]) -> str:
             measured = "-"
         else:
             measured = f"{verdict.value:.1%}" if target.kind == "peak" else f"{verdict.value:.2f}x"
-        lines.append(f"{label:<66} {measured:>9} {target.required():>9}  {verdict.status}")
+        row = f"{label:<66} {measured:>9} {target.required():>9}  {verdict.status}"
+        if name_runs and verdict.run is not None:
+            run = runs[verdict.run]
+            row += f"  [run of {run['date']}, commit {(run['commit'] or 'unknown')[:10]}]"
+        lines.append(row)
     passed = sum(verdict.passed for verdict in verdicts)
     lines.append(f"{passed} of {len(verdicts)} targets pass")
     return "\n".join(lines)

@@ -147,6 +147,28 @@ def test_cli_prints_the_table_and_exits_1_unless_all_pass(tmp_path, capsys):
     assert main(["bench", "--targets", str(tmp_path / "missing.json")]) == 2
 
 
+def test_rows_name_their_run_where_a_merged_result_holds_several(tmp_path, capsys):
+    """A file that ``bench --merge`` added a later run to: each row says which run measured its
+    workload (a single run's table stays as it was)."""
+    path = tmp_path / "result.json"
+    result = meeting_result()
+    for record in result["workloads"]:
+        record["run"] = 0
+    path.write_text(json.dumps(result))
+    main(["bench", "--targets", str(path)])
+    assert "[run of" not in capsys.readouterr().out
+    result["runs"].append({**result["runs"][0], "commit": "fedcba9876543", "date": "2026-11-23"})
+    result["workloads"][0]["run"] = 1  # 1536/20 at batch 256 measured again
+    path.write_text(json.dumps(result))
+    main(["bench", "--targets", str(path)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("convmixer_")]
+    assert len(rows) == len(targets.TARGETS)
+    for row in rows:
+        expected = ("[run of 2026-11-23, commit fedcba9876]" if row.startswith("convmixer_1536_20 b256")
+                    else "[run of 2026-11-21, commit 0123456789]")
+        assert row.endswith(expected), row
+
+
 def test_the_targets_are_the_issues():
     """Issue 6's bounds, providers, batches and units, one row each: a looser constant would pass a MISS."""
     rows = {(t.model, t.batch, t.kind, t.against, t.latency): (t.bound, t.dtype, t.image_size)
