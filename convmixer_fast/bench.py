@@ -536,9 +536,9 @@ def model_tolerance(dtype: str, device_type: str, eager_error: float, plain_erro
     default, which the eager peers use) may run in TF32."""
     import torch
 
-    from . import _tf32, verify
+    from . import verify
 
-    floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type), tf32=_tf32.any_allowed())[1]
+    floor = verify.tolerances(_torch_dtype(dtype), torch.device(device_type))[1]
     return verify.model_tolerance(floor, eager_error, plain_error)
 
 

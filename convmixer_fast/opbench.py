@@ -66,7 +66,7 @@ from typing import Callable
 
 import torch
 
-from . import _tf32, bench
+from . import bench
 from ._settings import TRITON_COMPILE_OPTIONS
 from ._tf32 import tf32_off
 from .backends import BACKENDS, OP_NAMES
@@ -674,7 +674,7 @@ def run_cli(args) -> int:
         cases = build_cases(config, batch, image_size, dtype, device, seed=args.seed, ops=ops)
         from .verify import tolerances
 
-        kernel_tolerance = tolerances(dtype, torch.device(device), tf32=_tf32.any_allowed())[0]
+        kernel_tolerance = tolerances(dtype, torch.device(device))[0]
         print(TABLE_HEADER, flush=True)
         lost = None  # (``bench.device_lost``: the rows after such a failure are not measured)
         for op in ops:

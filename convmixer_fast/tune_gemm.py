@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from . import bench, opbench
-from ._tf32 import tf32_off
+from ._tf32 import matmul_allows_tf32, tf32_off
 
 SCHEMA = 1
 DEFAULT_DIMS = (768, 1024, 1536)
@@ -129,7 +129,7 @@ def measure_shape(dim: int, tokens: int, configs: list, *, dtype: torch.dtype, d
         gemm_out = torch.empty_like(out)
         cublas = opbench.time_op(lambda: torch.mm(y, weight.T, out=gemm_out), device_type, warmup=warmup,
                                  max_repeats=max_repeats)
-        tolerance = tolerances(dtype, torch.device(device))[0]
+        tolerance = tolerances(dtype, torch.device(device), tf32=matmul_allows_tf32())[0]  # (both GEMMs)
         rows, lost = [], None
         for config in configs:
             rows.append(measure_config(config, operands, out, reference, tolerance=tolerance, device_type=device_type,

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ._tf32 import any_allowed, matmul_allows_tf32
+from ._tf32 import any_allowed
 from .backends import BACKENDS, resolve_ops
 from .model import ACTIVATION_LAYERS, ConvMixer
 from .reference import ConvMixerReference
@@ -49,7 +49,7 @@ KERNEL_TOLERANCE = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2.
 MODEL_TOLERANCE = {torch.float32: 1e-3, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 EAGER_ERROR_FACTOR = 3.0  # the model's logits against the eager backend's error in their dtype
 PLAIN_ERROR_CAP = 2.0  # the eager backend's error counts up to this times plain PyTorch's in the dtype
-TF32_TOLERANCE = 5e-3  # fp32 when torch allows TF32 matmuls (``_tf32.matmul_allows_tf32``)
+TF32_TOLERANCE = 5e-3  # fp32 on a GPU where torch allows TF32 (``tolerances``)
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,10 @@ class Row:
 
 def tolerances(dtype: torch.dtype, device: torch.device, tf32: bool | None = None) -> tuple[float, float]:
     """(per-kernel, whole-model) relative tolerance for ``dtype`` on ``device``; ``tf32``: whether fp32
-    math may run in TF32 there (default: torch's matmul flag, what the kernels follow)."""
+    math may run in TF32 there (default: where either switch allows it; the kernels follow the
+    matmul one, the references' convolutions cuDNN's)."""
     if tf32 is None:
-        tf32 = matmul_allows_tf32()
+        tf32 = any_allowed()
     if dtype == torch.float32 and device.type == "cuda" and tf32:
         return TF32_TOLERANCE, 10 * TF32_TOLERANCE
     return KERNEL_TOLERANCE[dtype], MODEL_TOLERANCE[dtype]
@@ -119,7 +120,7 @@ def verify_model(model: ConvMixer, reference: torch.nn.Module, image: torch.Tens
     """Rows for each kernel of ``backend`` on ``model`` (its device and dtype) and for its logits
     ("auto": the backend it measures fastest for each op, as the model runs it)."""
     device, dtype = model.head.weight.device, model.head.weight.dtype
-    kernel_tol, model_tol = tolerances(dtype, device, tf32=any_allowed())
+    kernel_tol, model_tol = tolerances(dtype, device)
     ops = resolve_ops(backend, device, dtype, model.dim, measure=True).ops
     ref_ops = BACKENDS["eager"].load_ops()
     params = model._prepared_params()

@@ -318,8 +318,7 @@ class MeasuredOp:
         kernel tolerance of ``expected`` (max |difference| / max |expected|)."""
         from ..verify import errors, tolerances  # (verify imports this package)
 
-        # (fp32: TF32's where either switch is on, the reference's convolutions following cuDNN's)
-        tolerance = tolerances(result.dtype, result.device, tf32=_tf32.any_allowed())[0]
+        tolerance = tolerances(result.dtype, result.device)[0]
         max_abs, max_rel = errors(edge_images(result), expected)
         if not max_rel <= tolerance:  # (NaN fails)
             raise WrongResultError(f"max |out - reference| = {max_abs:.3g}, {max_rel:.3g} of max |reference| "
