@@ -85,6 +85,17 @@ def restored_tf32():
     _tf32._set(*saved)
 
 
+@pytest.fixture
+def gpu_tolerances(monkeypatch, restored_tf32):
+    """``verify.tolerances`` as on a GPU (where fp32 may run in TF32), the tensors staying on the
+    CPU; the TF32 switches restored after the test."""
+    from convmixer_fast import verify
+
+    cpu_tolerances = verify.tolerances
+    monkeypatch.setattr(verify, "tolerances", lambda dtype, device, tf32=None: cpu_tolerances(
+        dtype, torch.device("cuda"), tf32))
+
+
 @pytest.fixture(params=("triton", "cuda"))
 def kernel_backend(request):
     """Each kernel backend (``Backend``: ``.name``, ``.load_ops()``), skipped with the reason where it

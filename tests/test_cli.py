@@ -130,15 +130,11 @@ def test_tolerances_of_tf32_apply_to_fp32_on_a_gpu_allowing_it():
 
 
 @pytest.mark.parametrize("matmul, conv", [(False, False), (False, True), (True, False)])
-def test_verify_holds_a_gpus_fp32_to_tf32s_tolerances_where_either_switch_is_on(monkeypatch, restored_tf32,
-                                                                                 matmul, conv):
+def test_verify_holds_a_gpus_fp32_to_tf32s_tolerances_where_either_switch_is_on(gpu_tolerances, matmul, conv):
     """The references' convolutions follow cuDNN's switch (on by default), the kernels the matmul
     one: either may round to TF32. (The device is a GPU for the tolerances only.)"""
     from convmixer_fast import _tf32, verify
 
-    cpu_tolerances = verify.tolerances
-    monkeypatch.setattr(verify, "tolerances", lambda dtype, device, tf32=None: cpu_tolerances(
-        dtype, torch.device("cuda"), tf32))
     _tf32._set(matmul, conv)
     config = dict(dim=16, depth=1, kernel_size=3, patch_size=2, n_classes=5)
     model, reference = verify.build_pair(config, torch.float32, torch.device("cpu"), image_size=9)

@@ -355,16 +355,13 @@ def test_a_later_process_runs_the_stored_reference_choice_warned_without_judging
 
 @pytest.mark.parametrize("conv_tf32", [False, True])
 def test_fp32_candidates_are_held_to_tf32s_tolerance_where_the_references_convolutions_may_use_it(
-        tmp_path, monkeypatch, restored_tf32, conv_tf32):
+        tmp_path, gpu_tolerances, conv_tf32):
     """On a GPU the reference's cuDNN convolutions follow the conv switch (on by default), the
     kernels the matmul switch: with the matmul switch off and the conv switch on, an exact fp32
     kernel differs from the reference by TF32's rounding, which must not count as a wrong kernel.
     (The device is a GPU for the tolerance only: the tensors stay on the CPU.)"""
-    from convmixer_fast import _tf32, verify
+    from convmixer_fast import _tf32
 
-    cpu_tolerances = verify.tolerances
-    monkeypatch.setattr(verify, "tolerances", lambda dtype, device, tf32=None: cpu_tolerances(
-        dtype, torch.device("cuda"), tf32))
     _tf32._set(False, conv_tf32)
     off_by_tf32 = doubling(last_image_offset=1e-3)  # 1e-3 relative: within 5e-3, past fp32's 1e-4
     op = judged_op(tmp_path, {"triton": off_by_tf32, "cuda": off_by_tf32}, fastest="cuda")
