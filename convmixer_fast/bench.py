@@ -29,13 +29,15 @@ reference model (same weights, TF32 off) on its first ``CHECKED_CALL`` calls, th
 counting (so a CUDA graph's replay is checked, not only the call before the capture), within
 ``verify.model_tolerance`` of its precision (for fp32 on a GPU that allows TF32: TF32's, or fp16's
 on the workload where that is wider, fp16 having TF32's significand); a provider outside it is
-WRONG and not timed. Then
-``warmup`` calls, then repeats of ``calls_per_repeat`` calls (enough to last ``MIN_REPEAT_SECONDS``),
-timed by CUDA events on a GPU and ``time.perf_counter`` on CPU; the median over repeats is the
-figure. Repeats are capped so one provider's timing lasts about ``MEASURE_SECONDS`` (at least
-``MIN_REPEATS``). Achieved TFLOP/s use ``flops_per_image`` (stem + depthwise + pointwise + head,
-DESIGN.md §1; gemm-floor counts its GEMMs only); %peak is against a ``torch.mm`` of
-``PEAK_GEMM_SIZE``-square matrices in the workload's dtype, measured in the same run (GPU only).
+WRONG, and still timed: a peer's speed is what its users get whatever its accuracy (``targets``
+counts it; our own providers' figures count only when right), and a first GPU run keeps the speed
+of a provider its check refused. Then ``warmup`` calls, then repeats of ``calls_per_repeat`` calls
+(enough to last ``MIN_REPEAT_SECONDS``), timed by CUDA events on a GPU and ``time.perf_counter`` on
+CPU; the median over repeats is the figure. Repeats are capped so one provider's timing lasts
+about ``MEASURE_SECONDS`` (at least ``MIN_REPEATS``). Achieved TFLOP/s use ``flops_per_image``
+(stem + depthwise + pointwise + head, DESIGN.md §1; gemm-floor counts its GEMMs only); %peak is
+against a ``torch.mm`` of ``PEAK_GEMM_SIZE``-square matrices in the workload's dtype, measured in
+the same run (GPU only).
 
 Results: a JSON document (``result_document``; schema below ``RESULT_SCHEMA``), rewritten after each
 provider (the workload marked ``"partial": true`` until its last provider is done) so an interrupted
@@ -701,7 +703,7 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
                      max_repeats: int) -> Entry:
     """Build ``provider`` for ``workload``, then check and time it under inference mode (models are
     built outside it: their parameters stay ordinary tensors). Unavailable: skipped; logits beyond
-    tolerance: wrong, not timed; an exception: error (the run goes on)."""
+    tolerance: wrong, timed all the same (module docstring); an exception: error (the run goes on)."""
     import torch
 
     start = time.perf_counter()
@@ -714,22 +716,30 @@ def measure_provider(provider: Provider, workload: Workload, cache: InputCache, 
         prepared = provider.build(workload, cache)
         with torch.inference_mode():
             check = check_logits(provider, prepared, workload, cache)
-            if check is not None and not check.ok:
-                return Entry(provider, "wrong", precision, check=check, wall_s=time.perf_counter() - start,
-                             reason=f"max rel err {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}")
             timing = time_calls(prepared.run, device_type, warmup=warmup, max_repeats=max_repeats, with_latency=True)
     except Exception as error:  # one failing provider is reported; the others still run
         return Entry(provider, "error", precision, reason=error_summary(error), wall_s=time.perf_counter() - start)
-    return Entry(provider, "ok", precision, timing=timing, compile_s=prepared.compile_s, detail=prepared.describe(),
-                 check=check, wall_s=time.perf_counter() - start)
+    wrong = check is not None and not check.ok
+    return Entry(provider, "wrong" if wrong else "ok", precision, timing=timing, compile_s=prepared.compile_s,
+                 detail=prepared.describe(), check=check, wall_s=time.perf_counter() - start,
+                 reason=f"max rel err {check.max_rel_err:.3g} > tolerance {check.tolerance:.3g}" if wrong else None)
 
 
 def add_ratios(providers: dict) -> None:
-    """Give each provider record that ran (status "ok") ``ratios[other] = its img/s / other's``
-    for every other that ran."""
-    speeds = {name: r["img_per_s"] for name, r in providers.items() if r["status"] == "ok"}
+    """Give each timed provider record (status "ok" or "wrong") ``ratios[other] = its img/s /
+    other's`` for every other one timed."""
+    speeds = {name: r["img_per_s"] for name, r in providers.items() if timed(r)}
     for name, speed in speeds.items():
         providers[name]["ratios"] = {other: speed / speeds[other] for other in speeds if other != name}
+
+
+# What the tables say of a WRONG provider's figures (module docstring).
+WRONG_BUT_TIMED = "timed all the same: a peer's speed counts in the targets, ours does not"
+
+
+def timed(entry: dict) -> bool:
+    """Whether a provider record holds figures: it ran, its logits right ("ok") or not ("wrong")."""
+    return entry["status"] in ("ok", "wrong") and "img_per_s" in entry
 
 
 def status_label(entry: dict) -> str:
@@ -747,7 +757,7 @@ def workload_record(workload: Workload, entries: list[Entry], peak_tflops: float
                   "wall_s": round(entry.wall_s, 3)}
         if entry.check is not None:
             record.update(max_rel_err=entry.check.max_rel_err, tolerance=entry.check.tolerance)
-        if entry.status == "ok":
+        if entry.timing is not None:
             seconds = entry.timing.median_s
             flops_per_batch = flops[entry.provider.flops_part] * workload.batch
             tflops = flops_per_batch / seconds / 1e12
@@ -960,9 +970,11 @@ def format_workload(record: dict) -> str:
     notes = []
     for name, entry in record["providers"].items():
         row = f"  {name:<30} {entry['precision']:<14}"
-        if entry["status"] != "ok":
+        if not timed(entry):
             lines.append(f"{row} {status_label(entry)}: {entry['reason']}")
             continue
+        if entry["status"] == "wrong":
+            notes.append(f"  {name}: {status_label(entry)}: {entry['reason']}; {WRONG_BUT_TIMED}")
         fraction = entry.get("fraction_of_peak")
         row += (f" {_number(entry['img_per_s'], 10)} {_number(entry['ms_per_batch'], 9, 3)}"
                 f" {_number(entry.get('latency_ms'), 10, 3)} {_number(entry['tflops'], 8, 2)}"
@@ -970,7 +982,7 @@ def format_workload(record: dict) -> str:
         for baseline in TABLE_BASELINES:
             ratio = entry["ratios"].get(baseline)
             row += f" {'-' if ratio is None else f'{ratio:.2f}x':>16}" if baseline != name else f" {'':>16}"
-        lines.append(row)
+        lines.append(row + ("  WRONG" if entry["status"] == "wrong" else ""))
         if entry.get("compile_s") is not None:
             notes.append(f"  {name}: compiled in {entry['compile_s']:.1f} s (not timed)")
         if entry.get("detail"):
@@ -980,27 +992,33 @@ def format_workload(record: dict) -> str:
 
 def markdown_workload(record: dict) -> str:
     """One workload record as the Markdown table the README shows: a heading line, one row per
-    provider that ran, then the ones that did not with their status."""
+    provider timed (a WRONG one marked), then the WRONG ones' reasons and the ones not timed with
+    their status."""
     peak = f", {record['dtype']} mm peak {record['peak_tflops']:,.0f} TFLOP/s" if record.get("peak_tflops") else ""
     partial = "; partial: the run stopped before its other providers" if record.get("partial") else ""
     lines = [f"**{record['label']}** ({record['gflop_per_image']:.4g} GFLOP/img{peak}{partial})", "",
              "| provider | precision | img/s | ms/batch | latency ms | TFLOP/s | %peak | "
              + " | ".join(f"× {name}" for name in TABLE_BASELINES) + " |",
              "|---|---|" + "---:|" * (5 + len(TABLE_BASELINES))]
-    others = []
+    wrong, others = [], []
     for name, entry in record["providers"].items():
-        if entry["status"] != "ok":
+        if not timed(entry):
             others.append(f"`{name}` ({status_label(entry)}: {entry['reason']})")
             continue
+        if entry["status"] == "wrong":
+            wrong.append(f"`{name}` ({entry['reason']})")
         fraction = entry.get("fraction_of_peak")
         ratios = [("—" if baseline == name else
                    f"{entry['ratios'][baseline]:.2f}×" if baseline in entry["ratios"] else "-")
                   for baseline in TABLE_BASELINES]
         detail = f" ({entry['detail']})" if entry.get("detail") else ""
         latency_ms = f"{entry['latency_ms']:.3f}" if entry.get("latency_ms") is not None else "-"
-        cells = [f"`{name}`{detail}", entry["precision"], f"{entry['img_per_s']:,.1f}", f"{entry['ms_per_batch']:.3f}",
-                 latency_ms, f"{entry['tflops']:.2f}", f"{fraction * 100:.1f}" if fraction else "-", *ratios]
+        marker = f" **{status_label(entry)}**" if entry["status"] == "wrong" else ""
+        cells = [f"`{name}`{marker}{detail}", entry["precision"], f"{entry['img_per_s']:,.1f}",
+                 f"{entry['ms_per_batch']:.3f}", latency_ms, f"{entry['tflops']:.2f}", f"{fraction * 100:.1f}" if fraction else "-", *ratios]
         lines.append("| " + " | ".join(cells) + " |")
+    if wrong:
+        lines += ["", f"WRONG, {WRONG_BUT_TIMED}: " + "; ".join(wrong) + "."]
     if others:
         lines += ["", "Not timed: " + "; ".join(others) + "."]
     return "\n".join(lines)

@@ -3,29 +3,31 @@
 ``python -m convmixer_fast bench --targets RESULT.json`` prints one row per target of ``TARGETS``
 (issue 6: ConvMixer at 224x224 in bf16 on an H100 or H200): the figure the result holds, the bound,
 and PASS or MISS; or why the row cannot be judged (its workload or a provider missing from the
-result, or a provider whose logits failed ``bench``'s check: a figure counts only when its outputs
-matched the reference). It measures nothing, and exits 1 unless every target passes. A workload
-record that its run left ``"partial"`` (stopped before its last provider) gives its figures, but
-none of its rows passes: the targets ask for every provider measured in one run. Where the file
-holds several runs (``bench --merge``), each row names the run that measured its workload.
+result, ``OURS`` with logits that failed ``bench``'s check: our figure counts only when its outputs
+matched the reference). A peer's figure counts whether its logits passed or not (``bench`` times a
+WRONG provider all the same: the speed its users get); the row then names it. It measures
+nothing, and exits 1 unless every target passes. A workload record that its run left
+``"partial"`` (stopped before its last provider) gives its figures, but none of its rows passes:
+the targets ask for every provider measured in one run. Where the file holds several runs
+(``bench --merge``), each row names the run that measured its workload.
 
 The batch-1 targets compare latency: single calls, each waited for, so the host's work per call
 counts (back to back, a GPU-bound provider hides it behind the previous call's kernels). A best-peer
 target is judged only when every peer of ``REQUIRED_PEERS`` (and every other peer in the result)
-ran and passed its check: the one that failed may be the fastest.
+was timed: the one that failed may be the fastest.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .bench import status_label
+from .bench import status_label, timed
 
 OURS = "convmixer_fast-auto"  # what a user gets by default: backend "auto", CUDA graphs on
 PEERS = ("eager-fp32", "eager-amp", "eager-channels-last", "torch-compile", "torch-compile-max-autotune")
 BEST_PEER = "best peer"  # the peer of PEERS with the most img/s in the workload
-# The best peer is judged only when each of these ran and passed its check (an opt-in peer that ran
-# must have passed too): a failed, wrong or unmeasured torch-compile may well be the fastest peer.
+# The best peer is judged only when each of these was timed (an opt-in peer that ran must have been
+# too): a failed or unmeasured torch-compile may well be the fastest peer.
 REQUIRED_PEERS = ("eager-amp", "eager-channels-last", "torch-compile")
 PARTIAL = "partial run: stopped before its last provider"  # appended to each status of such a record
 
@@ -80,6 +82,7 @@ class Verdict:
     status: str  # "PASS", "MISS", or why it cannot be judged
     against: str | None = None  # the provider compared with (the best peer resolved)
     run: int | None = None  # the judged record's run: an index into the result's "runs"
+    wrong_peers: tuple[str, ...] = ()  # compared peers timed with logits that failed bench's check
 
     @property
     def passed(self) -> bool:
@@ -94,12 +97,12 @@ def _find_workload(result: dict, target: Target) -> dict | None:
     return None
 
 
-def _why_not_measured(record: dict, name: str) -> str | None:
-    """None if the provider ran and its logits passed, else why not."""
+def _why_not_measured(record: dict, name: str, *, peer: bool = False) -> str | None:
+    """None if the provider was timed and its logits passed (a ``peer``: was timed), else why not."""
     entry = record["providers"].get(name)
     if entry is None:
         return f"{name} not in the result"
-    return None if entry["status"] == "ok" else f"{name} {status_label(entry)}"
+    return None if entry["status"] == "ok" or (peer and timed(entry)) else f"{name} {status_label(entry)}"
 
 
 def judge(result: dict, target: Target) -> Verdict:
@@ -126,14 +129,23 @@ def _judge_record(record: dict, target: Target) -> Verdict:
     if against == BEST_PEER:  # the fastest peer that ran: the one ours is the least ahead of
         unjudged = [why for name in PEERS
                     if (name in REQUIRED_PEERS or name in record["providers"])
-                    and (why := _why_not_measured(record, name)) is not None]
+                    and (why := _why_not_measured(record, name, peer=True)) is not None]
         if unjudged:
             return Verdict(target, None, "best peer unknown: " + "; ".join(unjudged))
         peers = [name for name in PEERS if name in ours["ratios"]]
         against = min(peers, key=ours["ratios"].get)
-    why = _why_not_measured(record, against)
+    else:
+        peers = [against]
+    why = _why_not_measured(record, against, peer=True)
     if why is not None:
         return Verdict(target, None, why, against)
+    wrong = tuple(name for name in peers if record["providers"][name]["status"] == "wrong")
+    verdict = _compare(record, target, ours, against)
+    return replace(verdict, wrong_peers=wrong)
+
+
+def _compare(record: dict, target: Target, ours: dict, against: str) -> Verdict:
+    """``target`` judged on ``ours`` against the timed provider ``against``."""
     if target.latency:
         mine, theirs = ours.get("latency_ms"), record["providers"][against].get("latency_ms")
         if mine is None or theirs is None:
@@ -166,6 +178,8 @@ def format_verdicts(verdicts: list[Verdict], runs: list[dict] | None = None) -> 
         else:
             measured = f"{verdict.value:.1%}" if target.kind == "peak" else f"{verdict.value:.2f}x"
         row = f"{label:<66} {measured:>9} {target.required():>9}  {verdict.status}"
+        if verdict.wrong_peers:
+            row += f" ({', '.join(verdict.wrong_peers)} WRONG: timed, speed counted)"
         if name_runs and verdict.run is not None:
             run = runs[verdict.run]
             row += f"  [run of {run['date']}, commit {(run['commit'] or 'unknown')[:10]}]"

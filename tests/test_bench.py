@@ -245,7 +245,9 @@ def test_a_run_killed_midway_keeps_the_providers_it_measured(monkeypatch, tmp_pa
     assert "partial" not in record and len(record["providers"]) == 2
 
 
-def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
+def test_a_wrong_provider_is_reported_and_still_timed(monkeypatch, tmp_path):
+    """A peer's speed counts whatever its accuracy (targets.py), so a WRONG provider is timed, marked
+    WRONG in every table, and the run exits 1."""
     from convmixer_fast import verify
 
     monkeypatch.setitem(verify.MODEL_TOLERANCE, torch.float32, 0.0)  # eager-fp32 is the reference itself: 0 error
@@ -253,9 +255,18 @@ def test_a_wrong_provider_is_reported_and_not_timed(monkeypatch, tmp_path):
     path = tmp_path / "wrong.json"
     code, out = run_bench(*TINY, "--providers", "eager-fp32", "convmixer_fast-eager", "--json", str(path))
     entries = json.loads(path.read_text())["workloads"][0]["providers"]
-    assert code == 1 and "WRONG" in out
-    assert entries["eager-fp32"]["status"] == "ok"
-    assert entries["convmixer_fast-eager"]["status"] == "wrong" and "img_per_s" not in entries["convmixer_fast-eager"]
+    assert code == 1 and "convmixer_fast-eager: WRONG: max rel err" in out
+    ok, wrong = entries["eager-fp32"], entries["convmixer_fast-eager"]
+    assert ok["status"] == "ok" and wrong["status"] == "wrong" and wrong["max_rel_err"] > wrong["tolerance"] == 0.0
+    assert wrong["img_per_s"] > 0 and wrong["latency_ms"] > 0 and len(wrong["times_ms"]) == wrong["repeats"]
+    assert wrong["ratios"]["eager-fp32"] * ok["ratios"]["convmixer_fast-eager"] == pytest.approx(1.0)
+    (row,) = [line for line in out.splitlines() if line.startswith("  convmixer_fast-eager ")]
+    assert f"{wrong['img_per_s']:,.1f}" in row and row.endswith("WRONG")
+    code, markdown = run_bench("--markdown", str(path))
+    (row,) = [line for line in markdown.splitlines() if line.startswith("| `convmixer_fast-eager`")]
+    assert code == 0 and row.startswith("| `convmixer_fast-eager` **WRONG** |") and f"{wrong['img_per_s']:,.1f}" in row
+    assert f"WRONG, {bench.WRONG_BUT_TIMED}: `convmixer_fast-eager` ({wrong['reason']})." in markdown
+    assert "Not timed" not in markdown
 
 
 def test_a_providers_tolerance_grows_with_the_eager_backends_error_in_its_dtype(monkeypatch):

@@ -73,7 +73,7 @@ def test_a_miss_says_by_how_much_and_what_cannot_be_judged_never_passes():
     b256["providers"]["gemm-floor"] = entry(5000 * 1.4, 256)  # ours takes 1.4x the GEMMs' time
     b256["providers"]["convmixer_fast-auto"]["fraction_of_peak"] = None
     b1["providers"]["convmixer_fast-auto"]["status"] = "wrong"
-    m768["providers"]["torch-compile"]["status"] = "wrong"  # a wrong peer may be the fastest: no verdict
+    m768["providers"]["torch-compile"]["status"] = "wrong"  # a wrong peer is timed: its speed counts
     del result["workloads"][3]
     for record in result["workloads"]:
         with_ratios(record)
@@ -85,14 +85,14 @@ def test_a_miss_says_by_how_much_and_what_cannot_be_judged_never_passes():
     assert peak.status == "no matmul peak in the result"
     assert verdicts["convmixer_1536_20 b1 bf16: latency over gemm-floor's"].status == "convmixer_fast-auto WRONG"
     best = verdicts["convmixer_768_32 b256 bf16: img/s over best peer's"]
-    assert best.status == "best peer unknown: torch-compile WRONG" and best.value is None
+    assert best.passed and best.against == "torch-compile" and best.wrong_peers == ("torch-compile",)
     missing = verdicts["convmixer_1024_20_ks9_p14 b256 bf16: img/s over best peer's"]
     assert missing.status == "workload not in the result"
-    assert sum(v.passed for v in verdicts.values()) == 2  # the two eager-amp / torch-compile rows
+    assert sum(v.passed for v in verdicts.values()) == 3  # the eager-amp, torch-compile and best-peer rows
 
 
-@pytest.mark.parametrize("status", ["error", "skipped", "wrong", None])
-def test_best_peer_not_judged_unless_every_peer_ran_and_passed(status):
+@pytest.mark.parametrize("status", ["error", "skipped", None])
+def test_best_peer_not_judged_unless_every_peer_was_timed(status):
     """A torch-compile that failed, ran out of memory, was skipped or is missing may be the fastest
     peer (DESIGN.md §3: 2.7x eager-amp on 768/32): the slower peers left must not make a PASS."""
     result = meeting_result()
@@ -212,15 +212,35 @@ def test_a_figure_exactly_at_its_bound_passes_and_one_just_short_misses():
     assert all(v.passed for v in verdicts_by_label(result_at(1.01)).values())
 
 
-@pytest.mark.parametrize("status", ["error", "wrong"])
-def test_an_opt_in_peer_that_ran_and_failed_leaves_the_best_peer_unknown(status):
+def test_an_opt_in_peer_that_ran_and_failed_leaves_the_best_peer_unknown():
     """torch-compile-max-autotune is opt-in, but where it ran it may be the fastest peer."""
     result = meeting_result()
     record = result["workloads"][2]
-    record["providers"]["torch-compile-max-autotune"] = entry(100000, 256, status=status)
+    record["providers"]["torch-compile-max-autotune"] = entry(100000, 256, status="error")
+    del record["providers"]["torch-compile-max-autotune"]["img_per_s"]  # (bench times no error)
     with_ratios(record)
     verdict = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
     assert not verdict.passed and verdict.status.startswith("best peer unknown: torch-compile-max-autotune")
+
+
+@pytest.mark.parametrize("peer", ["eager-fp32", "torch-compile-max-autotune"])
+def test_a_wrong_peers_speed_counts_and_the_row_names_it(peer):
+    """bench times a peer whose logits failed its check (on a GPU eager-fp32's convolutions run in
+    TF32): the speed its users get, so the fastest of them is the best peer; OURS WRONG is no figure."""
+    result = meeting_result()
+    record = result["workloads"][2]
+    record["providers"][peer] = entry(4500, 256, status="wrong")
+    with_ratios(record)
+    verdict = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert verdict.against == peer and verdict.status == "MISS" and verdict.value == pytest.approx(2.0)
+    assert verdict.wrong_peers == (peer,)
+    assert f"MISS ({peer} WRONG: timed, speed counted)" in targets.format_verdicts([verdict])
+    amp = result["workloads"][0]["providers"]["eager-amp"]
+    amp["status"] = "wrong"
+    assert verdicts_by_label(result)["convmixer_1536_20 b256 bf16: img/s over eager-amp's"].wrong_peers == ("eager-amp",)
+    record["providers"]["convmixer_fast-auto"]["status"] = "wrong"
+    ours = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert ours.value is None and ours.status == "convmixer_fast-auto WRONG"
 
 
 def test_a_faster_opt_in_peer_is_the_best_peer():
