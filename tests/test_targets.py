@@ -243,6 +243,17 @@ def test_a_wrong_peers_speed_counts_and_the_row_names_it(peer):
     assert ours.value is None and ours.status == "convmixer_fast-auto WRONG"
 
 
+def test_a_wrong_peer_without_figures_leaves_the_best_peer_unknown():
+    """Results from before bench timed a WRONG provider hold no figures for it: unknown, not ignored."""
+    result = meeting_result()
+    record = result["workloads"][2]
+    record["providers"]["torch-compile"]["status"] = "wrong"
+    del record["providers"]["torch-compile"]["img_per_s"]
+    with_ratios(record)
+    verdict = verdicts_by_label(result)["convmixer_768_32 b256 bf16: img/s over best peer's"]
+    assert verdict.value is None and verdict.status == "best peer unknown: torch-compile WRONG"
+
+
 def test_a_faster_opt_in_peer_is_the_best_peer():
     result = meeting_result()
     record = result["workloads"][2]
