@@ -132,16 +132,15 @@ def _judge_record(record: dict, target: Target) -> Verdict:
                     and (why := _why_not_measured(record, name, peer=True)) is not None]
         if unjudged:
             return Verdict(target, None, "best peer unknown: " + "; ".join(unjudged))
-        peers = [name for name in PEERS if name in ours["ratios"]]
+        peers = [name for name in PEERS if name in ours["ratios"]]  # (each timed: checked above)
         against = min(peers, key=ours["ratios"].get)
     else:
+        why = _why_not_measured(record, against, peer=True)
+        if why is not None:
+            return Verdict(target, None, why, against)
         peers = [against]
-    why = _why_not_measured(record, against, peer=True)
-    if why is not None:
-        return Verdict(target, None, why, against)
     wrong = tuple(name for name in peers if record["providers"][name]["status"] == "wrong")
-    verdict = _compare(record, target, ours, against)
-    return replace(verdict, wrong_peers=wrong)
+    return replace(_compare(record, target, ours, against), wrong_peers=wrong)
 
 
 def _compare(record: dict, target: Target, ours: dict, against: str) -> Verdict:
